@@ -1,0 +1,113 @@
+//! The command line, declared with clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aetherflow",
+    version,
+    about = "Compressed, deduplicating, encrypted storage: .af files and a virtual memory store",
+    long_about = "Compressed, deduplicating, encrypted storage.\n\n\
+        Files become .af files: content-defined chunks, each stored once, as a zero run, a \
+        reference, zstd or raw (whichever is smallest), optionally encrypted under a seed, with \
+        the SHA-256 of the whole content checked on every decompression.\n\n\
+        Sizes are printed in binary units (1 MB = 1,048,576 bytes); --json gives exact bytes.",
+    after_help = exit::HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compress a file (or stdin) into an .af file.
+    #[command(after_help = exit::HELP)]
+    Compress(CompressArgs),
+    /// Restore an .af file byte for byte, verifying its SHA-256 before reporting success.
+    #[command(after_help = exit::HELP)]
+    Decompress(DecompressArgs),
+    /// Show what is inside an .af file without decompressing it.
+    #[command(after_help = exit::HELP)]
+    Stats(StatsArgs),
+    /// Show the virtual memory configuration.
+    #[command(name = "memory-info", after_help = exit::HELP)]
+    MemoryInfo(MemoryInfoArgs),
+}
+
+/// Where the seed comes from. The seed is never printed or stored.
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Seed that keys encryption and dedup (prefer AF_SEED or --seed-file: a command line is
+    /// visible to other users of the machine).
+    #[arg(
+        long,
+        env = "AF_SEED",
+        hide_env_values = true,
+        conflicts_with = "seed_file"
+    )]
+    pub seed: Option<String>,
+    /// Read the seed from this file (one trailing newline is ignored).
+    #[arg(long, value_name = "FILE")]
+    pub seed_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompressArgs {
+    /// File to compress, or - for stdin.
+    pub input: PathBuf,
+    /// The .af file to write, or - for stdout.
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// zstd level, 1 (fastest) to 22 (smallest).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub level: i32,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+    /// Print the steps and a result summary on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecompressArgs {
+    /// The .af file to restore, or - for stdin.
+    pub input: PathBuf,
+    /// Where to write the content, or - for stdout. A file appears only once verified.
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+    /// Print the steps and a result summary on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The .af file to describe.
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryInfoArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,25 @@
+//! One module per subcommand; each returns the exit code of a successful run.
+
+mod compress;
+mod decompress;
+mod memory_info;
+mod stats;
+
+use crate::cli::{Cli, Command};
+
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Compress(args) => compress::run(args),
+        Command::Decompress(args) => decompress::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::MemoryInfo(args) => memory_info::run(args),
+    }
+}
+
+/// Worker threads: the flag, or one per core.
+fn threads(flag: Option<u16>) -> usize {
+    flag.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    )
+}

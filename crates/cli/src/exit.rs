@@ -1,0 +1,72 @@
+//! Exit codes, one per thing a script may want to tell apart.
+
+use aetherflow_engine::Error;
+
+pub const SUCCESS: u8 = 0;
+/// Anything not listed below.
+pub const FAILURE: u8 = 1;
+/// The command line was wrong.
+pub const USAGE: u8 = 2;
+/// Reading or writing a file failed (missing file, permission, disk full).
+pub const IO: u8 = 3;
+/// The input is not AetherFlow data, is damaged, or exceeds the reader's limits.
+pub const CORRUPT: u8 = 4;
+/// The file is encrypted and the seed is missing or wrong.
+pub const SEED: u8 = 5;
+
+/// Text for `--help`.
+pub const HELP: &str = "\
+Exit codes:
+  0  success
+  1  other failure
+  2  usage error (bad arguments)
+  3  I/O error (missing file, permission denied, disk full)
+  4  corrupt or non-AetherFlow input, or input over the reader's limits
+  5  seed missing or wrong for an encrypted file";
+
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return match e {
+                Error::Io(_) => IO,
+                Error::InvalidMagic
+                | Error::UnsupportedVersion { .. }
+                | Error::Corrupt(_)
+                | Error::LimitExceeded(_) => CORRUPT,
+                Error::SeedRequired | Error::WrongSeed => SEED,
+                Error::InvalidArgument(_) => USAGE,
+            };
+        }
+        if cause.downcast_ref::<UsageError>().is_some() {
+            return USAGE;
+        }
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return IO;
+        }
+    }
+    FAILURE
+}
+
+/// A mistake in how the command was called, found after parsing.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        let io = cause.downcast_ref::<std::io::Error>().or_else(|| {
+            match cause.downcast_ref::<Error>() {
+                Some(Error::Io(io)) => Some(io),
+                _ => None,
+            }
+        });
+        io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
