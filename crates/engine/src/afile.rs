@@ -12,31 +12,39 @@ use crate::error::{Error, Result};
 use crate::format::header::{read_exact_or, Header};
 use crate::format::index::Index;
 use crate::format::record::Record;
-use crate::format::trailer::{Totals, Trailer, TRAILER_LEN};
+use crate::format::trailer::{Totals, Trailer, FIXED_END};
 use crate::format::{Limits, VERSION};
 
-/// Smallest possible file after the header: end record, empty index, trailer.
-const MIN_TAIL: u64 = 5 + 40 + TRAILER_LEN as u64;
+/// Smallest possible file after the header: end record, empty index, trailer's fixed end.
+const MIN_TAIL: u64 = 5 + 40 + FIXED_END as u64;
 
 /// Reads and checks the trailer, and the index when it can be verified (plain files, or
 /// encrypted files whose keys are known).
 pub(crate) fn read_tail(
     file: &File,
-    header_len: u64,
+    header: &Header,
     keys: Option<&Keys>,
     limits: &Limits,
 ) -> Result<(Trailer, Option<Index>)> {
+    let header_len = header.encoded_len() as u64;
     let file_len = file.metadata()?.len();
     if file_len < header_len + MIN_TAIL {
         return Err(Error::corrupt(
             "file truncated: shorter than its header and trailer",
         ));
     }
-    let mut trailer = [0u8; TRAILER_LEN];
-    file.read_exact_at(&mut trailer, file_len - TRAILER_LEN as u64)?;
-    let trailer = Trailer::decode(&trailer)?;
+    let mut end = [0u8; FIXED_END];
+    file.read_exact_at(&mut end, file_len - FIXED_END as u64)?;
+    let trailer_len = Trailer::len_from_end(&end)? as u64;
+    let trailer_at = file_len
+        .checked_sub(trailer_len)
+        .filter(|&at| at >= header_len + 45)
+        .ok_or_else(|| Error::corrupt("file truncated: shorter than its trailer says"))?;
+    let mut trailer = vec![0u8; trailer_len as usize];
+    file.read_exact_at(&mut trailer, trailer_at)?;
+    let trailer = Trailer::decode(&trailer, header.encryption.is_some())?;
     let index_end = trailer.index_offset.checked_add(trailer.index_len);
-    if trailer.index_offset < header_len + 5 || index_end != Some(file_len - TRAILER_LEN as u64) {
+    if trailer.index_offset < header_len + 5 || index_end != Some(trailer_at) {
         return Err(Error::corrupt("trailer does not point at the index"));
     }
     if trailer.index_len > limits.max_index_bytes {
@@ -45,7 +53,7 @@ pub(crate) fn read_tail(
             trailer.index_len, limits.max_index_bytes
         )));
     }
-    let index = if keys.is_some() || !is_encrypted_header(header_len) {
+    let index = if keys.is_some() || header.encryption.is_none() {
         let mut bytes = vec![0u8; trailer.index_len as usize];
         file.read_exact_at(&mut bytes, trailer.index_offset)?;
         Some(Index::decode(&bytes, keys)?)
@@ -53,10 +61,6 @@ pub(crate) fn read_tail(
         None
     };
     Ok((trailer, index))
-}
-
-fn is_encrypted_header(header_len: u64) -> bool {
-    header_len != Header::new(0, false, ChunkParams::DEFAULT, None).encoded_len() as u64
 }
 
 /// What `stats` shows: everything the header, trailer and index say, nothing decompressed.
@@ -101,8 +105,7 @@ impl AfFile {
             (Some(_), None) => None,
             _ => header.unlock(seed)?.map(Arc::new),
         };
-        let (trailer, index) =
-            read_tail(&file, header.encoded_len() as u64, keys.as_deref(), limits)?;
+        let (trailer, index) = read_tail(&file, &header, keys.as_deref(), limits)?;
         let data_offsets = index
             .iter()
             .flat_map(|i| &i.entries)
@@ -201,28 +204,36 @@ impl AfFile {
 
     fn read_chunk(&self, decoder: &mut ChunkDecoder, record_offset: u64) -> Result<Vec<u8>> {
         let tag_len = if self.keys.is_some() { TAG_LEN } else { 0 };
-        let mut reader = PositionedReader {
-            file: &self.file,
-            at: record_offset,
-        };
-        let (record, _) = Record::read(&mut reader, self.header.chunking.max, tag_len)?;
-        let Record::Data {
-            codec,
-            raw_len,
-            stored_len,
-            id,
-        } = record
-        else {
-            return Err(Error::corrupt("index points at a record that is not data"));
-        };
-        let mut payload = vec![0u8; stored_len as usize];
-        read_exact_or(
-            &mut reader,
-            &mut payload,
-            Error::corrupt("chunk payload truncated"),
-        )?;
-        decoder.decode(codec, raw_len, &id, payload)
+        read_data_record(
+            &self.file,
+            record_offset,
+            self.header.chunking.max,
+            tag_len,
+            decoder,
+        )
     }
+}
+
+/// Reads the data record at `offset` and decodes it (verified against its id and checks).
+pub(crate) fn read_data_record(
+    file: &File,
+    offset: u64,
+    max_chunk: u32,
+    tag_len: usize,
+    decoder: &mut ChunkDecoder,
+) -> Result<Vec<u8>> {
+    let mut reader = PositionedReader { file, at: offset };
+    let (record, _) = Record::read(&mut reader, max_chunk, tag_len)?;
+    let Record::Data { stored_len, .. } = record else {
+        return Err(Error::corrupt("expected a data record at this offset"));
+    };
+    let mut payload = vec![0u8; stored_len as usize];
+    read_exact_or(
+        &mut reader,
+        &mut payload,
+        Error::corrupt("chunk payload truncated"),
+    )?;
+    decoder.decode(&record, payload)
 }
 
 /// A reader at a position of a shared file, using positioned reads.

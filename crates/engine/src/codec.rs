@@ -12,7 +12,7 @@ use zstd::zstd_safe::CParameter;
 
 use crate::crypto::{ChunkId, Keys};
 use crate::error::{Error, Result};
-use crate::format::record::Codec;
+use crate::format::record::{Codec, Record};
 
 /// zstd level used when none is given.
 pub const DEFAULT_LEVEL: i32 = 3;
@@ -24,7 +24,17 @@ pub struct EncodedChunk {
     pub id: ChunkId,
     pub codec: Codec,
     pub raw_len: u32,
+    /// See [`crate::format::record`]: BLAKE3 of a plain zstd payload, zeros otherwise.
+    pub payload_check: [u8; 8],
     pub payload: Vec<u8>,
+}
+
+/// The payload check of a record (see [`crate::format::record`]).
+pub fn payload_check(codec: Codec, encrypted: bool, payload: &[u8]) -> [u8; 8] {
+    match (codec, encrypted) {
+        (Codec::Zstd, false) => crate::format::short_check(payload),
+        _ => [0; 8],
+    }
 }
 
 /// True when every byte is zero, compared sixteen bytes at a time.
@@ -132,6 +142,7 @@ impl ChunkEncoder {
             keys.seal_chunk(&id, &aad(codec, raw_len), &mut payload);
         }
         Ok(EncodedChunk {
+            payload_check: payload_check(codec, self.keys.is_some(), &payload),
             id,
             codec,
             raw_len,
@@ -175,15 +186,22 @@ impl ChunkDecoder {
 
     /// Restores a chunk's plaintext and checks it against `id`. The output is never larger than
     /// `raw_len`, which the record reader has already bounded.
-    pub fn decode(
-        &mut self,
-        codec: Codec,
-        raw_len: u32,
-        id: &ChunkId,
-        mut payload: Vec<u8>,
-    ) -> Result<Vec<u8>> {
+    pub fn decode(&mut self, record: &Record, mut payload: Vec<u8>) -> Result<Vec<u8>> {
+        let Record::Data {
+            codec,
+            raw_len,
+            id,
+            payload_check: check,
+            ..
+        } = *record
+        else {
+            return Err(Error::corrupt("expected a data record"));
+        };
+        if payload_check(codec, self.keys.is_some(), &payload) != check {
+            return Err(Error::corrupt("chunk payload checksum mismatch"));
+        }
         if let Some(keys) = &self.keys {
-            keys.open_chunk(id, &aad(codec, raw_len), &mut payload)?;
+            keys.open_chunk(&id, &aad(codec, raw_len), &mut payload)?;
         }
         let plain = match codec {
             Codec::Raw => payload,
@@ -195,7 +213,7 @@ impl ChunkDecoder {
         if plain.len() != raw_len as usize {
             return Err(Error::corrupt("chunk decoded to the wrong size"));
         }
-        if ChunkId::of(self.keys.as_deref(), &plain) != *id {
+        if ChunkId::of(self.keys.as_deref(), &plain) != id {
             return Err(Error::corrupt("chunk content does not match its identity"));
         }
         Ok(plain)
@@ -239,16 +257,32 @@ mod tests {
         assert_eq!(encoded.payload, noise);
 
         let mut dec = ChunkDecoder::new(None).unwrap();
-        let id = enc.chunk_id(&noise);
-        assert_eq!(
-            dec.decode(Codec::Raw, noise.len() as u32, &id, noise.clone())
-                .unwrap(),
-            noise
-        );
+        let record = Record::Data {
+            codec: Codec::Raw,
+            raw_len: noise.len() as u32,
+            stored_len: noise.len() as u32,
+            id: enc.chunk_id(&noise),
+            payload_check: [0; 8],
+        };
+        assert_eq!(dec.decode(&record, noise.clone()).unwrap(), noise);
         let mut bad = noise.clone();
         bad[5] ^= 1;
-        assert!(dec
-            .decode(Codec::Raw, noise.len() as u32, &id, bad)
-            .is_err());
+        assert!(dec.decode(&record, bad).is_err());
+
+        // A flip in a zstd payload is caught by the payload check even where zstd would not look.
+        let encoded = enc.encode(&text, enc.chunk_id(&text)).unwrap();
+        let record = Record::Data {
+            codec: Codec::Zstd,
+            raw_len: text.len() as u32,
+            stored_len: encoded.payload.len() as u32,
+            id: encoded.id,
+            payload_check: encoded.payload_check,
+        };
+        assert_eq!(dec.decode(&record, encoded.payload.clone()).unwrap(), text);
+        for at in 0..encoded.payload.len() {
+            let mut bad = encoded.payload.clone();
+            bad[at] ^= 0x80;
+            assert!(dec.decode(&record, bad).is_err(), "flip at {at}");
+        }
     }
 }

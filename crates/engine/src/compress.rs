@@ -389,6 +389,7 @@ impl<'w, W: Write> RecordWriter<'w, W> {
             raw_len: chunk.raw_len,
             stored_len,
             id: chunk.id,
+            payload_check: chunk.payload_check,
         };
         self.index.entries.push(IndexEntry {
             kind: record.kind(),

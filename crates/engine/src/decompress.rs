@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::format::header::{read_exact_or, Header};
 use crate::format::index::{Index, IndexEntry, ENTRY_LEN};
 use crate::format::record::{Codec, Record};
-use crate::format::trailer::{Totals, Trailer, TRAILER_LEN};
+use crate::format::trailer::{Totals, Trailer, MAX_TRAILER_LEN};
 use crate::format::Limits;
 use crate::progress::Progress;
 
@@ -103,6 +103,7 @@ pub fn decompress(
     let threads = options.threads.clamp(1, 256);
     let (header, mut input, reread) = match source {
         AfSource::File(mut file) => {
+            file.seek(SeekFrom::Start(0))?;
             let header = Header::read(&mut file, &options.limits)?;
             (header, Input::File(file.try_clone()?), Some(file))
         }
@@ -114,12 +115,8 @@ pub fn decompress(
     let keys = header.unlock(options.seed)?.map(Arc::new);
     let mut expected_logical = None;
     if let Input::File(file) = &mut input {
-        let (trailer, _) = crate::afile::read_tail(
-            file,
-            header.encoded_len() as u64,
-            keys.as_deref(),
-            &options.limits,
-        )?;
+        let (trailer, _) =
+            crate::afile::read_tail(file, &header, keys.as_deref(), &options.limits)?;
         expected_logical = Some(trailer.totals.logical_bytes);
         progress.set_total(trailer.totals.logical_bytes);
         file.seek(SeekFrom::Start(header.encoded_len() as u64))?;
@@ -249,22 +246,21 @@ fn read_items(
         &mut index[8..],
         Error::corrupt("index truncated"),
     )?;
-    let mut trailer = [0u8; TRAILER_LEN];
-    read_exact_or(
-        &mut input,
-        &mut trailer,
-        Error::corrupt("trailer truncated"),
-    )?;
-    let trailer = Trailer::decode(&trailer)?;
-    let mut extra = [0u8; 1];
-    if input.read(&mut extra)? != 0 {
+    // The trailer is whatever remains, and never more than its maximum.
+    let mut trailer = Vec::with_capacity(MAX_TRAILER_LEN);
+    (&mut input)
+        .take(MAX_TRAILER_LEN as u64 + 1)
+        .read_to_end(&mut trailer)?;
+    if trailer.len() > MAX_TRAILER_LEN {
         return Err(Error::corrupt("bytes after the trailer"));
     }
+    let trailer_len = trailer.len() as u64;
+    let trailer = Trailer::decode(&trailer, tag_len > 0)?;
     let index_offset = offset;
     if trailer.index_offset != index_offset || trailer.index_len != index_len {
         return Err(Error::corrupt("trailer does not point at the index"));
     }
-    let file_bytes = index_offset + index_len + TRAILER_LEN as u64;
+    let file_bytes = index_offset + index_len + trailer_len;
     let _ = tx.send((
         seq,
         Item::Tail(Tail {
@@ -284,19 +280,14 @@ fn decode_items(
     for (seq, item) in rx {
         let done = match item {
             Item::Data {
-                record:
-                    record @ Record::Data {
-                        codec, raw_len, id, ..
-                    },
+                record,
                 offset,
                 payload,
-            } => decoder
-                .decode(codec, raw_len, &id, payload)
-                .map(|bytes| Item::Plain {
-                    record,
-                    offset,
-                    bytes,
-                }),
+            } => decoder.decode(&record, payload).map(|bytes| Item::Plain {
+                record,
+                offset,
+                bytes,
+            }),
             other => Ok(other),
         };
         if tx.send((seq, done)).is_err() {
@@ -372,29 +363,13 @@ impl Resolver {
                 decoder,
                 max_chunk,
                 tag_len,
-            } => {
-                let mut reader = ReadAt {
-                    file,
-                    at: target.record_offset,
-                };
-                let (record, _) = Record::read(&mut reader, *max_chunk, *tag_len)?;
-                let Record::Data {
-                    codec,
-                    raw_len,
-                    stored_len,
-                    id,
-                } = record
-                else {
-                    return Err(Error::corrupt("reference target is not a data record"));
-                };
-                let mut payload = vec![0u8; stored_len as usize];
-                read_exact_or(
-                    &mut reader,
-                    &mut payload,
-                    Error::corrupt("chunk payload truncated"),
-                )?;
-                decoder.decode(codec, raw_len, &id, payload)?
-            }
+            } => crate::afile::read_data_record(
+                file,
+                target.record_offset,
+                *max_chunk,
+                *tag_len,
+                decoder,
+            )?,
             Resolver::Window { chunks, .. } => {
                 match chunks.iter().find(|(o, _)| *o == ordinal) {
                     Some((_, plain)) => plain.to_vec(),
@@ -412,20 +387,6 @@ impl Resolver {
             ));
         }
         Ok(plain)
-    }
-}
-
-/// Positioned reads without moving a shared cursor.
-struct ReadAt<'a> {
-    file: &'a File,
-    at: u64,
-}
-
-impl Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
     }
 }
 
@@ -531,6 +492,7 @@ impl<'a> ContentWriter<'a> {
                     raw_len,
                     stored_len,
                     id,
+                    ..
                 },
             ) => {
                 self.resolver.remember(self.chunks.len() as u64, &bytes);

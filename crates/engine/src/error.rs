@@ -15,7 +15,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading the input or writing the output failed (disk full, permission, broken pipe).
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 
     /// The input does not start with the `.af` magic number: it is not an AetherFlow file.

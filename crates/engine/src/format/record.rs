@@ -1,7 +1,8 @@
 //! Records: the body of an `.af` file, one per piece of content, in content order.
 //!
 //! ```text
-//! data (kind 2 zstd, 3 raw): kind u8 | raw_len u32 | stored_len u32 | id [32] | check u32 | payload
+//! data (kind 2 zstd, 3 raw): kind u8 | raw_len u32 | stored_len u32 | id [32] | payload_check [8]
+//!                            | check u32 | payload
 //! reference (kind 1):        kind u8 | ordinal u64 | raw_len u32 | check u32
 //! zero run (kind 0):         kind u8 | length u64 | check u32
 //! hole (kind 4):             kind u8 | length u64 | check u32
@@ -11,7 +12,10 @@
 //! `check` is the first four bytes of BLAKE3 over the record header before it, so a flipped bit in
 //! a length is caught before the length is used. A data record's payload is the zstd frame or the
 //! raw bytes, followed by a 16-byte AEAD tag when the file is encrypted; its plaintext must hash to
-//! `id`. A reference names the `ordinal`-th data record of the file (counting from 0).
+//! `id`. `payload_check` is the first 8 bytes of BLAKE3 over the payload of a plain zstd record
+//! (zeros otherwise: a raw payload is its plaintext, which `id` covers, and an encrypted one is
+//! covered by its tag), so that no flipped bit goes unnoticed, even one zstd would never read.
+//! A reference names the `ordinal`-th data record of the file (counting from 0).
 
 use std::io::{Read, Write};
 
@@ -36,6 +40,7 @@ pub enum Record {
         raw_len: u32,
         stored_len: u32,
         id: ChunkId,
+        payload_check: [u8; 8],
     },
     Reference {
         ordinal: u64,
@@ -58,7 +63,7 @@ const KIND_HOLE: u8 = 4;
 const KIND_END: u8 = 255;
 
 /// Longest record header (a data record's).
-pub const MAX_HEADER_LEN: usize = 1 + 4 + 4 + 32 + 4;
+pub const MAX_HEADER_LEN: usize = 1 + 4 + 4 + 32 + 8 + 4;
 
 impl Record {
     /// Logical bytes this record stands for.
@@ -95,11 +100,13 @@ impl Record {
                 raw_len,
                 stored_len,
                 id,
+                payload_check,
                 ..
             } => {
                 out.extend_from_slice(&raw_len.to_le_bytes());
                 out.extend_from_slice(&stored_len.to_le_bytes());
                 out.extend_from_slice(&id.0);
+                out.extend_from_slice(payload_check);
             }
             Record::Reference { ordinal, raw_len } => {
                 out.extend_from_slice(&ordinal.to_le_bytes());
@@ -129,7 +136,7 @@ impl Record {
         let mut buf = [0u8; MAX_HEADER_LEN];
         read_exact_or(input, &mut buf[..1], truncated())?;
         let fields_len = match buf[0] {
-            KIND_ZSTD | KIND_RAW => 40,
+            KIND_ZSTD | KIND_RAW => 48,
             KIND_REF => 12,
             KIND_ZERO | KIND_HOLE => 8,
             KIND_END => 0,
@@ -147,6 +154,7 @@ impl Record {
                 let raw_len = f.u32();
                 let stored_len = f.u32();
                 let id = ChunkId(f.array());
+                let payload_check = f.array();
                 let codec = if kind == KIND_ZSTD {
                     Codec::Zstd
                 } else {
@@ -164,6 +172,7 @@ impl Record {
                     raw_len,
                     stored_len,
                     id,
+                    payload_check,
                 }
             }
             KIND_REF => {
@@ -216,12 +225,14 @@ mod tests {
                 raw_len: 10,
                 stored_len: 7,
                 id: ChunkId([3; 32]),
+                payload_check: [1; 8],
             },
             Record::Data {
                 codec: Codec::Raw,
                 raw_len: 10,
                 stored_len: 10,
                 id: ChunkId([4; 32]),
+                payload_check: [1; 8],
             },
             Record::Reference {
                 ordinal: 9,
@@ -252,6 +263,7 @@ mod tests {
             raw_len: u32::MAX,
             stored_len: 1,
             id: ChunkId([0; 32]),
+            payload_check: [1; 8],
         };
         assert!(Record::read(&mut &big.encode()[..], 1 << 20, 0).is_err());
         let stored = Record::Data {
@@ -259,6 +271,7 @@ mod tests {
             raw_len: 1,
             stored_len: u32::MAX,
             id: ChunkId([0; 32]),
+            payload_check: [1; 8],
         };
         assert!(Record::read(&mut &stored.encode()[..], 1 << 20, 0).is_err());
     }
