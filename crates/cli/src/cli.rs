@@ -70,6 +70,9 @@ pub struct CompressArgs {
     /// Worker threads (default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
+    /// Flush the output to the disk before it takes its name, so that it survives a power cut.
+    #[arg(long)]
+    pub sync: bool,
     /// Print the steps and a result summary on stderr.
     #[arg(long, short)]
     pub verbose: bool,
@@ -89,6 +92,9 @@ pub struct DecompressArgs {
     /// Worker threads (default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
+    /// Flush the output to the disk before it takes its name, so that it survives a power cut.
+    #[arg(long)]
+    pub sync: bool,
     /// Print the steps and a result summary on stderr.
     #[arg(long, short)]
     pub verbose: bool,

@@ -72,20 +72,25 @@ impl PendingOutput {
         self.temp.as_file()
     }
 
-    /// Syncs the data, renames it to the target and syncs the directory: after this returns
-    /// the output survives a crash.
-    pub fn commit(self) -> anyhow::Result<()> {
+    /// Renames the finished output to its target. With `sync`, the data is flushed to the disk
+    /// first and the directory after, so that the output also survives a power cut.
+    pub fn commit(self, sync: bool) -> anyhow::Result<()> {
         let target = self.target;
-        self.temp
-            .as_file()
-            .sync_all()
-            .with_context(|| format!("{}: cannot sync", target.display()))?;
+        if sync {
+            self.temp
+                .as_file()
+                .sync_all()
+                .with_context(|| format!("{}: cannot sync", target.display()))?;
+        }
         self.temp
             .persist(&target)
             .map_err(|e| e.error)
             .with_context(|| format!("{}: cannot rename into place", target.display()))?;
-        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).ok();
+        if sync {
+            let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
+            File::open(dir.unwrap_or(Path::new(".")))
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("{}: cannot sync its directory", target.display()))?;
         }
         Ok(())
     }

@@ -67,7 +67,7 @@ pub fn run(args: CompressArgs) -> anyhow::Result<u8> {
         let summary = compress(source, &mut out, &options, &bar).with_context(context)?;
         out.flush()?;
         drop(out);
-        pending.commit()?;
+        pending.commit(args.sync)?;
         summary
     };
     bar.finish();

@@ -52,7 +52,7 @@ pub fn run(args: DecompressArgs) -> anyhow::Result<u8> {
         let pending = PendingOutput::create(&args.output)?;
         let summary = decompress(source, Sink::File(pending.file()), &options, &bar)
             .with_context(|| name.clone())?;
-        pending.commit()?;
+        pending.commit(args.sync)?;
         summary
     };
     bar.finish();
