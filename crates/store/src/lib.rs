@@ -1,0 +1,109 @@
+//! AetherFlow storage: content-addressed chunks and block manifests behind one interface.
+//!
+//! | module | idea |
+//! |---|---|
+//! | [`BlockStore`] (here) | the interface and its contract |
+//! | [`types`], [`manifest`] | the values that cross it: ids, chunks, manifests, totals |
+//! | [`epoch`] | when freed chunks and sealed packs may really be deleted |
+//! | [`memory`] | RAM only, lost on exit |
+//! | [`local`] | the durable default: pack files plus an ACID index (redb) |
+//! | `conformance` | the one test suite every backend passes (feature `conformance`) |
+//!
+//! The store never sees plaintext or keys: chunks arrive encoded (compressed, maybe encrypted)
+//! and named by their identity; what they mean is the memory manager's business.
+
+pub mod epoch;
+mod error;
+pub mod local;
+pub mod manifest;
+pub mod memory;
+pub mod types;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use epoch::Pin;
+pub use error::{Error, Result};
+pub use local::LocalStore;
+pub use manifest::{Checksum, Extent, Manifest};
+pub use memory::MemoryStore;
+pub use types::{
+    BlockId, BlockSummary, ChunkId, ChunkInfo, Codec, Damage, NewChunk, StagedChunk, StoredChunk,
+    Totals,
+};
+
+/// A store of content-addressed chunks and of block manifests that refer to them.
+///
+/// # Contract (every backend; the conformance suite checks it)
+///
+/// - **Create-if-absent.** A chunk is stored once per identity; a block id is taken once.
+///   [`BlockStore::commit_block`] on a taken id fails with [`Error::AlreadyExists`] and changes
+///   nothing.
+/// - **Atomic commit.** A block becomes visible with all its chunks, or not at all. Chunks staged
+///   but never committed are never visible and are reclaimed.
+/// - **Durability.** When `commit_block` or `free_block` returns `Ok`, the change survives a crash
+///   of the process or the machine (durable backends; [`BlockStore::is_durable`] says which).
+/// - **Dedup safety.** A chunk that [`BlockStore::has_chunks`] reported present, asked while a
+///   [`Pin`] from [`BlockStore::pin`] was held, may be referenced by a commit made under that pin,
+///   even if every block using it is freed meanwhile.
+/// - **Reclaiming.** Freeing a block releases its references; chunks no block references are
+///   deleted (once no pin can still see them) and the space they took comes back.
+/// - **Verification.** Every chunk read is checked against its [`ChunkInfo::check`]; damage is
+///   [`Error::Corrupt`], never wrong bytes.
+pub trait BlockStore: Send + Sync + std::fmt::Debug {
+    /// Short name for stats: `"memory"`, `"local"`, `"s3"`.
+    fn backend(&self) -> &'static str;
+
+    /// Whether committed data survives the process.
+    fn is_durable(&self) -> bool;
+
+    /// Random bytes fixed when the store was created: the salt from which seeds derive the keys
+    /// of their dedup domain, so that the same seed finds the same chunks across allocations.
+    fn domain_salt(&self) -> [u8; 16];
+
+    /// Marks an allocation as running; see the contract.
+    fn pin(&self) -> Pin;
+
+    /// For each id, whether the store holds that chunk (and it may be referenced; see the contract).
+    fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
+
+    /// Writes chunks where a later commit can find them. Nothing is visible until the commit.
+    fn stage_chunks(&self, chunks: &[NewChunk]) -> Result<Vec<StagedChunk>>;
+
+    /// Makes `manifest` visible as block `id`, with the staged chunks it needs. Every chunk the
+    /// manifest names must be staged here or already held; otherwise [`Error::Corrupt`] and no
+    /// change.
+    fn commit_block(
+        &self,
+        id: BlockId,
+        manifest: &Manifest,
+        staged: Vec<StagedChunk>,
+    ) -> Result<()>;
+
+    /// The manifest of a block, or [`Error::NotFound`].
+    fn manifest(&self, id: BlockId) -> Result<Manifest>;
+
+    /// One chunk's stored form, its payload checked.
+    fn chunk(&self, id: &ChunkId) -> Result<StoredChunk>;
+
+    /// Removes a block and releases its chunks; returns its manifest. [`Error::NotFound`] when
+    /// there is no such block (never allocated, or already freed).
+    fn free_block(&self, id: BlockId) -> Result<Manifest>;
+
+    /// Visits every block in id order until `visit` returns `false`. Holds no more than one
+    /// block's manifest at a time.
+    fn blocks(&self, visit: &mut dyn FnMut(BlockSummary) -> bool) -> Result<()>;
+
+    /// The persisted read count of one block.
+    fn accesses(&self, id: BlockId) -> Result<u64>;
+
+    /// Adds read counts (batched by the caller, so reads need no write transaction each).
+    fn add_accesses(&self, counts: &[(BlockId, u64)]) -> Result<()>;
+
+    /// Exact figures of the whole store.
+    fn totals(&self) -> Totals;
+
+    /// Checks the index against itself and, with `read_data`, every stored chunk's bytes.
+    /// Reports each damaged thing to `report`; an `Err` means the check itself could not run.
+    fn verify(&self, read_data: bool, report: &mut dyn FnMut(Damage)) -> Result<()>;
+}

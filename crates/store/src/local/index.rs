@@ -1,0 +1,205 @@
+//! The local store's index: redb tables and the fixed layouts of their values.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `chunks` | chunk id `[32]` | [`ChunkEntry`] (45 bytes) |
+//! | `locations` | pack << 64 \| offset | chunk id: which chunk lives where, for compaction |
+//! | `blocks` | block id (u128) | encoded [`crate::Manifest`] |
+//! | `accesses` | block id (u128) | read count |
+//! | `packs` | pack number | (committed end, live bytes) |
+//! | `zombies` | chunk id `[32]` | epoch of death (see [`crate::epoch`]) |
+//! | `meta` | name | `salt` [16], `totals` ([`Counters`]), `format` u32 |
+
+use redb::{ReadableTable, TableDefinition};
+
+use crate::error::{Error, Result};
+use crate::types::{codec_byte, codec_from_byte, ChunkId, ChunkInfo};
+
+pub const CHUNKS: TableDefinition<[u8; 32], [u8; ChunkEntry::LEN]> = TableDefinition::new("chunks");
+pub const LOCATIONS: TableDefinition<u128, [u8; 32]> = TableDefinition::new("locations");
+pub const BLOCKS: TableDefinition<u128, &[u8]> = TableDefinition::new("blocks");
+pub const ACCESSES: TableDefinition<u128, u64> = TableDefinition::new("accesses");
+pub const PACKS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("packs");
+pub const ZOMBIES: TableDefinition<[u8; 32], u64> = TableDefinition::new("zombies");
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Layout version of the data directory.
+pub const FORMAT: u32 = 1;
+
+/// Bytes the index spends per chunk (key and value), counted in physical figures.
+pub const CHUNK_INDEX_BYTES: u64 = 32 + ChunkEntry::LEN as u64 + 16 + 32;
+
+/// Where a chunk lives and how many block references it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkEntry {
+    pub pack: u32,
+    /// Offset of the record (its header) in the pack.
+    pub offset: u64,
+    pub info: ChunkInfo,
+    pub refs: u64,
+}
+
+impl ChunkEntry {
+    pub const LEN: usize = 4 + 8 + 1 + 4 + 4 + 16 + 8;
+
+    /// Bytes the record takes in its pack.
+    pub fn record_len(&self) -> u64 {
+        super::pack::RECORD_HEADER_LEN as u64 + u64::from(self.info.stored_len)
+    }
+
+    pub fn encode(&self) -> [u8; ChunkEntry::LEN] {
+        let mut v = [0u8; ChunkEntry::LEN];
+        v[..4].copy_from_slice(&self.pack.to_le_bytes());
+        v[4..12].copy_from_slice(&self.offset.to_le_bytes());
+        v[12] = codec_byte(self.info.codec);
+        v[13..17].copy_from_slice(&self.info.raw_len.to_le_bytes());
+        v[17..21].copy_from_slice(&self.info.stored_len.to_le_bytes());
+        v[21..37].copy_from_slice(&self.info.check);
+        v[37..45].copy_from_slice(&self.refs.to_le_bytes());
+        v
+    }
+
+    pub fn decode(id: [u8; 32], v: &[u8; ChunkEntry::LEN]) -> Result<ChunkEntry> {
+        let u32_at = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+        Ok(ChunkEntry {
+            pack: u32_at(0),
+            offset: u64_at(4),
+            info: ChunkInfo {
+                id: ChunkId(id),
+                codec: codec_from_byte(v[12])?,
+                raw_len: u32_at(13),
+                stored_len: u32_at(17),
+                check: v[21..37].try_into().expect("16 bytes"),
+            },
+            refs: u64_at(37),
+        })
+    }
+
+    /// The key of this chunk's row in `locations`.
+    pub fn location_key(&self) -> u128 {
+        location_key(self.pack, self.offset)
+    }
+}
+
+pub fn location_key(pack: u32, offset: u64) -> u128 {
+    (u128::from(pack) << 64) | u128::from(offset)
+}
+
+/// Reads a chunk's entry from any table handle.
+pub fn get_chunk(
+    table: &impl ReadableTable<[u8; 32], [u8; ChunkEntry::LEN]>,
+    id: &ChunkId,
+) -> Result<Option<ChunkEntry>> {
+    match table.get(id.0)? {
+        Some(v) => Ok(Some(ChunkEntry::decode(id.0, &v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// The store-wide counters kept in `meta`, updated in the same transaction as what they count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub blocks: u64,
+    pub logical: u64,
+    pub zero: u64,
+    pub unique: u64,
+    pub stored: u64,
+    pub chunks: u64,
+    pub manifest_bytes: u64,
+}
+
+impl Counters {
+    const LEN: usize = 7 * 8;
+
+    pub fn encode(&self) -> [u8; Counters::LEN] {
+        let mut v = [0u8; Counters::LEN];
+        let fields = [
+            self.blocks,
+            self.logical,
+            self.zero,
+            self.unique,
+            self.stored,
+            self.chunks,
+            self.manifest_bytes,
+        ];
+        for (i, f) in fields.iter().enumerate() {
+            v[i * 8..i * 8 + 8].copy_from_slice(&f.to_le_bytes());
+        }
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Result<Counters> {
+        if v.len() != Counters::LEN {
+            return Err(Error::Corrupt(
+                "index counters have the wrong length".into(),
+            ));
+        }
+        let f = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Ok(Counters {
+            blocks: f(0),
+            logical: f(1),
+            zero: f(2),
+            unique: f(3),
+            stored: f(4),
+            chunks: f(5),
+            manifest_bytes: f(6),
+        })
+    }
+
+    /// Adds a chunk that became stored.
+    pub fn add_chunk(&mut self, info: &ChunkInfo) {
+        self.chunks += 1;
+        self.unique += u64::from(info.raw_len);
+        self.stored += u64::from(info.stored_len);
+    }
+
+    /// Removes a chunk that was deleted.
+    pub fn remove_chunk(&mut self, info: &ChunkInfo) {
+        self.chunks -= 1;
+        self.unique -= u64::from(info.raw_len);
+        self.stored -= u64::from(info.stored_len);
+    }
+}
+
+/// Reads the counters inside a transaction.
+pub fn read_counters(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Counters> {
+    match meta.get("totals")? {
+        Some(v) => Counters::decode(v.value()),
+        None => Ok(Counters::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Codec;
+
+    #[test]
+    fn entries_and_counters_round_trip() {
+        let e = ChunkEntry {
+            pack: 7,
+            offset: 1 << 40,
+            info: ChunkInfo {
+                id: ChunkId([5; 32]),
+                codec: Codec::Zstd,
+                raw_len: 123_456,
+                stored_len: 789,
+                check: [9; 16],
+            },
+            refs: 3,
+        };
+        assert_eq!(ChunkEntry::decode([5; 32], &e.encode()).unwrap(), e);
+        let c = Counters {
+            blocks: 1,
+            logical: 2,
+            zero: 3,
+            unique: 4,
+            stored: 5,
+            chunks: 6,
+            manifest_bytes: 7,
+        };
+        assert_eq!(Counters::decode(&c.encode()).unwrap(), c);
+        assert!(Counters::decode(&[0; 3]).is_err());
+    }
+}

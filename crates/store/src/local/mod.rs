@@ -1,0 +1,504 @@
+//! The durable local backend, the default: chunks appended to pack files, an ACID index in redb.
+//!
+//! ```text
+//! DIR/LOCK            flock'd while a process has the store open
+//! DIR/index.redb      the index (see `index`)
+//! DIR/packs/N.pack    chunk records (see `pack`)
+//! ```
+//!
+//! **Durability protocol.** An allocation writes its new chunks into a pack, `fdatasync`s the pack,
+//! and only then commits the index transaction that references them; `commit_block` returns after
+//! that commit is durable. So a crash at any moment leaves either the whole block or nothing
+//! visible, and never an index entry pointing at bytes that did not reach the disk.
+//!
+//! **Recovery** needs no manual step: on open, pack files the index never mentions are deleted,
+//! bytes past a pack's last committed record are cut off, and chunks freed before the crash are
+//! reclaimed. Ranges inside a pack that were reserved but never committed count as dead bytes and
+//! go at the next compaction.
+
+mod index;
+mod pack;
+mod reclaim;
+mod verify;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use crate::epoch::{EpochGate, Pin};
+use crate::error::{Error, Result};
+use crate::types::{BlockId, BlockSummary, ChunkId, Damage, StagedAt};
+use crate::{BlockStore, Manifest, NewChunk, StagedChunk, StoredChunk, Totals};
+use index::{
+    get_chunk, read_counters, ChunkEntry, Counters, ACCESSES, BLOCKS, CHUNKS, CHUNK_INDEX_BYTES,
+    FORMAT, LOCATIONS, META, PACKS, ZOMBIES,
+};
+use pack::Packs;
+
+/// Tuning of a local store.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalOptions {
+    /// A pack is sealed and a new one started at about this size.
+    pub pack_size: u64,
+    /// A sealed pack whose live bytes fall below this fraction of its size is compacted.
+    pub compact_below: f64,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            pack_size: 32 << 20,
+            compact_below: 0.5,
+        }
+    }
+}
+
+/// The durable local store. Share it behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct LocalStore {
+    dir: PathBuf,
+    db: Database,
+    packs: Packs,
+    gate: Arc<EpochGate>,
+    options: LocalOptions,
+    salt: [u8; 16],
+    /// Copy of the persisted counters, refreshed after each commit, so that stats need no read.
+    counters: Mutex<Counters>,
+    /// Packs sealed by this process, with the epoch of sealing (see [`crate::epoch`]).
+    sealed: Mutex<BTreeMap<u32, u64>>,
+    /// One reclaim pass at a time; others skip rather than wait.
+    reclaiming: Mutex<()>,
+    /// Holds the directory's lock for as long as the store is open.
+    _lock: File,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store in `dir`. Fails with [`Error::Locked`] when another
+    /// process has it open.
+    pub fn open(dir: impl AsRef<Path>, options: LocalOptions) -> Result<LocalStore> {
+        let dir = dir.as_ref().to_path_buf();
+        let packs_dir = dir.join("packs");
+        fs::create_dir_all(&packs_dir)?;
+        let lock = lock_dir(&dir)?;
+        let db = Database::create(dir.join("index.redb"))?;
+        let (salt, counters) = init_meta(&db)?;
+        let (next_pack, pack_bytes) = recover_packs(&db, &packs_dir)?;
+        let max_death = {
+            let r = db.begin_read()?;
+            let z = r.open_table(ZOMBIES)?;
+            let mut max = 0;
+            for row in z.iter()? {
+                max = max.max(row?.1.value());
+            }
+            max
+        };
+        let store = LocalStore {
+            packs: Packs::open(packs_dir, options.pack_size, next_pack, pack_bytes),
+            dir,
+            db,
+            gate: EpochGate::starting_at(max_death + 1),
+            options,
+            salt,
+            counters: Mutex::new(counters),
+            sealed: Mutex::default(),
+            reclaiming: Mutex::default(),
+            _lock: lock,
+        };
+        store.reclaim()?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        Ok(self.db.begin_write()?)
+    }
+
+    fn set_counters(&self, c: Counters) {
+        *self.counters.lock().expect("counters lock") = c;
+    }
+}
+
+/// Takes an exclusive `flock` on `DIR/LOCK`, released when the file closes (even on a crash).
+fn lock_dir(dir: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Locked(format!(
+            "data directory {} is in use by another process",
+            dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Creates the tables and the salt on first open; checks the layout version after that.
+fn init_meta(db: &Database) -> Result<([u8; 16], Counters)> {
+    let txn = db.begin_write()?;
+    let result = {
+        txn.open_table(BLOCKS)?;
+        txn.open_table(CHUNKS)?;
+        txn.open_table(LOCATIONS)?;
+        txn.open_table(ACCESSES)?;
+        txn.open_table(PACKS)?;
+        txn.open_table(ZOMBIES)?;
+        let mut meta = txn.open_table(META)?;
+        let format = meta.get("format")?.map(|v| v.value().to_vec());
+        match format {
+            Some(v) if v == FORMAT.to_le_bytes() => {}
+            Some(v) => {
+                return Err(Error::Corrupt(format!(
+                    "data directory layout version {v:?} is not {FORMAT}"
+                )))
+            }
+            None => {
+                meta.insert("format", FORMAT.to_le_bytes().as_slice())?;
+            }
+        }
+        let stored_salt = meta.get("salt")?.map(|v| v.value().to_vec());
+        let salt = match stored_salt {
+            Some(v) => v
+                .try_into()
+                .map_err(|_| Error::Corrupt("salt has the wrong length".into()))?,
+            None => {
+                let salt = crate::types::random_salt()?;
+                meta.insert("salt", salt.as_slice())?;
+                salt
+            }
+        };
+        (salt, read_counters(&meta)?)
+    };
+    txn.commit()?;
+    Ok(result)
+}
+
+/// Deletes pack files the index never committed to and trims uncommitted tails. Returns the next
+/// pack number and the bytes of all packs.
+fn recover_packs(db: &Database, packs_dir: &Path) -> Result<(u32, u64)> {
+    let known: HashMap<u32, u64> = {
+        let r = db.begin_read()?;
+        let t = r.open_table(PACKS)?;
+        let mut m = HashMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            m.insert(k.value(), v.value().0);
+        }
+        m
+    };
+    let mut next = known.keys().max().map_or(1, |m| m + 1);
+    let mut bytes = 0;
+    for entry in fs::read_dir(packs_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(number) = name.to_str().and_then(Packs::number_of) else {
+            continue;
+        };
+        next = next.max(number + 1);
+        match known.get(&number) {
+            None => fs::remove_file(entry.path())?,
+            Some(&end) => {
+                let file = OpenOptions::new().write(true).open(entry.path())?;
+                let len = file.metadata()?.len();
+                if len > end {
+                    file.set_len(end)?;
+                    file.sync_all()?;
+                }
+                bytes += len.min(end);
+            }
+        }
+    }
+    File::open(packs_dir)?.sync_all()?;
+    Ok((next, bytes))
+}
+
+impl BlockStore for LocalStore {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn domain_salt(&self) -> [u8; 16] {
+        self.salt
+    }
+
+    fn pin(&self) -> Pin {
+        self.gate.pin()
+    }
+
+    fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(CHUNKS)?;
+        ids.iter()
+            .map(|id| Ok(get_chunk(&t, id)?.is_some_and(|e| e.refs > 0)))
+            .collect()
+    }
+
+    fn stage_chunks(&self, chunks: &[NewChunk]) -> Result<Vec<StagedChunk>> {
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<_> = chunks.iter().map(|c| (c.info(), &c.payload[..])).collect();
+        let (pack, offsets, sealed) = self.packs.append(&records)?;
+        if let Some(sealed) = sealed {
+            self.note_sealed(sealed);
+        }
+        Ok(records
+            .into_iter()
+            .zip(offsets)
+            .map(|((info, _), offset)| StagedChunk {
+                info,
+                at: StagedAt::Pack { pack, offset },
+            })
+            .collect())
+    }
+
+    fn commit_block(
+        &self,
+        id: BlockId,
+        manifest: &Manifest,
+        staged: Vec<StagedChunk>,
+    ) -> Result<()> {
+        manifest.validate()?;
+        let touched: BTreeSet<u32> = staged
+            .iter()
+            .filter_map(|s| match s.at {
+                StagedAt::Pack { pack, .. } => Some(pack),
+                StagedAt::Memory(_) => None,
+            })
+            .collect();
+        for pack in touched {
+            self.packs.sync(pack)?;
+        }
+        let encoded = manifest.encode();
+        let txn = self.begin_write()?;
+        let counters = {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            if blocks.get(id.as_u128())?.is_some() {
+                return Err(Error::AlreadyExists(format!("block {id}")));
+            }
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut locations = txn.open_table(LOCATIONS)?;
+            let mut packs = txn.open_table(PACKS)?;
+            let mut zombies = txn.open_table(ZOMBIES)?;
+            let mut meta = txn.open_table(META)?;
+            let mut counters = read_counters(&meta)?;
+            for s in staged {
+                let StagedAt::Pack { pack, offset } = s.at else {
+                    return Err(Error::Corrupt("chunk staged by another backend".into()));
+                };
+                if get_chunk(&chunks, &s.info.id)?.is_some() {
+                    continue; // another allocation stored it first: this copy is dead space
+                }
+                let entry = ChunkEntry {
+                    pack,
+                    offset,
+                    info: s.info,
+                    refs: 0,
+                };
+                chunks.insert(s.info.id.0, entry.encode())?;
+                locations.insert(entry.location_key(), s.info.id.0)?;
+                let (end, live) = packs.get(pack)?.map_or((0, 0), |v| v.value());
+                packs.insert(
+                    pack,
+                    (
+                        end.max(offset + entry.record_len()),
+                        live + entry.record_len(),
+                    ),
+                )?;
+                counters.add_chunk(&s.info);
+            }
+            for chunk_id in manifest.chunk_refs() {
+                let mut entry = get_chunk(&chunks, chunk_id)?.ok_or_else(|| {
+                    Error::Corrupt(format!(
+                        "block {id} refers to chunk {chunk_id:?}, which is neither stored nor staged"
+                    ))
+                })?;
+                entry.refs += 1;
+                if entry.refs == 1 {
+                    zombies.remove(chunk_id.0)?;
+                }
+                chunks.insert(chunk_id.0, entry.encode())?;
+            }
+            blocks.insert(id.as_u128(), encoded.as_slice())?;
+            counters.blocks += 1;
+            counters.logical += manifest.size;
+            counters.zero += manifest.zero_bytes();
+            counters.manifest_bytes += encoded.len() as u64;
+            meta.insert("totals", counters.encode().as_slice())?;
+            counters
+        };
+        txn.commit()?;
+        self.set_counters(counters);
+        Ok(())
+    }
+
+    fn manifest(&self, id: BlockId) -> Result<Manifest> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(BLOCKS)?;
+        let v = t
+            .get(id.as_u128())?
+            .ok_or_else(|| Error::NotFound(format!("block {id}")))?;
+        Manifest::decode(v.value(), &format_args!("block {id}"))
+    }
+
+    fn chunk(&self, id: &ChunkId) -> Result<StoredChunk> {
+        // Compaction may move the chunk between the lookup and the read: look again then.
+        let mut attempts = 0;
+        loop {
+            let entry = {
+                let r = self.db.begin_read()?;
+                let t = r.open_table(CHUNKS)?;
+                get_chunk(&t, id)?.ok_or_else(|| Error::NotFound(format!("chunk {id:?}")))?
+            };
+            match self.packs.read(entry.pack, entry.offset, &entry.info) {
+                Ok(payload) => {
+                    return Ok(StoredChunk {
+                        info: entry.info,
+                        payload: payload.into(),
+                    })
+                }
+                Err(Error::NotFound(_)) if attempts < 3 => attempts += 1,
+                Err(Error::NotFound(what)) => {
+                    return Err(Error::Corrupt(format!("chunk {id:?}: {what} is missing")))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn free_block(&self, id: BlockId) -> Result<Manifest> {
+        let death = self.gate.stamp();
+        let txn = self.begin_write()?;
+        let (manifest, counters) = {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            let encoded = blocks
+                .remove(id.as_u128())?
+                .ok_or_else(|| Error::NotFound(format!("block {id}")))?
+                .value()
+                .to_vec();
+            txn.open_table(ACCESSES)?.remove(id.as_u128())?;
+            let manifest = Manifest::decode(&encoded, &format_args!("block {id}"))?;
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut zombies = txn.open_table(ZOMBIES)?;
+            let mut meta = txn.open_table(META)?;
+            let mut counters = read_counters(&meta)?;
+            for chunk_id in manifest.chunk_refs() {
+                if let Some(mut entry) = get_chunk(&chunks, chunk_id)? {
+                    entry.refs = entry.refs.saturating_sub(1);
+                    if entry.refs == 0 {
+                        zombies.insert(chunk_id.0, death)?;
+                    }
+                    chunks.insert(chunk_id.0, entry.encode())?;
+                }
+            }
+            counters.blocks -= 1;
+            counters.logical -= manifest.size;
+            counters.zero -= manifest.zero_bytes();
+            counters.manifest_bytes -= encoded.len() as u64;
+            meta.insert("totals", counters.encode().as_slice())?;
+            (manifest, counters)
+        };
+        txn.commit()?;
+        self.set_counters(counters);
+        self.gate.advance();
+        // The block is gone for good; reclaiming its space is best effort and retried by the next
+        // free or the next open, so a failure here does not undo the free.
+        let _ = self.reclaim();
+        Ok(manifest)
+    }
+
+    fn blocks(&self, visit: &mut dyn FnMut(BlockSummary) -> bool) -> Result<()> {
+        let r = self.db.begin_read()?;
+        let blocks = r.open_table(BLOCKS)?;
+        let accesses = r.open_table(ACCESSES)?;
+        for row in blocks.iter()? {
+            let (k, v) = row?;
+            let id = BlockId::from_u128(k.value());
+            let manifest = Manifest::decode(v.value(), &format_args!("block {id}"))?;
+            let accesses = accesses.get(k.value())?.map_or(0, |n| n.value());
+            if !visit(BlockSummary {
+                id,
+                manifest,
+                accesses,
+            }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn accesses(&self, id: BlockId) -> Result<u64> {
+        let r = self.db.begin_read()?;
+        if r.open_table(BLOCKS)?.get(id.as_u128())?.is_none() {
+            return Err(Error::NotFound(format!("block {id}")));
+        }
+        Ok(r.open_table(ACCESSES)?
+            .get(id.as_u128())?
+            .map_or(0, |n| n.value()))
+    }
+
+    fn add_accesses(&self, counts: &[(BlockId, u64)]) -> Result<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.begin_write()?;
+        // Read counts are statistics: they ride along with the next durable commit rather than
+        // paying an fsync of their own.
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| Error::Index(e.to_string()))?;
+        {
+            let blocks = txn.open_table(BLOCKS)?;
+            let mut accesses = txn.open_table(ACCESSES)?;
+            for (id, n) in counts {
+                if blocks.get(id.as_u128())?.is_none() {
+                    continue;
+                }
+                let old = accesses.get(id.as_u128())?.map_or(0, |v| v.value());
+                accesses.insert(id.as_u128(), old + n)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn totals(&self) -> Totals {
+        let c = *self.counters.lock().expect("counters lock");
+        Totals {
+            blocks: c.blocks,
+            logical: c.logical,
+            zero: c.zero,
+            unique: c.unique,
+            stored: c.stored,
+            chunks: c.chunks,
+            physical: self.packs.bytes() + c.manifest_bytes + c.chunks * CHUNK_INDEX_BYTES,
+        }
+    }
+
+    fn verify(&self, read_data: bool, report: &mut dyn FnMut(Damage)) -> Result<()> {
+        verify::verify(self, read_data, report)
+    }
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        // Make read counts committed with relaxed durability reach the disk.
+        if let Ok(txn) = self.db.begin_write() {
+            let _ = txn.commit();
+        }
+    }
+}

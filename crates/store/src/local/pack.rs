@@ -1,0 +1,268 @@
+//! Pack files: chunks appended one after another, a few tens of MiB per file.
+//!
+//! ```text
+//! pack:   magic "AFPACK01" [8] | pack number u32 | reserved u32        (16 bytes)
+//!         record*
+//! record: chunk id [32] | codec u8 | raw_len u32 | stored_len u32 | payload check [16]
+//!         | header check u32 (BLAKE3 of the 57 bytes before it) | payload [stored_len]
+//! ```
+//!
+//! Records describe themselves, so a pack can be checked (and an index rebuilt) from the pack
+//! alone. Writers reserve a byte range under a short lock and write it with `pwrite` outside the
+//! lock, so concurrent allocations write in parallel; the index decides which ranges are live.
+//! A range reserved but never committed is dead space that compaction reclaims.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::types::{codec_byte, codec_from_byte, ChunkId, ChunkInfo};
+
+const MAGIC: [u8; 8] = *b"AFPACK01";
+/// Bytes before the first record of a pack.
+pub const PACK_HEADER_LEN: u64 = 16;
+/// Bytes of a record before its payload.
+pub const RECORD_HEADER_LEN: usize = 32 + 1 + 4 + 4 + 16 + 4;
+
+/// Encodes a record header.
+pub fn record_header(info: &ChunkInfo) -> [u8; RECORD_HEADER_LEN] {
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[..32].copy_from_slice(&info.id.0);
+    h[32] = codec_byte(info.codec);
+    h[33..37].copy_from_slice(&info.raw_len.to_le_bytes());
+    h[37..41].copy_from_slice(&info.stored_len.to_le_bytes());
+    h[41..57].copy_from_slice(&info.check);
+    let check = blake3::hash(&h[..57]);
+    h[57..].copy_from_slice(&check.as_bytes()[..4]);
+    h
+}
+
+/// Decodes and checks a record header.
+pub fn parse_record_header(h: &[u8; RECORD_HEADER_LEN]) -> Result<ChunkInfo> {
+    if blake3::hash(&h[..57]).as_bytes()[..4] != h[57..] {
+        return Err(Error::Corrupt("pack record header check mismatch".into()));
+    }
+    Ok(ChunkInfo {
+        id: ChunkId(h[..32].try_into().expect("32 bytes")),
+        codec: codec_from_byte(h[32])?,
+        raw_len: u32::from_le_bytes(h[33..37].try_into().expect("4 bytes")),
+        stored_len: u32::from_le_bytes(h[37..41].try_into().expect("4 bytes")),
+        check: h[41..57].try_into().expect("16 bytes"),
+    })
+}
+
+/// The pack currently appended to.
+#[derive(Debug)]
+struct Active {
+    number: u32,
+    file: Arc<File>,
+    /// Next free byte (everything below is reserved).
+    end: u64,
+}
+
+/// All pack files of a store: the one being appended to and open handles for reading.
+#[derive(Debug)]
+pub struct Packs {
+    dir: PathBuf,
+    /// Rotate to a new pack once the active one reaches this size.
+    target_size: u64,
+    active: Mutex<Option<Active>>,
+    /// Open handles, shared: a reader keeps reading a pack even if compaction unlinks it.
+    open: RwLock<HashMap<u32, Arc<File>>>,
+    next_number: Mutex<u32>,
+    /// Bytes of all pack files, live and dead.
+    bytes: AtomicU64,
+}
+
+impl Packs {
+    /// Opens the pack directory; `next_number` is above every pack the index or disk knows.
+    pub fn open(dir: PathBuf, target_size: u64, next_number: u32, bytes: u64) -> Packs {
+        Packs {
+            dir,
+            target_size,
+            active: Mutex::new(None),
+            open: RwLock::default(),
+            next_number: Mutex::new(next_number),
+            bytes: AtomicU64::new(bytes),
+        }
+    }
+
+    pub fn path(dir: &Path, number: u32) -> PathBuf {
+        dir.join(format!("{number:08}.pack"))
+    }
+
+    /// Parses a pack file name back to its number.
+    pub fn number_of(name: &str) -> Option<u32> {
+        name.strip_suffix(".pack")?.parse().ok()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The number of the pack being appended to, if any.
+    pub fn active_number(&self) -> Option<u32> {
+        self.active
+            .lock()
+            .expect("pack lock")
+            .as_ref()
+            .map(|a| a.number)
+    }
+
+    /// Reserves `len` bytes and returns where. Starts a new pack when the active one is full;
+    /// returns the number of the pack that was sealed, if one was.
+    fn reserve(&self, len: u64) -> Result<(u32, Arc<File>, u64, Option<u32>)> {
+        let mut active = self.active.lock().expect("pack lock");
+        let mut sealed = None;
+        if let Some(a) = active.as_ref() {
+            if a.end > PACK_HEADER_LEN && a.end + len > self.target_size {
+                sealed = Some(a.number);
+                *active = None;
+            }
+        }
+        if active.is_none() {
+            *active = Some(self.create()?);
+        }
+        let a = active.as_mut().expect("just set");
+        let offset = a.end;
+        a.end += len;
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        Ok((a.number, Arc::clone(&a.file), offset, sealed))
+    }
+
+    /// Seals the active pack if it is `number`, so that nothing more is appended to it.
+    pub fn seal(&self, number: u32) -> bool {
+        let mut active = self.active.lock().expect("pack lock");
+        if active.as_ref().is_some_and(|a| a.number == number) {
+            *active = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn create(&self) -> Result<Active> {
+        let mut next = self.next_number.lock().expect("pack lock");
+        let number = *next;
+        let path = Packs::path(&self.dir, number);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let mut header = [0u8; PACK_HEADER_LEN as usize];
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..12].copy_from_slice(&number.to_le_bytes());
+        file.write_all_at(&header, 0)?;
+        // The new name must be durable before any index entry can point into it.
+        file.sync_data()?;
+        File::open(&self.dir)?.sync_all()?;
+        *next = number + 1;
+        self.bytes.fetch_add(PACK_HEADER_LEN, Ordering::Relaxed);
+        let file = Arc::new(file);
+        self.open
+            .write()
+            .expect("pack lock")
+            .insert(number, Arc::clone(&file));
+        Ok(Active {
+            number,
+            file,
+            end: PACK_HEADER_LEN,
+        })
+    }
+
+    /// Appends records (header and payload each) in one write. Returns the pack, each record's
+    /// offset, and the pack sealed to make room, if any. Not durable until [`Packs::sync`].
+    pub fn append(&self, records: &[(ChunkInfo, &[u8])]) -> Result<(u32, Vec<u64>, Option<u32>)> {
+        let len: usize = records
+            .iter()
+            .map(|(_, p)| RECORD_HEADER_LEN + p.len())
+            .sum();
+        let mut buf = Vec::with_capacity(len);
+        let mut offsets = Vec::with_capacity(records.len());
+        for (info, payload) in records {
+            offsets.push(buf.len() as u64);
+            buf.extend_from_slice(&record_header(info));
+            buf.extend_from_slice(payload);
+        }
+        let (number, file, at, sealed) = self.reserve(len as u64)?;
+        file.write_all_at(&buf, at)?;
+        for o in &mut offsets {
+            *o += at;
+        }
+        Ok((number, offsets, sealed))
+    }
+
+    /// Flushes a pack's data to the disk.
+    pub fn sync(&self, number: u32) -> Result<()> {
+        self.file(number)?.sync_data()?;
+        Ok(())
+    }
+
+    fn file(&self, number: u32) -> Result<Arc<File>> {
+        if let Some(f) = self.open.read().expect("pack lock").get(&number) {
+            return Ok(Arc::clone(f));
+        }
+        let file = match File::open(Packs::path(&self.dir, number)) {
+            Ok(f) => Arc::new(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(format!("pack {number}")))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.open
+            .write()
+            .expect("pack lock")
+            .insert(number, Arc::clone(&file));
+        Ok(file)
+    }
+
+    /// Reads one record and checks it against what the index says it is.
+    pub fn read(&self, number: u32, offset: u64, expect: &ChunkInfo) -> Result<Vec<u8>> {
+        let file = self.file(number)?;
+        let mut buf = vec![0u8; RECORD_HEADER_LEN + expect.stored_len as usize];
+        file.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                Error::Corrupt(format!("pack {number} ends before the record at {offset}"))
+            } else {
+                Error::Io(e)
+            }
+        })?;
+        let header: &[u8; RECORD_HEADER_LEN] =
+            buf[..RECORD_HEADER_LEN].try_into().expect("header length");
+        let found = parse_record_header(header)
+            .map_err(|e| Error::Corrupt(format!("pack {number} at {offset}: {e}")))?;
+        if found != *expect {
+            return Err(Error::Corrupt(format!(
+                "pack {number} at {offset}: record does not match the index"
+            )));
+        }
+        buf.drain(..RECORD_HEADER_LEN);
+        if crate::types::payload_check(&buf) != expect.check {
+            return Err(Error::Corrupt(format!(
+                "pack {number} at {offset}: payload check mismatch"
+            )));
+        }
+        Ok(buf)
+    }
+
+    /// Deletes a pack file that holds nothing live.
+    pub fn delete(&self, number: u32) -> Result<()> {
+        self.open.write().expect("pack lock").remove(&number);
+        let path = Packs::path(&self.dir, number);
+        let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.bytes
+            .fetch_sub(len.min(self.bytes()), Ordering::Relaxed);
+        Ok(())
+    }
+}

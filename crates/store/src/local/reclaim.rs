@@ -1,0 +1,247 @@
+//! Getting space back: deleting chunks no block uses, and compacting packs that are mostly dead.
+//!
+//! Runs after every free and on open. Each step is its own transaction and each is safe to stop
+//! at any point: a crash between steps leaves only dead bytes, which the next pass reclaims.
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::index::{
+    get_chunk, location_key, read_counters, ChunkEntry, CHUNKS, LOCATIONS, META, PACKS, ZOMBIES,
+};
+use super::pack::PACK_HEADER_LEN;
+use super::LocalStore;
+use crate::error::Result;
+use crate::types::ChunkId;
+
+/// Zombies deleted per transaction, so one pass never holds the writer for long.
+const ZOMBIE_BATCH: usize = 10_000;
+
+impl LocalStore {
+    pub(super) fn note_sealed(&self, pack: u32) {
+        let stamp = self.gate.stamp();
+        self.sealed.lock().expect("sealed lock").insert(pack, stamp);
+        self.gate.advance();
+    }
+
+    /// Whether no running allocation can still commit chunks staged into `pack`.
+    fn pack_settled(&self, pack: u32) -> bool {
+        if self.packs.active_number() == Some(pack) {
+            return false;
+        }
+        match self.sealed.lock().expect("sealed lock").get(&pack) {
+            Some(&stamp) => self.gate.is_settled(stamp),
+            None => true, // sealed by an earlier process: nothing of ours can write into it
+        }
+    }
+
+    /// One reclaim pass; skipped when another thread is already running one.
+    pub(crate) fn reclaim(&self) -> Result<()> {
+        let Ok(_guard) = self.reclaiming.try_lock() else {
+            return Ok(());
+        };
+        while self.delete_zombies()? == ZOMBIE_BATCH {}
+        self.seal_mostly_dead_active()?;
+        let packs: Vec<(u32, u64, u64)> = {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(PACKS)?;
+            t.iter()?
+                .map(|row| {
+                    let (k, v) = row?;
+                    let (end, live) = v.value();
+                    Ok((k.value(), end, live))
+                })
+                .collect::<Result<_>>()?
+        };
+        let known: std::collections::HashSet<u32> = packs.iter().map(|p| p.0).collect();
+        for (pack, end, live) in packs {
+            if !self.pack_settled(pack) {
+                continue;
+            }
+            if live == 0 {
+                self.drop_pack(pack)?;
+            } else if (live as f64)
+                < (end.saturating_sub(PACK_HEADER_LEN) as f64) * self.options.compact_below
+            {
+                self.compact(pack)?;
+            }
+        }
+        // Packs sealed this run that never got a committed chunk hold only dead bytes.
+        let orphans: Vec<u32> = self
+            .sealed
+            .lock()
+            .expect("sealed lock")
+            .keys()
+            .copied()
+            .filter(|p| !known.contains(p))
+            .collect();
+        for pack in orphans {
+            if self.pack_settled(pack) {
+                self.packs.delete(pack)?;
+                self.sealed.lock().expect("sealed lock").remove(&pack);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes up to a batch of zombies whose death no running allocation can have seen.
+    fn delete_zombies(&self) -> Result<usize> {
+        let settled: Vec<[u8; 32]> = {
+            let r = self.db.begin_read()?;
+            let z = r.open_table(ZOMBIES)?;
+            let mut v = Vec::new();
+            for row in z.iter()? {
+                let (k, death) = row?;
+                if self.gate.is_settled(death.value()) {
+                    v.push(k.value());
+                    if v.len() == ZOMBIE_BATCH {
+                        break;
+                    }
+                }
+            }
+            v
+        };
+        if settled.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.begin_write()?;
+        let counters = {
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut locations = txn.open_table(LOCATIONS)?;
+            let mut packs = txn.open_table(PACKS)?;
+            let mut zombies = txn.open_table(ZOMBIES)?;
+            let mut meta = txn.open_table(META)?;
+            let mut counters = read_counters(&meta)?;
+            for id in &settled {
+                zombies.remove(*id)?;
+                let Some(entry) = get_chunk(&chunks, &ChunkId(*id))? else {
+                    continue;
+                };
+                if entry.refs > 0 {
+                    continue; // revived by a commit
+                }
+                chunks.remove(*id)?;
+                locations.remove(entry.location_key())?;
+                let recorded = packs.get(entry.pack)?.map(|v| v.value());
+                if let Some((end, live)) = recorded {
+                    packs.insert(entry.pack, (end, live.saturating_sub(entry.record_len())))?;
+                }
+                counters.remove_chunk(&entry.info);
+            }
+            meta.insert("totals", counters.encode().as_slice())?;
+            counters
+        };
+        txn.commit()?;
+        self.set_counters(counters);
+        Ok(settled.len())
+    }
+
+    /// Seals the active pack when most of it is dead, so that compaction can reach it.
+    fn seal_mostly_dead_active(&self) -> Result<()> {
+        let Some(active) = self.packs.active_number() else {
+            return Ok(());
+        };
+        let (end, live) = {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(PACKS)?;
+            t.get(active)?.map_or((0, 0), |v| v.value())
+        };
+        let used = end.saturating_sub(PACK_HEADER_LEN);
+        if used > 0
+            && (live as f64) < (used as f64) * self.options.compact_below
+            && self.packs.seal(active)
+        {
+            self.note_sealed(active);
+        }
+        Ok(())
+    }
+
+    /// Forgets a pack with no live chunk and deletes its file.
+    fn drop_pack(&self, pack: u32) -> Result<()> {
+        let txn = self.begin_write()?;
+        txn.open_table(PACKS)?.remove(pack)?;
+        txn.commit()?;
+        self.packs.delete(pack)?;
+        self.sealed.lock().expect("sealed lock").remove(&pack);
+        Ok(())
+    }
+
+    /// Copies a pack's live chunks to the active pack, points the index at the copies, and
+    /// deletes the old pack. A chunk freed meanwhile keeps its old entry (and goes with it).
+    fn compact(&self, pack: u32) -> Result<()> {
+        let entries: Vec<ChunkEntry> = {
+            let r = self.db.begin_read()?;
+            let locations = r.open_table(LOCATIONS)?;
+            let chunks = r.open_table(CHUNKS)?;
+            let mut v = Vec::new();
+            for row in locations.range(location_key(pack, 0)..location_key(pack + 1, 0))? {
+                let (_, id) = row?;
+                if let Some(e) = get_chunk(&chunks, &ChunkId(id.value()))? {
+                    v.push(e);
+                }
+            }
+            v
+        };
+        let _pin = self.gate.pin();
+        let mut payloads = Vec::with_capacity(entries.len());
+        for e in &entries {
+            // A damaged chunk is left where it is, for `verify` to name; the pack stays.
+            match self.packs.read(e.pack, e.offset, &e.info) {
+                Ok(p) => payloads.push(p),
+                Err(err) if err.is_corrupt() => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+        let records: Vec<_> = entries
+            .iter()
+            .zip(&payloads)
+            .map(|(e, p)| (e.info, &p[..]))
+            .collect();
+        let moved = if records.is_empty() {
+            None
+        } else {
+            let (to, offsets, sealed) = self.packs.append(&records)?;
+            if let Some(sealed) = sealed {
+                self.note_sealed(sealed);
+            }
+            self.packs.sync(to)?;
+            Some((to, offsets))
+        };
+        let txn = self.begin_write()?;
+        let emptied = {
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut locations = txn.open_table(LOCATIONS)?;
+            let mut packs = txn.open_table(PACKS)?;
+            if let Some((to, offsets)) = moved {
+                for (old, offset) in entries.iter().zip(offsets) {
+                    let Some(mut cur) = get_chunk(&chunks, &old.info.id)? else {
+                        continue;
+                    };
+                    if cur.pack != pack || cur.offset != old.offset {
+                        continue;
+                    }
+                    locations.remove(cur.location_key())?;
+                    cur.pack = to;
+                    cur.offset = offset;
+                    chunks.insert(cur.info.id.0, cur.encode())?;
+                    locations.insert(cur.location_key(), cur.info.id.0)?;
+                    let len = cur.record_len();
+                    let (end, live) = packs.get(pack)?.map_or((0, 0), |v| v.value());
+                    packs.insert(pack, (end, live.saturating_sub(len)))?;
+                    let (end, live) = packs.get(to)?.map_or((0, 0), |v| v.value());
+                    packs.insert(to, (end.max(offset + len), live + len))?;
+                }
+            }
+            let live = packs.get(pack)?.map_or(0, |v| v.value().1);
+            if live == 0 {
+                packs.remove(pack)?;
+            }
+            live == 0
+        };
+        txn.commit()?;
+        if emptied {
+            self.packs.delete(pack)?;
+            self.sealed.lock().expect("sealed lock").remove(&pack);
+        }
+        Ok(())
+    }
+}

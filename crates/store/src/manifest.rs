@@ -1,0 +1,308 @@
+//! A block's manifest: its size, checksum, seed tag and the list of extents that make it up.
+//!
+//! Encoded (little-endian), about 90 bytes plus 41 per chunk:
+//!
+//! ```text
+//! version u8 = 1 | flags u8 (bit 0: seeded) | size u64 | created u64 (Unix seconds)
+//! checksum: [32] SHA-256 of the content, or [48] sealed under the seed's metadata key when seeded
+//! seed_tag [32] (seeded only) | extent count u32
+//! extent: 0 | len u64                                  a run of zeros
+//!         1 | chunk id [32] | raw_len u32 | stored_len u32   a chunk
+//! check [8]: BLAKE3 of everything before it
+//! ```
+
+use aetherflow_engine::crypto::ChunkId;
+
+use crate::error::{Error, Result};
+
+const VERSION: u8 = 1;
+const FLAG_SEEDED: u8 = 1;
+/// Sealed checksum: 32 bytes of ciphertext and a 16-byte tag.
+pub const SEALED_CHECKSUM_LEN: usize = 48;
+
+/// The checksum of a block's content, readable by anyone or only with the seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checksum {
+    /// SHA-256 of the content.
+    Plain([u8; 32]),
+    /// SHA-256 sealed with the seed's metadata key, so that it cannot confirm guesses.
+    Sealed([u8; SEALED_CHECKSUM_LEN]),
+}
+
+/// One piece of a block, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// `len` zero bytes, stored as their length only.
+    Zero { len: u64 },
+    /// A stored chunk.
+    Chunk {
+        id: ChunkId,
+        raw_len: u32,
+        stored_len: u32,
+    },
+}
+
+impl Extent {
+    pub fn len(&self) -> u64 {
+        match *self {
+            Extent::Zero { len } => len,
+            Extent::Chunk { raw_len, .. } => raw_len.into(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a block is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Logical size in bytes.
+    pub size: u64,
+    /// Creation time, Unix seconds.
+    pub created: u64,
+    pub checksum: Checksum,
+    /// Keyed hash that tells the block's seed from any other; `None` for unseeded blocks.
+    pub seed_tag: Option<[u8; 32]>,
+    pub extents: Vec<Extent>,
+}
+
+impl Manifest {
+    /// Logical bytes stored as zero runs.
+    pub fn zero_bytes(&self) -> u64 {
+        self.extents
+            .iter()
+            .filter_map(|e| match e {
+                Extent::Zero { len } => Some(*len),
+                Extent::Chunk { .. } => None,
+            })
+            .sum()
+    }
+
+    /// Every chunk reference, in order, repeats included.
+    pub fn chunk_refs(&self) -> impl Iterator<Item = &ChunkId> {
+        self.extents.iter().filter_map(|e| match e {
+            Extent::Chunk { id, .. } => Some(id),
+            Extent::Zero { .. } => None,
+        })
+    }
+
+    /// Payload bytes of the distinct chunks this block uses (shared chunks counted in full).
+    pub fn stored_bytes(&self) -> u64 {
+        let mut seen = std::collections::HashSet::new();
+        self.extents
+            .iter()
+            .filter_map(|e| match e {
+                Extent::Chunk { id, stored_len, .. } if seen.insert(*id) => {
+                    Some(u64::from(*stored_len))
+                }
+                _ => None,
+            })
+            .sum()
+    }
+
+    /// Checks the structural promise every reader relies on: extents add up to `size`.
+    pub fn validate(&self) -> Result<()> {
+        let total = self
+            .extents
+            .iter()
+            .try_fold(0u64, |acc, e| acc.checked_add(e.len()));
+        if total != Some(self.size) {
+            return Err(Error::Corrupt(format!(
+                "manifest extents add up to {total:?}, not the block size {}",
+                self.size
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let chunks = self.chunk_refs().count();
+        let mut out = Vec::with_capacity(96 + 41 * chunks + 9 * (self.extents.len() - chunks));
+        out.push(VERSION);
+        out.push(if self.seed_tag.is_some() {
+            FLAG_SEEDED
+        } else {
+            0
+        });
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.created.to_le_bytes());
+        match &self.checksum {
+            Checksum::Plain(h) => out.extend_from_slice(h),
+            Checksum::Sealed(s) => out.extend_from_slice(s),
+        }
+        if let Some(tag) = &self.seed_tag {
+            out.extend_from_slice(tag);
+        }
+        out.extend_from_slice(&(self.extents.len() as u32).to_le_bytes());
+        for e in &self.extents {
+            match e {
+                Extent::Zero { len } => {
+                    out.push(0);
+                    out.extend_from_slice(&len.to_le_bytes());
+                }
+                Extent::Chunk {
+                    id,
+                    raw_len,
+                    stored_len,
+                } => {
+                    out.push(1);
+                    out.extend_from_slice(&id.0);
+                    out.extend_from_slice(&raw_len.to_le_bytes());
+                    out.extend_from_slice(&stored_len.to_le_bytes());
+                }
+            }
+        }
+        let check = blake3::hash(&out);
+        out.extend_from_slice(&check.as_bytes()[..8]);
+        out
+    }
+
+    /// Decodes and checks a manifest; `what` names it in errors.
+    pub fn decode(bytes: &[u8], what: &dyn std::fmt::Display) -> Result<Manifest> {
+        let corrupt = |why: &str| Error::Corrupt(format!("manifest of {what}: {why}"));
+        if bytes.len() < 8 {
+            return Err(corrupt("too short"));
+        }
+        let (body, check) = bytes.split_at(bytes.len() - 8);
+        if blake3::hash(body).as_bytes()[..8] != *check {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let mut r = Reader { buf: body };
+        let short = || corrupt("truncated");
+        if r.u8().ok_or_else(short)? != VERSION {
+            return Err(corrupt("unknown version"));
+        }
+        let flags = r.u8().ok_or_else(short)?;
+        if flags & !FLAG_SEEDED != 0 {
+            return Err(corrupt("unknown flags"));
+        }
+        let size = r.u64().ok_or_else(short)?;
+        let created = r.u64().ok_or_else(short)?;
+        let seeded = flags & FLAG_SEEDED != 0;
+        let checksum = if seeded {
+            Checksum::Sealed(r.array().ok_or_else(short)?)
+        } else {
+            Checksum::Plain(r.array().ok_or_else(short)?)
+        };
+        let seed_tag = if seeded {
+            Some(r.array().ok_or_else(short)?)
+        } else {
+            None
+        };
+        let count = r.u32().ok_or_else(short)? as usize;
+        // Every extent takes at least 9 bytes: a hostile count cannot make us allocate more
+        // than the manifest's own length.
+        if count > r.buf.len() / 9 {
+            return Err(corrupt("extent count exceeds its bytes"));
+        }
+        let mut extents = Vec::with_capacity(count);
+        for _ in 0..count {
+            extents.push(match r.u8().ok_or_else(short)? {
+                0 => Extent::Zero {
+                    len: r.u64().ok_or_else(short)?,
+                },
+                1 => Extent::Chunk {
+                    id: ChunkId(r.array().ok_or_else(short)?),
+                    raw_len: r.u32().ok_or_else(short)?,
+                    stored_len: r.u32().ok_or_else(short)?,
+                },
+                _ => return Err(corrupt("unknown extent kind")),
+            });
+        }
+        if !r.buf.is_empty() {
+            return Err(corrupt("trailing bytes"));
+        }
+        let manifest = Manifest {
+            size,
+            created,
+            checksum,
+            seed_tag,
+            extents,
+        };
+        manifest.validate().map_err(|e| corrupt(&e.to_string()))?;
+        Ok(manifest)
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.buf.split_first_chunk::<N>()?;
+        self.buf = rest;
+        Some(*head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.array::<1>().map(|a| a[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seeded: bool) -> Manifest {
+        Manifest {
+            size: 4096 + 100 + 7,
+            created: 1_700_000_000,
+            checksum: if seeded {
+                Checksum::Sealed([7; 48])
+            } else {
+                Checksum::Plain([9; 32])
+            },
+            seed_tag: seeded.then_some([3; 32]),
+            extents: vec![
+                Extent::Zero { len: 4096 },
+                Extent::Chunk {
+                    id: ChunkId([1; 32]),
+                    raw_len: 100,
+                    stored_len: 50,
+                },
+                Extent::Chunk {
+                    id: ChunkId([2; 32]),
+                    raw_len: 7,
+                    stored_len: 7,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_catches_every_flip() {
+        for seeded in [false, true] {
+            let m = sample(seeded);
+            let bytes = m.encode();
+            assert_eq!(Manifest::decode(&bytes, &"b").unwrap(), m);
+            for at in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[at] ^= 0x10;
+                assert!(Manifest::decode(&bad, &"b").is_err(), "flip at {at}");
+            }
+            for len in 0..bytes.len() {
+                assert!(
+                    Manifest::decode(&bytes[..len], &"b").is_err(),
+                    "cut at {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn extents_must_add_up() {
+        let mut m = sample(false);
+        m.size += 1;
+        assert!(Manifest::decode(&m.encode(), &"b").is_err());
+        assert_eq!(sample(false).stored_bytes(), 57);
+        assert_eq!(sample(false).zero_bytes(), 4096);
+    }
+}

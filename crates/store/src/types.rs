@@ -1,0 +1,186 @@
+//! The values that cross the storage interface: block ids, chunk descriptions, totals.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+
+pub use aetherflow_engine::crypto::ChunkId;
+pub use aetherflow_engine::format::record::Codec;
+
+use crate::error::{Error, Result};
+
+/// A block's name: a random (version 4) UUID, chosen by the caller at allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockId(pub uuid::Uuid);
+
+impl BlockId {
+    /// A fresh random id.
+    pub fn random() -> BlockId {
+        BlockId(uuid::Uuid::new_v4())
+    }
+
+    /// The id as the 128-bit key of the index.
+    pub fn as_u128(self) -> u128 {
+        self.0.as_u128()
+    }
+
+    pub fn from_u128(v: u128) -> BlockId {
+        BlockId(uuid::Uuid::from_u128(v))
+    }
+}
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl fmt::Debug for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlockId({self})")
+    }
+}
+
+impl FromStr for BlockId {
+    type Err = Error;
+
+    /// Accepts the hyphenated form that [`fmt::Display`] prints (and the other forms `uuid`
+    /// parses); anything else is [`Error::NotFound`]'s cousin for ids: a clear parse error.
+    fn from_str(s: &str) -> Result<BlockId> {
+        uuid::Uuid::parse_str(s)
+            .map(BlockId)
+            .map_err(|_| Error::NotFound(format!("malformed block id {s:?}")))
+    }
+}
+
+/// Codec byte as stored in packs and the index (the same values as `.af` record kinds).
+pub fn codec_byte(codec: Codec) -> u8 {
+    match codec {
+        Codec::Zstd => 2,
+        Codec::Raw => 3,
+    }
+}
+
+/// Inverse of [`codec_byte`].
+pub fn codec_from_byte(b: u8) -> Result<Codec> {
+    match b {
+        2 => Ok(Codec::Zstd),
+        3 => Ok(Codec::Raw),
+        _ => Err(Error::Corrupt(format!("unknown codec byte {b}"))),
+    }
+}
+
+/// What the store knows about one chunk besides its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    /// Identity of the plaintext (keyed by the seed domain).
+    pub id: ChunkId,
+    /// How the payload is encoded.
+    pub codec: Codec,
+    /// Plaintext length.
+    pub raw_len: u32,
+    /// Payload length as stored (compressed, plus the AEAD tag when encrypted).
+    pub stored_len: u32,
+    /// First 16 bytes of BLAKE3 over the stored payload: lets the store verify every chunk,
+    /// encrypted ones included, without any key.
+    pub check: [u8; 16],
+}
+
+/// The checksum the store keeps for a payload.
+pub fn payload_check(payload: &[u8]) -> [u8; 16] {
+    blake3::hash(payload).as_bytes()[..16]
+        .try_into()
+        .expect("16 bytes")
+}
+
+/// A chunk handed to the store: its identity and encoded payload.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    pub id: ChunkId,
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub payload: Bytes,
+}
+
+impl NewChunk {
+    pub fn info(&self) -> ChunkInfo {
+        ChunkInfo {
+            id: self.id,
+            codec: self.codec,
+            raw_len: self.raw_len,
+            stored_len: self.payload.len() as u32,
+            check: payload_check(&self.payload),
+        }
+    }
+}
+
+/// A chunk written by [`crate::BlockStore::stage_chunks`] but not yet part of any block.
+///
+/// Only [`crate::BlockStore::commit_block`] makes it visible; a staged chunk that is never
+/// committed is garbage the store reclaims.
+#[derive(Debug)]
+pub struct StagedChunk {
+    pub info: ChunkInfo,
+    pub(crate) at: StagedAt,
+}
+
+/// Where a staged chunk's bytes wait, per backend.
+#[derive(Debug)]
+pub(crate) enum StagedAt {
+    Memory(Bytes),
+    Pack { pack: u32, offset: u64 },
+}
+
+/// A chunk read back from the store, its payload already checked against [`ChunkInfo::check`].
+#[derive(Debug, Clone)]
+pub struct StoredChunk {
+    pub info: ChunkInfo,
+    pub payload: Bytes,
+}
+
+/// Figures of a whole store, exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Blocks stored.
+    pub blocks: u64,
+    /// Logical bytes of all blocks (what clients allocated).
+    pub logical: u64,
+    /// Logical bytes that were zero runs (stored as lengths only).
+    pub zero: u64,
+    /// Plaintext bytes of the distinct chunks stored: what is left after dedup, before compression.
+    pub unique: u64,
+    /// Payload bytes of the distinct chunks stored: what is left after compression.
+    pub stored: u64,
+    /// Distinct chunks stored.
+    pub chunks: u64,
+    /// Every byte the store holds: payloads with their headers, bytes of freed chunks not yet
+    /// reclaimed, manifests and index entries.
+    pub physical: u64,
+}
+
+/// One block as listed by [`crate::BlockStore::blocks`].
+#[derive(Debug, Clone)]
+pub struct BlockSummary {
+    pub id: BlockId,
+    pub manifest: crate::Manifest,
+    /// Persisted read count.
+    pub accesses: u64,
+}
+
+/// One damaged thing found by [`crate::BlockStore::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// A chunk whose stored bytes are missing or fail their check.
+    Chunk { id: ChunkId, what: String },
+    /// A block whose manifest is unreadable or refers to chunks the index lacks.
+    Block { id: BlockId, what: String },
+    /// An inconsistency in the index itself (counts, totals, pack bookkeeping).
+    Index { what: String },
+}
+
+/// Sixteen random bytes from the operating system.
+pub fn random_salt() -> Result<[u8; 16]> {
+    aetherflow_engine::crypto::random_salt()
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))
+}

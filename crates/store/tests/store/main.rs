@@ -1,0 +1,30 @@
+//! The storage layer's integration tests: the conformance suite on every backend here, and what
+//! only the local backend promises (persistence, recovery, compaction, damage).
+
+use aetherflow_store::local::LocalOptions;
+use aetherflow_store::{BlockStore, LocalStore, MemoryStore};
+
+/// Small packs, so that a few test blocks already exercise rotation and compaction.
+pub const SMALL_PACKS: LocalOptions = LocalOptions {
+    pack_size: 256 * 1024,
+    compact_below: 0.5,
+};
+
+mod memory {
+    use super::*;
+    fn with_store(test: &dyn Fn(&dyn BlockStore)) {
+        test(&MemoryStore::new().unwrap())
+    }
+    aetherflow_store::conformance_tests!(with_store);
+}
+
+mod local {
+    use super::*;
+    fn with_store(test: &dyn Fn(&dyn BlockStore)) {
+        let dir = tempfile::tempdir().unwrap();
+        test(&LocalStore::open(dir.path(), SMALL_PACKS).unwrap())
+    }
+    aetherflow_store::conformance_tests!(with_store);
+}
+
+mod local_only;
