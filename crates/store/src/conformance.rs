@@ -61,7 +61,7 @@ pub fn manifest_of(chunks: &[&NewChunk], zeros: u64) -> Manifest {
         size: zeros + chunks.iter().map(|c| u64::from(c.raw_len)).sum::<u64>(),
         created: 1_700_000_000,
         checksum: Checksum::Plain([0xAB; 32]),
-        seed_tag: None,
+        seed: None,
         extents,
     }
 }
@@ -69,13 +69,13 @@ pub fn manifest_of(chunks: &[&NewChunk], zeros: u64) -> Manifest {
 fn put(store: &dyn BlockStore, chunks: &[&NewChunk], zeros: u64) -> BlockId {
     let _pin = store.pin();
     let present = store
-        .has_chunks(&chunks.iter().map(|c| c.id).collect::<Vec<_>>())
+        .find_chunks(&chunks.iter().map(|c| c.id).collect::<Vec<_>>())
         .unwrap();
     let mut seen = HashSet::new();
     let new: Vec<NewChunk> = chunks
         .iter()
         .zip(present)
-        .filter(|(c, p)| !p && seen.insert(c.id))
+        .filter(|(c, p)| p.is_none() && seen.insert(c.id))
         .map(|(c, _)| (*c).clone())
         .collect();
     let staged = store.stage_chunks(&new).unwrap();
@@ -219,7 +219,7 @@ pub fn pinned_chunks_stay_committable(store: &dyn BlockStore) {
     let c = chunk(11, 3000);
     let old = put(store, &[&c], 0);
     let pin = store.pin();
-    assert_eq!(store.has_chunks(&[c.id]).unwrap(), vec![true]);
+    assert_eq!(store.find_chunks(&[c.id]).unwrap(), vec![Some(c.info())]);
     store.free_block(old).unwrap(); // the last user goes while the allocation runs
     let id = BlockId::random();
     store
@@ -234,7 +234,7 @@ pub fn pinned_chunks_stay_committable(store: &dyn BlockStore) {
 pub fn staged_but_uncommitted_is_invisible(store: &dyn BlockStore) {
     let c = chunk(13, 2000);
     drop(store.stage_chunks(std::slice::from_ref(&c)).unwrap());
-    assert_eq!(store.has_chunks(&[c.id]).unwrap(), vec![false]);
+    assert_eq!(store.find_chunks(&[c.id]).unwrap(), vec![None]);
     assert!(matches!(store.chunk(&c.id), Err(Error::NotFound(_))));
     assert_eq!(store.totals().chunks, 0);
     // A later commit of the same content works.

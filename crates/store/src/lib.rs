@@ -25,7 +25,7 @@ pub mod conformance;
 pub use epoch::Pin;
 pub use error::{Error, Result};
 pub use local::LocalStore;
-pub use manifest::{Checksum, Extent, Manifest};
+pub use manifest::{Checksum, Extent, Manifest, SeedBinding};
 pub use memory::MemoryStore;
 pub use types::{
     BlockId, BlockSummary, ChunkId, ChunkInfo, Codec, Damage, NewChunk, StagedChunk, StoredChunk,
@@ -43,7 +43,7 @@ pub use types::{
 ///   but never committed are never visible and are reclaimed.
 /// - **Durability.** When `commit_block` or `free_block` returns `Ok`, the change survives a crash
 ///   of the process or the machine (durable backends; [`BlockStore::is_durable`] says which).
-/// - **Dedup safety.** A chunk that [`BlockStore::has_chunks`] reported present, asked while a
+/// - **Dedup safety.** A chunk that [`BlockStore::find_chunks`] reported present, asked while a
 ///   [`Pin`] from [`BlockStore::pin`] was held, may be referenced by a commit made under that pin,
 ///   even if every block using it is freed meanwhile.
 /// - **Reclaiming.** Freeing a block releases its references; chunks no block references are
@@ -64,8 +64,9 @@ pub trait BlockStore: Send + Sync + std::fmt::Debug {
     /// Marks an allocation as running; see the contract.
     fn pin(&self) -> Pin;
 
-    /// For each id, whether the store holds that chunk (and it may be referenced; see the contract).
-    fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>>;
+    /// For each id, the chunk's description if the store holds it (and it may then be referenced;
+    /// see the contract), `None` if not.
+    fn find_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkInfo>>>;
 
     /// Writes chunks where a later commit can find them. Nothing is visible until the commit.
     fn stage_chunks(&self, chunks: &[NewChunk]) -> Result<Vec<StagedChunk>>;

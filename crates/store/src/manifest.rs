@@ -5,7 +5,8 @@
 //! ```text
 //! version u8 = 1 | flags u8 (bit 0: seeded) | size u64 | created u64 (Unix seconds)
 //! checksum: [32] SHA-256 of the content, or [48] sealed under the seed's metadata key when seeded
-//! seed_tag [32] (seeded only) | extent count u32
+//! seeded only: seed tag [32] | Argon2id memory KiB u32, passes u32, lanes u32
+//! extent count u32
 //! extent: 0 | len u64                                  a run of zeros
 //!         1 | chunk id [32] | raw_len u32 | stored_len u32   a chunk
 //! check [8]: BLAKE3 of everything before it
@@ -55,6 +56,15 @@ impl Extent {
     }
 }
 
+/// What ties a block to its seed, without revealing the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedBinding {
+    /// Keyed hash (under a key derived from the seed) that tells the right seed from any other.
+    pub tag: [u8; 32],
+    /// Argon2id costs the keys were derived with: memory in KiB, passes, lanes.
+    pub kdf: [u32; 3],
+}
+
 /// What a block is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
@@ -63,8 +73,8 @@ pub struct Manifest {
     /// Creation time, Unix seconds.
     pub created: u64,
     pub checksum: Checksum,
-    /// Keyed hash that tells the block's seed from any other; `None` for unseeded blocks.
-    pub seed_tag: Option<[u8; 32]>,
+    /// How the block's seed is recognised; `None` for unseeded blocks.
+    pub seed: Option<SeedBinding>,
     pub extents: Vec<Extent>,
 }
 
@@ -121,19 +131,18 @@ impl Manifest {
         let chunks = self.chunk_refs().count();
         let mut out = Vec::with_capacity(96 + 41 * chunks + 9 * (self.extents.len() - chunks));
         out.push(VERSION);
-        out.push(if self.seed_tag.is_some() {
-            FLAG_SEEDED
-        } else {
-            0
-        });
+        out.push(if self.seed.is_some() { FLAG_SEEDED } else { 0 });
         out.extend_from_slice(&self.size.to_le_bytes());
         out.extend_from_slice(&self.created.to_le_bytes());
         match &self.checksum {
             Checksum::Plain(h) => out.extend_from_slice(h),
             Checksum::Sealed(s) => out.extend_from_slice(s),
         }
-        if let Some(tag) = &self.seed_tag {
-            out.extend_from_slice(tag);
+        if let Some(seed) = &self.seed {
+            out.extend_from_slice(&seed.tag);
+            for v in seed.kdf {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
         }
         out.extend_from_slice(&(self.extents.len() as u32).to_le_bytes());
         for e in &self.extents {
@@ -186,8 +195,15 @@ impl Manifest {
         } else {
             Checksum::Plain(r.array().ok_or_else(short)?)
         };
-        let seed_tag = if seeded {
-            Some(r.array().ok_or_else(short)?)
+        let seed = if seeded {
+            Some(SeedBinding {
+                tag: r.array().ok_or_else(short)?,
+                kdf: [
+                    r.u32().ok_or_else(short)?,
+                    r.u32().ok_or_else(short)?,
+                    r.u32().ok_or_else(short)?,
+                ],
+            })
         } else {
             None
         };
@@ -218,7 +234,7 @@ impl Manifest {
             size,
             created,
             checksum,
-            seed_tag,
+            seed,
             extents,
         };
         manifest.validate().map_err(|e| corrupt(&e.to_string()))?;
@@ -260,7 +276,10 @@ mod tests {
             } else {
                 Checksum::Plain([9; 32])
             },
-            seed_tag: seeded.then_some([3; 32]),
+            seed: seeded.then_some(SeedBinding {
+                tag: [3; 32],
+                kdf: [8192, 1, 1],
+            }),
             extents: vec![
                 Extent::Zero { len: 4096 },
                 Extent::Chunk {

@@ -95,11 +95,11 @@ impl BlockStore for MemoryStore {
         self.gate.pin()
     }
 
-    fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+    fn find_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkInfo>>> {
         let s = self.state.read().expect("store lock");
         Ok(ids
             .iter()
-            .map(|id| s.chunks.get(id).is_some_and(|c| c.refs > 0))
+            .map(|id| s.chunks.get(id).filter(|c| c.refs > 0).map(|c| c.info))
             .collect())
     }
 

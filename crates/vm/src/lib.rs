@@ -1,1 +1,44 @@
-//! placeholder
+//! AetherFlow virtual memory: blocks allocated into a deduplicating, compressed, encrypted store.
+//!
+//! ```
+//! use aetherflow_vm::{Backend, VirtualMemory, VmConfig};
+//! let vm = VirtualMemory::open(VmConfig::new(Backend::Memory))?;
+//! let id = vm.allocate(b"hello hello hello", None)?;
+//! assert_eq!(&vm.read(id, None)?[..], b"hello hello hello");
+//! assert_eq!(vm.summary().total_blocks, 1);
+//! vm.free(id)?;
+//! # Ok::<(), aetherflow_vm::Error>(())
+//! ```
+//!
+//! | module | idea |
+//! |---|---|
+//! | [`VirtualMemory`] | the API: open, allocate, read, free, stats |
+//! | `allocate` | chunk, dedup, compress on all cores, stage, commit |
+//! | `read` | fetch, decode and verify; whole through the cache, or streamed by range |
+//! | `cache` | byte-bounded LRU of decompressed blocks |
+//! | `keys` | seed domains and their cached keys |
+//! | [`stats`] | the figures of `/api/memory/stats` |
+//! | [`check`] | integrity check naming damaged blocks |
+//! | [`export`] | all blocks to a JSON document and back |
+//!
+//! The manager has no HTTP and no async runtime: the server and CLI are thin layers over it.
+
+mod allocate;
+mod cache;
+pub mod check;
+mod config;
+mod error;
+pub mod export;
+mod keys;
+mod read;
+pub mod stats;
+mod virtual_memory;
+
+pub use aetherflow_engine::crypto::Seed;
+pub use aetherflow_store::BlockId;
+pub use check::{CheckReport, DamagedBlock};
+pub use config::{Backend, VmConfig};
+pub use error::{Error, Result};
+pub use read::ReadSummary;
+pub use stats::Stats;
+pub use virtual_memory::VirtualMemory;

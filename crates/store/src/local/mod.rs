@@ -31,7 +31,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::epoch::{EpochGate, Pin};
 use crate::error::{Error, Result};
-use crate::types::{BlockId, BlockSummary, ChunkId, Damage, StagedAt};
+use crate::types::{BlockId, BlockSummary, ChunkId, ChunkInfo, Damage, StagedAt};
 use crate::{BlockStore, Manifest, NewChunk, StagedChunk, StoredChunk, Totals};
 use index::{
     get_chunk, read_counters, ChunkEntry, Counters, ACCESSES, BLOCKS, CHUNKS, CHUNK_INDEX_BYTES,
@@ -240,11 +240,11 @@ impl BlockStore for LocalStore {
         self.gate.pin()
     }
 
-    fn has_chunks(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+    fn find_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkInfo>>> {
         let r = self.db.begin_read()?;
         let t = r.open_table(CHUNKS)?;
         ids.iter()
-            .map(|id| Ok(get_chunk(&t, id)?.is_some_and(|e| e.refs > 0)))
+            .map(|id| Ok(get_chunk(&t, id)?.filter(|e| e.refs > 0).map(|e| e.info)))
             .collect()
     }
 

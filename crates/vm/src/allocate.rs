@@ -1,0 +1,239 @@
+//! Allocation: chunk, deduplicate against the whole seed domain, compress, stage, commit.
+//!
+//! Input is consumed in batches of a few MiB: each batch's chunks are hashed and, when new,
+//! compressed (and encrypted) on all cores, then staged in the store. The manifest is committed
+//! at the end, so memory stays bounded by a batch whatever the block's size, and a failure at
+//! any point (bad input, full disk, capacity) leaves nothing visible.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aetherflow_engine::chunking::Chunker;
+use aetherflow_engine::codec::{is_zero, ChunkEncoder};
+use aetherflow_engine::crypto::{ChunkId, Keys, Seed};
+use aetherflow_store::{BlockId, Checksum, Error as StoreError, Extent, Manifest, NewChunk};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::VirtualMemory;
+
+/// Input bytes chunked before a batch is encoded: enough to keep both cores busy.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Nonce under which a seeded block's checksum is sealed: unique per block.
+pub(crate) fn checksum_nonce(id: BlockId) -> [u8; 24] {
+    let mut nonce = [0u8; 24];
+    nonce[..16].copy_from_slice(id.0.as_bytes());
+    nonce[16..].copy_from_slice(b"checksum");
+    nonce
+}
+
+impl VirtualMemory {
+    /// Stores `data` as a new block; durable when this returns (durable backends).
+    pub fn allocate(&self, data: &[u8], seed: Option<&Seed>) -> Result<BlockId> {
+        let id = BlockId::random();
+        self.allocate_as(id, data, Some(data.len() as u64), seed)?;
+        Ok(id)
+    }
+
+    /// Stores everything `input` yields as a new block, in bounded memory. `size_hint` lets an
+    /// allocation that cannot fit be refused before any byte is read.
+    pub fn allocate_from(
+        &self,
+        input: impl Read,
+        size_hint: Option<u64>,
+        seed: Option<&Seed>,
+    ) -> Result<BlockId> {
+        let id = BlockId::random();
+        self.allocate_as(id, input, size_hint, seed)?;
+        Ok(id)
+    }
+
+    /// Stores a block under a chosen id (import keeps ids); fails if the id is taken.
+    pub fn allocate_as(
+        &self,
+        id: BlockId,
+        input: impl Read,
+        size_hint: Option<u64>,
+        seed: Option<&Seed>,
+    ) -> Result<()> {
+        let hint = size_hint.unwrap_or(0);
+        self.reserve(hint)?;
+        let mut reserved = hint;
+        let result = self.allocate_reserved(id, input, seed, &mut reserved);
+        self.release(reserved);
+        result
+    }
+
+    fn allocate_reserved(
+        &self,
+        id: BlockId,
+        input: impl Read,
+        seed: Option<&Seed>,
+        reserved: &mut u64,
+    ) -> Result<()> {
+        let domain = seed
+            .map(|s| self.domains.for_new_blocks(s, self.config.kdf))
+            .transpose()?;
+        let keys = domain.as_ref().map(|d| &*d.keys);
+        let _pin = self.store.pin();
+        let mut chunker =
+            Chunker::new(input, self.config.chunking, keys.map_or(0, Keys::gear_seed));
+        let mut builder = BlockBuilder::default();
+        let mut sha = Sha256::new();
+        loop {
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0;
+            let mut done = false;
+            while batch_bytes < BATCH_BYTES {
+                match chunker.next_chunk()? {
+                    Some(chunk) => {
+                        batch_bytes += chunk.len();
+                        batch.push(chunk);
+                    }
+                    None => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            let size = builder.size + batch_bytes as u64;
+            if size > *reserved {
+                self.reserve(size - *reserved)?;
+                *reserved = size;
+            }
+            let (_, encoded) = rayon::join(
+                || batch.iter().for_each(|c| sha.update(c)),
+                || self.encode_batch(&batch, domain.as_ref().map(|d| &d.keys), &mut builder),
+            );
+            let new_chunks = encoded?;
+            builder.staged.extend(self.store.stage_chunks(&new_chunks)?);
+            if done {
+                break;
+            }
+        }
+        let digest: [u8; 32] = sha.finalize().into();
+        let checksum = match &domain {
+            None => Checksum::Plain(digest),
+            Some(d) => {
+                let mut sealed = digest.to_vec();
+                d.keys.seal_meta(&checksum_nonce(id), &mut sealed);
+                Checksum::Sealed(sealed.try_into().expect("32 bytes and a 16-byte tag"))
+            }
+        };
+        let manifest = Manifest {
+            size: builder.size,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            checksum,
+            seed: domain.as_ref().map(|d| d.binding),
+            extents: builder.extents,
+        };
+        self.store
+            .commit_block(id, &manifest, builder.staged)
+            .map_err(|e| match e {
+                StoreError::AlreadyExists(_) => {
+                    Error::InvalidArgument(format!("block {id} already exists"))
+                }
+                other => Error::from_store(id, other),
+            })
+    }
+
+    /// Hashes a batch, finds what the store already holds, and encodes the rest in parallel.
+    fn encode_batch(
+        &self,
+        batch: &[Vec<u8>],
+        keys: Option<&std::sync::Arc<Keys>>,
+        builder: &mut BlockBuilder,
+    ) -> Result<Vec<NewChunk>> {
+        let ids: Vec<Option<ChunkId>> = batch
+            .par_iter()
+            .map(|c| (!is_zero(c)).then(|| ChunkId::of(keys.map(|k| &**k), c)))
+            .collect();
+        let mut unknown: Vec<ChunkId> = ids
+            .iter()
+            .flatten()
+            .filter(|id| !builder.known.contains_key(*id))
+            .copied()
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        for (id, info) in unknown.iter().zip(self.store.find_chunks(&unknown)?) {
+            if let Some(info) = info {
+                builder.known.insert(*id, info.stored_len);
+            }
+        }
+        // The first occurrence of each chunk not held anywhere is encoded.
+        let mut to_encode = Vec::new();
+        let mut claimed = std::collections::HashSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(id) = id {
+                if !builder.known.contains_key(id) && claimed.insert(*id) {
+                    to_encode.push((i, *id));
+                }
+            }
+        }
+        let level = self.config.level;
+        let new_chunks: Vec<NewChunk> = to_encode
+            .par_iter()
+            .map_init(
+                || ChunkEncoder::new(level, keys.cloned()),
+                |encoder, &(i, id)| {
+                    let encoder = encoder
+                        .as_mut()
+                        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                    let e = encoder
+                        .encode(&batch[i], id)
+                        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                    Ok(NewChunk {
+                        id,
+                        codec: e.codec,
+                        raw_len: e.raw_len,
+                        payload: e.payload.into(),
+                    })
+                },
+            )
+            .collect::<Result<_>>()?;
+        for c in &new_chunks {
+            builder.known.insert(c.id, c.payload.len() as u32);
+        }
+        for (chunk, id) in batch.iter().zip(&ids) {
+            builder.push(chunk.len() as u64, id.map(|id| (id, builder.known[&id])));
+        }
+        Ok(new_chunks)
+    }
+}
+
+/// The manifest and staged chunks of the block being allocated.
+#[derive(Default)]
+struct BlockBuilder {
+    size: u64,
+    extents: Vec<Extent>,
+    staged: Vec<aetherflow_store::StagedChunk>,
+    /// Chunks this block can refer to (held by the store or staged here), with stored sizes.
+    known: HashMap<ChunkId, u32>,
+}
+
+impl BlockBuilder {
+    /// Appends one chunk: a zero run (merged with one before it) or a stored chunk.
+    fn push(&mut self, len: u64, chunk: Option<(ChunkId, u32)>) {
+        self.size += len;
+        match chunk {
+            None => {
+                if let Some(Extent::Zero { len: run }) = self.extents.last_mut() {
+                    *run += len;
+                } else {
+                    self.extents.push(Extent::Zero { len });
+                }
+            }
+            Some((id, stored_len)) => self.extents.push(Extent::Chunk {
+                id,
+                raw_len: len as u32,
+                stored_len,
+            }),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The read cache: decompressed, verified blocks, bounded in bytes, least recently used out.
+//!
+//! Entries are shared [`Bytes`]: a hit hands out a reference-counted view, no copy and no
+//! decompression. Each entry remembers its block's seed binding, so a hit still demands the seed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aetherflow_store::{BlockId, SeedBinding};
+use bytes::Bytes;
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+/// A verified block as the cache holds it.
+#[derive(Debug, Clone)]
+pub struct CachedBlock {
+    pub data: Bytes,
+    pub seed: Option<SeedBinding>,
+}
+
+#[derive(Debug, Clone)]
+struct ByLength;
+
+impl Weighter<BlockId, CachedBlock> for ByLength {
+    fn weight(&self, _: &BlockId, block: &CachedBlock) -> u64 {
+        // Empty blocks still take a slot: weigh them as one byte so that they can be evicted.
+        (block.data.len() as u64).max(1)
+    }
+}
+
+/// Byte-bounded LRU of decompressed blocks, with hit and miss counts.
+#[derive(Debug)]
+pub struct BlockCache {
+    cache: Cache<BlockId, CachedBlock, ByLength>,
+    limit: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl BlockCache {
+    pub fn new(limit: u64) -> BlockCache {
+        // quick_cache wants an item estimate to size its tables; assume 64 KiB blocks.
+        let items = (limit / (64 << 10)).clamp(16, 1 << 20) as usize;
+        BlockCache {
+            cache: Cache::with_weighter(items, limit.max(1), ByLength),
+            limit,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Looks a block up, counting the hit or miss.
+    pub fn get(&self, id: &BlockId) -> Option<CachedBlock> {
+        let found = self.cache.get(id);
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Keeps a block unless it alone would exceed the cache.
+    pub fn insert(&self, id: BlockId, block: CachedBlock) {
+        if (block.data.len() as u64) <= self.limit {
+            self.cache.insert(id, block);
+        }
+    }
+
+    pub fn remove(&self, id: &BlockId) {
+        self.cache.remove(id);
+    }
+
+    /// Bytes of blocks held now.
+    pub fn used(&self) -> u64 {
+        self.cache.weight()
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_its_byte_limit() {
+        let cache = BlockCache::new(1 << 20);
+        let ids: Vec<BlockId> = (0..64).map(|_| BlockId::random()).collect();
+        for id in &ids {
+            cache.insert(
+                *id,
+                CachedBlock {
+                    data: Bytes::from(vec![7u8; 100_000]),
+                    seed: None,
+                },
+            );
+            assert!(cache.used() <= 1 << 20, "{} bytes held", cache.used());
+        }
+        assert!(cache.get(&ids[63]).is_some(), "the newest block is kept");
+        assert!(cache.get(&ids[0]).is_none(), "the oldest went");
+        assert_eq!((cache.hits(), cache.misses()), (1, 1));
+        cache.insert(
+            BlockId::random(),
+            CachedBlock {
+                data: Bytes::from(vec![0u8; 2 << 20]),
+                seed: None,
+            },
+        );
+        assert!(
+            cache.used() <= 1 << 20,
+            "a block larger than the cache is not kept"
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! The memory manager's one error type.
+//!
+//! Rules: each variant maps to one thing a caller (or an HTTP status) can act on; messages name
+//! blocks and sizes, never seeds or data.
+
+use aetherflow_store::BlockId;
+
+/// Result alias of the memory manager.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No block with this id (never allocated, or freed).
+    #[error("block {0} not found")]
+    NotFound(BlockId),
+
+    /// A block id that does not parse.
+    #[error(
+        "malformed block id {0:?}: expected a UUID such as 3f2c0a1e-8b4d-4c6f-9a7e-2d1b0c9e8f7a"
+    )]
+    MalformedId(String),
+
+    /// The block was allocated with a seed and none was given.
+    #[error("block {0} is protected by a seed: send the seed that allocated it")]
+    SeedRequired(BlockId),
+
+    /// The seed given is not the one the block was allocated with.
+    #[error("wrong seed for block {0}")]
+    WrongSeed(BlockId),
+
+    /// The allocation would take the logical total past the configured capacity; nothing was stored.
+    #[error("virtual capacity exhausted: {requested} more bytes requested, {available} of {capacity} available")]
+    CapacityExceeded {
+        requested: u64,
+        available: u64,
+        capacity: u64,
+    },
+
+    /// A block too large to hand back in one piece; read it as a stream instead.
+    #[error("block {id} is {size} bytes, more than the {limit}-byte limit for whole reads: read it as a stream or by range")]
+    TooLarge { id: BlockId, size: u64, limit: u64 },
+
+    /// A request that cannot be satisfied as asked (a range past the end, an id taken on import).
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// Stored data failed a check: the block named cannot be returned intact.
+    #[error("block {block}: stored data is corrupt: {what}")]
+    Corrupt { block: BlockId, what: String },
+
+    /// The store failed (disk full, I/O error, index failure, locked directory).
+    #[error(transparent)]
+    Store(aetherflow_store::Error),
+
+    /// Reading the caller's input or writing the caller's output failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Maps a store error met while working on `block`.
+    pub(crate) fn from_store(block: BlockId, e: aetherflow_store::Error) -> Error {
+        match e {
+            aetherflow_store::Error::NotFound(_) => Error::NotFound(block),
+            aetherflow_store::Error::Corrupt(what) => Error::Corrupt { block, what },
+            other => Error::Store(other),
+        }
+    }
+
+    /// Maps an engine error met while decoding `block`'s chunks.
+    pub(crate) fn from_engine(block: BlockId, e: aetherflow_engine::Error) -> Error {
+        match e {
+            aetherflow_engine::Error::Io(io) => Error::Io(io),
+            aetherflow_engine::Error::InvalidArgument(m) => Error::InvalidArgument(m),
+            other => Error::Corrupt {
+                block,
+                what: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<aetherflow_store::Error> for Error {
+    fn from(e: aetherflow_store::Error) -> Self {
+        Error::Store(e)
+    }
+}

@@ -1,0 +1,286 @@
+//! Reading: whole blocks through the cache, or streamed and by range for blocks of any size.
+//!
+//! Every chunk is checked three ways before its bytes are used: the store's payload check, the
+//! codec (authentication tag when seeded), and the chunk identity recomputed from the plaintext.
+//! A whole read also checks the block's SHA-256 before returning anything.
+
+use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
+
+use aetherflow_engine::codec::{payload_check, ChunkDecoder};
+use aetherflow_engine::crypto::{ChunkId, Keys, Seed};
+use aetherflow_engine::format::record::Record;
+use aetherflow_store::{BlockId, Checksum, Extent, Manifest};
+use bytes::Bytes;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::allocate::checksum_nonce;
+use crate::cache::CachedBlock;
+use crate::error::{Error, Result};
+use crate::keys::Domain;
+use crate::VirtualMemory;
+
+/// Chunks decoded together when streaming: enough to keep both cores busy, few enough to bound
+/// memory (at most this many maximum-size chunks).
+const STREAM_BATCH: usize = 8;
+
+/// What a streamed read delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSummary {
+    /// Bytes written.
+    pub bytes: u64,
+    /// The block's size.
+    pub size: u64,
+    /// True when the whole block was read and its SHA-256 matched (ranges check chunk
+    /// identities only).
+    pub whole_checked: bool,
+}
+
+impl VirtualMemory {
+    /// The block's bytes, verified. A hit in the cache returns shared bytes without decompressing;
+    /// the seed is checked on hits too.
+    pub fn read(&self, id: BlockId, seed: Option<&Seed>) -> Result<Bytes> {
+        if let Some(hit) = self.cache.get(&id) {
+            self.authorize(id, hit.seed.as_ref(), seed)?;
+            self.count_access(id);
+            return Ok(hit.data);
+        }
+        let manifest = self.manifest_of(id)?;
+        let domain = self.authorize(id, manifest.seed.as_ref(), seed)?;
+        if manifest.size > self.config.max_whole_read {
+            return Err(Error::TooLarge {
+                id,
+                size: manifest.size,
+                limit: self.config.max_whole_read,
+            });
+        }
+        let mut out = vec![0u8; manifest.size as usize];
+        let keys = domain.as_ref().map(|d| Arc::clone(&d.keys));
+        // Split the output into one slice per extent, then fill chunk slices in parallel.
+        let mut slices = Vec::with_capacity(manifest.extents.len());
+        let mut rest = &mut out[..];
+        for e in &manifest.extents {
+            let (head, tail) = rest.split_at_mut(e.len() as usize);
+            slices.push((e, head));
+            rest = tail;
+        }
+        slices.into_par_iter().try_for_each_init(
+            || ChunkDecoder::new(keys.clone()),
+            |decoder, (extent, slice)| -> Result<()> {
+                if let Extent::Chunk { id: chunk, .. } = extent {
+                    let decoder = decoder
+                        .as_mut()
+                        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                    let plain = self.decode_chunk(id, chunk, decoder, keys.as_deref())?;
+                    if plain.len() != slice.len() {
+                        return Err(corrupt(id, "chunk length differs from the manifest"));
+                    }
+                    slice.copy_from_slice(&plain);
+                }
+                Ok(())
+            },
+        )?;
+        let digest: [u8; 32] = Sha256::digest(&out).into();
+        self.check_digest(id, &manifest, domain.as_deref(), digest)?;
+        let data = Bytes::from(out);
+        self.cache.insert(
+            id,
+            CachedBlock {
+                data: data.clone(),
+                seed: manifest.seed,
+            },
+        );
+        self.count_access(id);
+        Ok(data)
+    }
+
+    /// Streams the block (or `range` of it) to `out` in bounded memory. For a whole read the
+    /// SHA-256 is checked at the end: bytes already written cannot be taken back, so on
+    /// [`Error::Corrupt`] the receiver must discard them (the server aborts the response).
+    pub fn read_to(
+        &self,
+        id: BlockId,
+        seed: Option<&Seed>,
+        range: Option<Range<u64>>,
+        out: &mut dyn Write,
+    ) -> Result<ReadSummary> {
+        let summary = self.stream(id, seed, range, out)?;
+        self.count_access(id);
+        Ok(summary)
+    }
+
+    /// [`VirtualMemory::read_to`] without counting a read (for checks and exports).
+    pub(crate) fn stream(
+        &self,
+        id: BlockId,
+        seed: Option<&Seed>,
+        range: Option<Range<u64>>,
+        out: &mut dyn Write,
+    ) -> Result<ReadSummary> {
+        let manifest = self.manifest_of(id)?;
+        let domain = self.authorize(id, manifest.seed.as_ref(), seed)?;
+        let whole = 0..manifest.size;
+        let range = range.unwrap_or(whole.clone());
+        if range.start > range.end || range.end > manifest.size {
+            return Err(Error::InvalidArgument(format!(
+                "range {}..{} is outside block {id} of {} bytes",
+                range.start, range.end, manifest.size
+            )));
+        }
+        let checking = range == whole;
+        let keys = domain.as_ref().map(|d| Arc::clone(&d.keys));
+        let mut sha = Sha256::new();
+        // (extent, the part of it wanted), in order.
+        let mut wanted = Vec::new();
+        let mut at = 0u64;
+        for e in &manifest.extents {
+            let span = at..at + e.len();
+            let lo = span.start.max(range.start);
+            let hi = span.end.min(range.end);
+            if lo < hi {
+                wanted.push((*e, (lo - at) as usize..(hi - at) as usize));
+            }
+            at = span.end;
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        for batch in wanted.chunks(STREAM_BATCH) {
+            let decoded: Vec<Option<Vec<u8>>> = batch
+                .par_iter()
+                .map_init(
+                    || ChunkDecoder::new(keys.clone()),
+                    |decoder, (extent, _)| -> Result<Option<Vec<u8>>> {
+                        let Extent::Chunk { id: chunk, .. } = extent else {
+                            return Ok(None);
+                        };
+                        let decoder = decoder
+                            .as_mut()
+                            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                        self.decode_chunk(id, chunk, decoder, keys.as_deref())
+                            .map(Some)
+                    },
+                )
+                .collect::<Result<_>>()?;
+            for ((_, part), plain) in batch.iter().zip(decoded) {
+                match plain {
+                    Some(plain) => {
+                        let piece = plain
+                            .get(part.clone())
+                            .ok_or_else(|| corrupt(id, "chunk shorter than the manifest says"))?;
+                        if checking {
+                            sha.update(piece);
+                        }
+                        out.write_all(piece)?;
+                    }
+                    None => {
+                        let mut left = part.len();
+                        while left > 0 {
+                            let n = left.min(zeros.len());
+                            if checking {
+                                sha.update(&zeros[..n]);
+                            }
+                            out.write_all(&zeros[..n])?;
+                            left -= n;
+                        }
+                    }
+                }
+                written += part.len() as u64;
+            }
+        }
+        if checking {
+            self.check_digest(id, &manifest, domain.as_deref(), sha.finalize().into())?;
+        }
+        Ok(ReadSummary {
+            bytes: written,
+            size: manifest.size,
+            whole_checked: checking,
+        })
+    }
+
+    /// The manifest of a block, after checking the seed (for callers that need the size first).
+    pub fn block_size(&self, id: BlockId, seed: Option<&Seed>) -> Result<u64> {
+        let manifest = self.manifest_of(id)?;
+        self.authorize(id, manifest.seed.as_ref(), seed)?;
+        Ok(manifest.size)
+    }
+
+    pub(crate) fn manifest_of(&self, id: BlockId) -> Result<Manifest> {
+        self.store
+            .manifest(id)
+            .map_err(|e| Error::from_store(id, e))
+    }
+
+    /// Fetches, decodes and verifies one chunk of `block`.
+    fn decode_chunk(
+        &self,
+        block: BlockId,
+        chunk: &ChunkId,
+        decoder: &mut ChunkDecoder,
+        keys: Option<&Keys>,
+    ) -> Result<Vec<u8>> {
+        let stored = self
+            .store
+            .chunk(chunk)
+            .map_err(|e| Error::from_store(block, e))?;
+        let info = stored.info;
+        let record = Record::Data {
+            codec: info.codec,
+            raw_len: info.raw_len,
+            stored_len: info.stored_len,
+            id: *chunk,
+            // The store has already checked the payload against its own check.
+            payload_check: payload_check(info.codec, keys.is_some(), &stored.payload),
+        };
+        let plain = decoder
+            .decode(&record, stored.payload.to_vec())
+            .map_err(|e| Error::from_engine(block, e))?;
+        if ChunkId::of(keys, &plain) != *chunk {
+            return Err(corrupt(block, "a chunk does not match its identity"));
+        }
+        Ok(plain)
+    }
+
+    fn check_digest(
+        &self,
+        id: BlockId,
+        manifest: &Manifest,
+        domain: Option<&Domain>,
+        digest: [u8; 32],
+    ) -> Result<()> {
+        let expected = expected_digest(id, manifest, domain)?;
+        if expected != digest {
+            return Err(corrupt(id, "SHA-256 of the content does not match"));
+        }
+        Ok(())
+    }
+}
+
+/// The SHA-256 a block must have: plain, or opened with the seed's keys.
+pub(crate) fn expected_digest(
+    id: BlockId,
+    manifest: &Manifest,
+    domain: Option<&Domain>,
+) -> Result<[u8; 32]> {
+    match (&manifest.checksum, domain) {
+        (Checksum::Plain(d), _) => Ok(*d),
+        (Checksum::Sealed(sealed), Some(domain)) => {
+            let mut buf = sealed.to_vec();
+            domain
+                .keys
+                .open_meta(&checksum_nonce(id), &mut buf)
+                .map_err(|_| corrupt(id, "sealed checksum does not open"))?;
+            buf.try_into()
+                .map_err(|_| corrupt(id, "sealed checksum has the wrong length"))
+        }
+        (Checksum::Sealed(_), None) => Err(Error::SeedRequired(id)),
+    }
+}
+
+fn corrupt(block: BlockId, what: &str) -> Error {
+    Error::Corrupt {
+        block,
+        what: what.into(),
+    }
+}
