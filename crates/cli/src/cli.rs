@@ -34,9 +34,12 @@ pub enum Command {
     /// Show what is inside an .af file without decompressing it.
     #[command(after_help = exit::HELP)]
     Stats(StatsArgs),
-    /// Show the virtual memory configuration.
+    /// Show the virtual memory configuration and, for a data directory, its live figures.
     #[command(name = "memory-info", after_help = exit::HELP)]
     MemoryInfo(MemoryInfoArgs),
+    /// Verify a store: every index entry and, with --read-data, every chunk and block.
+    #[command(after_help = exit::HELP)]
+    Check(CheckArgs),
 }
 
 /// Where the seed comes from. The seed is never printed or stored.
@@ -113,7 +116,27 @@ pub struct StatsArgs {
 
 #[derive(Debug, Args)]
 pub struct MemoryInfoArgs {
+    /// A store's data directory: show its live usage (the store must not be open elsewhere).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The store's data directory.
+    #[arg(long, value_name = "DIR", default_value = "aetherflow-data")]
+    pub data_dir: PathBuf,
+    /// Also read every chunk and every block whose content can be opened, and check their
+    /// checksums (slower: reads the whole store).
+    #[arg(long)]
+    pub read_data: bool,
+    /// Open the blocks of this seed too (others are checked without being opened).
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }

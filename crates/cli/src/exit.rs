@@ -21,7 +21,8 @@ Exit codes:
   1  other failure
   2  usage error (bad arguments)
   3  I/O error (missing file, permission denied, disk full)
-  4  corrupt or non-AetherFlow input, or input over the reader's limits
+  4  corrupt or non-AetherFlow input, or input over the reader's limits;
+     for check: damage found
   5  seed missing or wrong for an encrypted file";
 
 pub fn code_for(err: &anyhow::Error) -> u8 {
@@ -35,6 +36,19 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 | Error::LimitExceeded(_) => CORRUPT,
                 Error::SeedRequired | Error::WrongSeed => SEED,
                 Error::InvalidArgument(_) => USAGE,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<aetherflow_vm::Error>() {
+            use aetherflow_vm::Error as Vm;
+            return match e {
+                Vm::Io(_) => IO,
+                Vm::Store(
+                    aetherflow_vm::StoreError::Io(_) | aetherflow_vm::StoreError::Locked(_),
+                ) => IO,
+                Vm::Corrupt { .. } | Vm::Store(aetherflow_vm::StoreError::Corrupt(_)) => CORRUPT,
+                Vm::SeedRequired(_) | Vm::WrongSeed(_) => SEED,
+                Vm::InvalidArgument(_) | Vm::MalformedId(_) => USAGE,
+                _ => FAILURE,
             };
         }
         if cause.downcast_ref::<UsageError>().is_some() {

@@ -441,3 +441,6 @@ fn help_documents_exit_codes_and_memory_info_is_framed() {
     let out = af(&["compress"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[path = "cli/store_commands.rs"]
+mod store_commands;

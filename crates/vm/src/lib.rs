@@ -35,7 +35,7 @@ pub mod stats;
 mod virtual_memory;
 
 pub use aetherflow_engine::crypto::Seed;
-pub use aetherflow_store::BlockId;
+pub use aetherflow_store::{BlockId, Error as StoreError};
 pub use check::{CheckReport, DamagedBlock};
 pub use config::{Backend, VmConfig};
 pub use error::{Error, Result};

@@ -5,6 +5,9 @@ use std::io::{self, Write};
 use aetherflow_engine::units::format_bytes;
 use aetherflow_engine::ChunkParams;
 
+use aetherflow_vm::{Backend, Stats, VirtualMemory, VmConfig};
+use anyhow::Context;
+
 use crate::cli::MemoryInfoArgs;
 use crate::exit::SUCCESS;
 
@@ -16,12 +19,19 @@ const DEFAULT_CACHE: u64 = 50 << 20;
 pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
     let chunking = ChunkParams::DEFAULT;
     let machine_memory = machine_memory_bytes();
+    let live = match &args.data_dir {
+        Some(dir) => Some(live_figures(dir)?),
+        None => None,
+    };
     let mut out = io::stdout().lock();
     if args.json {
         let json = serde_json::json!({
             "virtualCapacity": DEFAULT_CAPACITY,
-            "physicalUsed": null,
-            "store": null,
+            "physicalUsed": live.as_ref().map(|s| s.bytes.physical),
+            "store": live.as_ref().map(|s| serde_json::json!({
+                "dataDir": args.data_dir.as_ref().map(|d| d.display().to_string()),
+                "backend": s.backend, "blocks": s.total_blocks, "bytes": s.bytes, "ratios": s.ratios,
+            })),
             "cacheLimit": DEFAULT_CACHE,
             "machineMemory": machine_memory,
             "chunking": chunking,
@@ -38,7 +48,30 @@ pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
         ),
         (
             "Physical memory used",
-            "no store named (nothing measured)".to_string(),
+            match &live {
+                Some(s) => format!(
+                    "{} for {} logical in {} blocks ({} overall)",
+                    format_bytes(s.bytes.physical),
+                    format_bytes(s.bytes.logical),
+                    s.total_blocks,
+                    s.compression_ratio
+                ),
+                None => "no store named (nothing measured)".to_string(),
+            },
+        ),
+        (
+            "Store",
+            match (&live, &args.data_dir) {
+                (Some(s), Some(dir)) => format!(
+                    "{} ({}), dedup {:.2}x, compression {:.2}x, zeros {}",
+                    dir.display(),
+                    s.backend,
+                    s.ratios.dedup,
+                    s.ratios.compression,
+                    format_bytes(s.bytes.zero)
+                ),
+                _ => "none (use --data-dir DIR)".to_string(),
+            },
         ),
         (
             "Machine memory",
@@ -54,7 +87,11 @@ pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
         ),
         (
             "Chunking",
-            format!("FastCDC 2020, {} avg", format_bytes(chunking.avg.into())),
+            format!(
+                "FastCDC 2020, {} avg (.af files), {} avg (blocks)",
+                format_bytes(chunking.avg.into()),
+                format_bytes(VmConfig::CHUNKING.avg.into())
+            ),
         ),
         (
             "Compression",
@@ -98,6 +135,19 @@ pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
     }
     writeln!(out, "╚{}╝", "═".repeat(width + 2))?;
     Ok(SUCCESS)
+}
+
+/// Opens a data directory just long enough to read its figures.
+fn live_figures(dir: &std::path::Path) -> anyhow::Result<Stats> {
+    if !dir.join("index.redb").exists() {
+        anyhow::bail!(
+            "{}: no AetherFlow store here (no index.redb)",
+            dir.display()
+        );
+    }
+    let vm = VirtualMemory::open(VmConfig::new(Backend::Local(dir.to_path_buf())))
+        .with_context(|| dir.display().to_string())?;
+    Ok(vm.summary())
 }
 
 /// Total RAM from /proc/meminfo, measured rather than assumed.

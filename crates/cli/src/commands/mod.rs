@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the exit code of a successful run.
 
+mod check;
 mod compress;
 mod decompress;
 mod memory_info;
@@ -13,6 +14,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Decompress(args) => decompress::run(args),
         Command::Stats(args) => stats::run(args),
         Command::MemoryInfo(args) => memory_info::run(args),
+        Command::Check(args) => check::run(args),
     }
 }
 

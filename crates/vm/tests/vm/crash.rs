@@ -40,7 +40,10 @@ fn content(i: u64) -> Vec<u8> {
 
 /// Small packs so that rotation and compaction happen while the process may die.
 fn open(dir: &Path) -> VirtualMemory {
-    let options = LocalOptions { pack_size: 1 << 20, compact_below: 0.5 };
+    let options = LocalOptions {
+        pack_size: 1 << 20,
+        compact_below: 0.5,
+    };
     let store = LocalStore::open(dir, options).unwrap();
     VirtualMemory::with_store(Arc::new(store), config(aetherflow_vm::Backend::Memory)).unwrap()
 }
@@ -80,7 +83,12 @@ fn a_killed_process_loses_nothing_it_acknowledged() {
     let mut rng = 0x2545F4914F6CDD1Du64;
     for round in 0..ROUNDS {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash::a_killed_process_loses_nothing_it_acknowledged", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash::a_killed_process_loses_nothing_it_acknowledged",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR, dir.path())
             .env(CHILD_START, next.to_string())
             .stdout(Stdio::piped())
@@ -124,8 +132,13 @@ fn a_killed_process_loses_nothing_it_acknowledged() {
             }
         }
         for (id, i) in &acknowledged {
-            let data = vm.read(*id, None).unwrap_or_else(|e| panic!("round {round}: block {id} ({i}): {e}"));
-            assert!(data[..] == content(*i)[..], "round {round}: block {id} came back different");
+            let data = vm
+                .read(*id, None)
+                .unwrap_or_else(|e| panic!("round {round}: block {id} ({i}): {e}"));
+            assert!(
+                data[..] == content(*i)[..],
+                "round {round}: block {id} came back different"
+            );
         }
         let mut unacknowledged = Vec::new();
         vm.store()
@@ -138,17 +151,34 @@ fn a_killed_process_loses_nothing_it_acknowledged() {
             .unwrap();
         // Only the allocation cut short by the kill may have landed without its acknowledgement,
         // and then whole.
-        assert!(unacknowledged.len() <= 1, "round {round}: {unacknowledged:?}");
+        assert!(
+            unacknowledged.len() <= 1,
+            "round {round}: {unacknowledged:?}"
+        );
         if let Some(id) = unacknowledged.pop() {
-            let i = pending_alloc.unwrap_or_else(|| panic!("round {round}: block {id} appeared from nowhere"));
-            assert!(vm.read(id, None).unwrap()[..] == content(i)[..], "round {round}: half an allocation");
+            let i = pending_alloc
+                .unwrap_or_else(|| panic!("round {round}: block {id} appeared from nowhere"));
+            assert!(
+                vm.read(id, None).unwrap()[..] == content(i)[..],
+                "round {round}: half an allocation"
+            );
             acknowledged.insert(id, i);
         }
-        assert_eq!(vm.summary().total_blocks, acknowledged.len() as u64, "round {round}");
+        assert_eq!(
+            vm.summary().total_blocks,
+            acknowledged.len() as u64,
+            "round {round}"
+        );
         let report = vm.check(true, None).unwrap();
         assert!(report.is_clean(), "round {round}: {report:?}");
     }
-    assert!(next > ROUNDS * 3, "the child made progress: {next} allocations");
+    assert!(
+        next > ROUNDS * 3,
+        "the child made progress: {next} allocations"
+    );
     let vm = open(dir.path());
-    assert!(matches!(vm.read(BlockId::random(), None), Err(Error::NotFound(_))));
+    assert!(matches!(
+        vm.read(BlockId::random(), None),
+        Err(Error::NotFound(_))
+    ));
 }
