@@ -39,6 +39,13 @@ pub use aetherflow_store::{BlockId, Error as StoreError};
 pub use check::{CheckReport, DamagedBlock};
 pub use config::{Backend, VmConfig};
 pub use error::{Error, Result};
+pub use export::{ExportSummary, ImportSummary};
 pub use read::ReadSummary;
 pub use stats::Stats;
 pub use virtual_memory::VirtualMemory;
+
+/// Parses a block id as clients send it, or [`Error::MalformedId`].
+pub fn parse_block_id(text: &str) -> Result<BlockId> {
+    text.parse()
+        .map_err(|_| Error::MalformedId(text.to_string()))
+}

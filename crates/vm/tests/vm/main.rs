@@ -367,3 +367,68 @@ fn stats_have_the_contract_shape() {
     }
     assert_eq!(json["blockDetails"][0]["originalSize"], "1.00 MB");
 }
+
+#[test]
+fn an_export_restores_every_block_on_another_manager() {
+    let from = VirtualMemory::open(config(Backend::Memory)).unwrap();
+    let plain = text(700_000, 20);
+    let secret = text(300_000, 21);
+    let p = from.allocate(&plain, None).unwrap();
+    let s = from.allocate(&secret, Some(&seed("key"))).unwrap();
+    let z = from.allocate(&vec![0u8; 3 << 20], None).unwrap();
+    from.read(p, None).unwrap();
+
+    let mut doc = Vec::new();
+    let summary = from.export(&mut doc, true, Some(&seed("key"))).unwrap();
+    assert_eq!((summary.blocks, summary.with_data), (3, 3));
+    let json: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+    assert_eq!(json["success"], true);
+    assert_eq!(json["blocks"].as_array().unwrap().len(), 3);
+    assert_eq!(json["stats"]["totalBlocks"], 3);
+
+    let to = VirtualMemory::open(config(Backend::Memory)).unwrap();
+    let done = to.import(&doc[..], Some(&seed("key"))).unwrap();
+    assert_eq!((done.imported, done.skipped.len()), (3, 0));
+    assert_eq!(to.read(p, None).unwrap(), plain);
+    assert_eq!(to.read(z, None).unwrap(), vec![0u8; 3 << 20]);
+    assert!(
+        matches!(to.read(s, None), Err(Error::SeedRequired(_))),
+        "still guarded after the move"
+    );
+    assert_eq!(to.read(s, Some(&seed("key"))).unwrap(), secret);
+    // Importing again skips what is there rather than duplicating it.
+    assert_eq!(
+        to.import(&doc[..], Some(&seed("key")))
+            .unwrap()
+            .skipped
+            .len(),
+        3
+    );
+
+    // Without the seed, the seeded block travels without its data and is skipped on import.
+    let mut doc = Vec::new();
+    from.export(&mut doc, true, None).unwrap();
+    let third = VirtualMemory::open(config(Backend::Memory)).unwrap();
+    let done = third.import(&doc[..], None).unwrap();
+    assert_eq!(done.imported, 2);
+    assert_eq!(
+        done.skipped,
+        vec![(s.to_string(), "no data in the document".to_string())]
+    );
+
+    // Damaged documents are refused with a reason.
+    let mut bad = Vec::new();
+    from.export(&mut bad, true, None).unwrap();
+    let at = bad.windows(8).position(|w| w == b"\"data\":\"").unwrap() + 10;
+    bad[at] = b'!';
+    let err = VirtualMemory::open(config(Backend::Memory))
+        .unwrap()
+        .import(&bad[..], None)
+        .unwrap_err();
+    assert!(err.to_string().contains("base64"), "{err}");
+    let err = VirtualMemory::open(config(Backend::Memory))
+        .unwrap()
+        .import(&doc[..doc.len() / 2], None)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
