@@ -46,6 +46,11 @@ pub struct LocalOptions {
     pub pack_size: u64,
     /// A sealed pack whose live bytes fall below this fraction of its size is compacted.
     pub compact_below: f64,
+    /// Memory redb may use to cache index pages.
+    pub index_cache: usize,
+    /// Make every commit durable before it returns (the contract). Turning this off is for bulk
+    /// loading only: commits then reach the disk with the next durable one or on close.
+    pub sync_commits: bool,
 }
 
 impl Default for LocalOptions {
@@ -53,6 +58,8 @@ impl Default for LocalOptions {
         LocalOptions {
             pack_size: 32 << 20,
             compact_below: 0.5,
+            index_cache: 64 << 20,
+            sync_commits: true,
         }
     }
 }
@@ -84,7 +91,9 @@ impl LocalStore {
         let packs_dir = dir.join("packs");
         fs::create_dir_all(&packs_dir)?;
         let lock = lock_dir(&dir)?;
-        let db = Database::create(dir.join("index.redb"))?;
+        let db = Database::builder()
+            .set_cache_size(options.index_cache)
+            .create(dir.join("index.redb"))?;
         let (salt, counters) = init_meta(&db)?;
         let (next_pack, pack_bytes) = recover_packs(&db, &packs_dir)?;
         let max_death = {
@@ -118,7 +127,12 @@ impl LocalStore {
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction> {
-        Ok(self.db.begin_write()?)
+        let mut txn = self.db.begin_write()?;
+        if !self.options.sync_commits {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| Error::Index(e.to_string()))?;
+        }
+        Ok(txn)
     }
 
     fn set_counters(&self, c: Counters) {
@@ -281,8 +295,10 @@ impl BlockStore for LocalStore {
                 StagedAt::Memory(_) => None,
             })
             .collect();
-        for pack in touched {
-            self.packs.sync(pack)?;
+        if self.options.sync_commits {
+            for pack in touched {
+                self.packs.sync(pack)?;
+            }
         }
         let encoded = manifest.encode();
         let txn = self.begin_write()?;
@@ -496,7 +512,11 @@ impl BlockStore for LocalStore {
 
 impl Drop for LocalStore {
     fn drop(&mut self) {
-        // Make read counts committed with relaxed durability reach the disk.
+        // Make what was committed with relaxed durability (read counts, bulk loads) reach the
+        // disk: packs first, then a durable index commit.
+        if !self.options.sync_commits && self.packs.sync_all().is_err() {
+            return;
+        }
         if let Ok(txn) = self.db.begin_write() {
             let _ = txn.commit();
         }

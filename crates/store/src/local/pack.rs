@@ -251,6 +251,21 @@ impl Packs {
         Ok(buf)
     }
 
+    /// Flushes every open pack (after commits that skipped syncing).
+    pub fn sync_all(&self) -> Result<()> {
+        let open: Vec<Arc<File>> = self
+            .open
+            .read()
+            .expect("pack lock")
+            .values()
+            .cloned()
+            .collect();
+        for f in open {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
     /// Deletes a pack file that holds nothing live.
     pub fn delete(&self, number: u32) -> Result<()> {
         self.open.write().expect("pack lock").remove(&number);

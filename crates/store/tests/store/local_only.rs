@@ -7,7 +7,7 @@ use std::path::Path;
 use aetherflow_store::conformance::{chunk, manifest_of};
 use aetherflow_store::{BlockId, BlockStore, Damage, Error, LocalStore};
 
-use super::SMALL_PACKS;
+use super::small_packs;
 
 fn commit(store: &LocalStore, seeds: &[u8], len: usize) -> BlockId {
     let chunks: Vec<_> = seeds.iter().map(|&s| chunk(s, len)).collect();
@@ -39,12 +39,12 @@ fn damage(store: &LocalStore) -> Vec<Damage> {
 fn everything_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (id, totals, salt) = {
-        let store = LocalStore::open(dir.path(), SMALL_PACKS).unwrap();
+        let store = LocalStore::open(dir.path(), small_packs()).unwrap();
         let id = commit(&store, &[1, 2], 10_000);
         store.add_accesses(&[(id, 4)]).unwrap();
         (id, store.totals(), store.domain_salt())
     };
-    let store = LocalStore::open(dir.path(), SMALL_PACKS).unwrap();
+    let store = LocalStore::open(dir.path(), small_packs()).unwrap();
     assert_eq!(store.totals(), totals);
     assert_eq!(
         store.domain_salt(),
@@ -62,8 +62,8 @@ fn everything_survives_a_reopen() {
 #[test]
 fn a_second_process_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let _first = LocalStore::open(dir.path(), SMALL_PACKS).unwrap();
-    let err = LocalStore::open(dir.path(), SMALL_PACKS).unwrap_err();
+    let _first = LocalStore::open(dir.path(), small_packs()).unwrap();
+    let err = LocalStore::open(dir.path(), small_packs()).unwrap_err();
     assert!(matches!(err, Error::Locked(_)), "{err}");
     assert!(err.to_string().contains("in use"), "{err}");
 }
@@ -72,7 +72,7 @@ fn a_second_process_is_refused() {
 fn uncommitted_bytes_are_cut_off_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let committed = {
-        let store = LocalStore::open(dir.path(), SMALL_PACKS).unwrap();
+        let store = LocalStore::open(dir.path(), small_packs()).unwrap();
         commit(&store, &[1], 50_000);
         let committed = store.totals();
         // Staged but never committed, as if the process died before its index commit: some land
@@ -89,7 +89,7 @@ fn uncommitted_bytes_are_cut_off_on_open() {
     };
     let copy = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), copy.path());
-    let store = LocalStore::open(copy.path(), SMALL_PACKS).unwrap();
+    let store = LocalStore::open(copy.path(), small_packs()).unwrap();
     assert_eq!(
         store.totals(),
         committed,
@@ -115,7 +115,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn a_flipped_bit_is_named_and_spares_other_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path(), SMALL_PACKS).unwrap();
+    let store = LocalStore::open(dir.path(), small_packs()).unwrap();
     commit(&store, &[1, 2, 3], 20_000);
     let pack = &pack_files(dir.path())[0];
     // The second record's payload: pack header 16, record header 61, payload 20,000 each.
@@ -150,7 +150,7 @@ fn a_flipped_bit_is_named_and_spares_other_chunks() {
 #[test]
 fn freeing_everything_gives_the_disk_back() {
     let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path(), SMALL_PACKS).unwrap();
+    let store = LocalStore::open(dir.path(), small_packs()).unwrap();
     let ids: Vec<_> = (0..60u8).map(|i| commit(&store, &[i], 30_000)).collect();
     let peak: u64 = pack_files(dir.path())
         .iter()

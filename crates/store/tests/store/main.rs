@@ -5,10 +5,12 @@ use aetherflow_store::local::LocalOptions;
 use aetherflow_store::{BlockStore, LocalStore, MemoryStore};
 
 /// Small packs, so that a few test blocks already exercise rotation and compaction.
-pub const SMALL_PACKS: LocalOptions = LocalOptions {
-    pack_size: 256 * 1024,
-    compact_below: 0.5,
-};
+pub fn small_packs() -> LocalOptions {
+    LocalOptions {
+        pack_size: 256 * 1024,
+        ..LocalOptions::default()
+    }
+}
 
 mod memory {
     use super::*;
@@ -22,7 +24,7 @@ mod local {
     use super::*;
     fn with_store(test: &dyn Fn(&dyn BlockStore)) {
         let dir = tempfile::tempdir().unwrap();
-        test(&LocalStore::open(dir.path(), SMALL_PACKS).unwrap())
+        test(&LocalStore::open(dir.path(), small_packs()).unwrap())
     }
     aetherflow_store::conformance_tests!(with_store);
 }

@@ -42,7 +42,7 @@ fn content(i: u64) -> Vec<u8> {
 fn open(dir: &Path) -> VirtualMemory {
     let options = LocalOptions {
         pack_size: 1 << 20,
-        compact_below: 0.5,
+        ..LocalOptions::default()
     };
     let store = LocalStore::open(dir, options).unwrap();
     VirtualMemory::with_store(Arc::new(store), config(aetherflow_vm::Backend::Memory)).unwrap()
