@@ -32,24 +32,44 @@ use crate::format::trailer::{Totals, Trailer};
 use crate::progress::Progress;
 
 /// Where the content comes from.
-pub enum Source {
+pub enum Source<'a> {
     /// A regular file: its holes are found with `SEEK_HOLE` and never read.
     File(File),
     /// Anything else (stdin, a socket, an in-memory slice): read to the end.
     Stream(Box<dyn Read + Send>),
+    /// Content in stretches, each chunked on its own, with holes between them (a directory
+    /// archive: its table, runs of small files, each large file).
+    Stretches(Box<dyn StretchRead + 'a>),
 }
 
-impl std::fmt::Debug for Source {
+/// What comes next in a [`Source::Stretches`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stretch {
+    /// Data: read until `read` returns 0. Chunk boundaries restart here, so that equal stretches
+    /// (two copies of a large file) chunk, and so deduplicate, identically.
+    Data,
+    /// This many bytes of hole (read as zeros, stored as a run, restored as a hole).
+    Hole(u64),
+}
+
+/// Content that comes in stretches: `next_stretch`, then (for data) `read` to its end, again.
+pub trait StretchRead: Read + Send {
+    /// Moves to the next stretch; `None` at the end of the content.
+    fn next_stretch(&mut self) -> Result<Option<Stretch>>;
+}
+
+impl std::fmt::Debug for Source<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::File(file) => f.debug_tuple("File").field(file).finish(),
             Source::Stream(_) => f.write_str("Stream"),
+            Source::Stretches(_) => f.write_str("Stretches"),
         }
     }
 }
 
-impl Source {
-    pub fn from_bytes(bytes: &[u8]) -> Source {
+impl Source<'static> {
+    pub fn from_bytes(bytes: &[u8]) -> Source<'static> {
         Source::Stream(Box::new(std::io::Cursor::new(bytes.to_vec())))
     }
 }
@@ -99,7 +119,18 @@ pub struct CompressSummary {
 
 /// Compresses `source` into `out` as one `.af` file.
 pub fn compress(
-    source: Source,
+    source: Source<'_>,
+    out: &mut impl Write,
+    options: &CompressOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<CompressSummary> {
+    compress_keyed(|_| Ok(source), out, options, progress)
+}
+
+/// [`compress`] for a source that needs the file's keys (a directory archive MACs its entry
+/// table with them): `source` is called once the keys are derived, before anything is read.
+pub(crate) fn compress_keyed<'s>(
+    source: impl FnOnce(Option<Arc<Keys>>) -> Result<Source<'s>>,
     out: &mut impl Write,
     options: &CompressOptions<'_>,
     progress: &dyn Progress,
@@ -137,6 +168,7 @@ pub fn compress(
         .map(|_| ChunkEncoder::new(options.level, keys.clone()))
         .collect::<Result<Vec<_>>>()?;
 
+    let source = source(keys.clone())?;
     let mut writer = RecordWriter::new(out, keys.as_deref());
     writer.write_raw(&header.encode())?;
 
@@ -179,7 +211,7 @@ enum Done {
 }
 
 fn read_pieces(
-    source: Source,
+    source: Source<'_>,
     chunking: ChunkParams,
     gear_seed: u64,
     progress: &dyn Progress,
@@ -203,6 +235,18 @@ fn read_pieces(
     match source {
         Source::Stream(mut reader) => {
             chunk_all(&mut reader, &mut send)?;
+        }
+        Source::Stretches(mut stretches) => {
+            while let Some(stretch) = stretches.next_stretch()? {
+                let more = match stretch {
+                    Stretch::Hole(0) => true,
+                    Stretch::Hole(len) => send(Piece::Hole(len)),
+                    Stretch::Data => chunk_all(&mut stretches, &mut send)?,
+                };
+                if !more {
+                    break;
+                }
+            }
         }
         Source::File(mut file) => {
             let len = file.metadata()?.len();

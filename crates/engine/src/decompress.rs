@@ -52,6 +52,7 @@ impl std::fmt::Debug for Sink<'_> {
         match self {
             Sink::File(file) => f.debug_tuple("File").field(file).finish(),
             Sink::Stream(_) => f.write_str("Stream"),
+            Sink::Content(_) => f.write_str("Content"),
         }
     }
 }
@@ -62,6 +63,23 @@ pub enum Sink<'a> {
     File(&'a File),
     /// Anything else: every byte is written.
     Stream(&'a mut dyn Write),
+    /// A consumer that places content by offset (a directory archive's restore).
+    Content(&'a mut dyn ContentSink),
+}
+
+/// Takes restored content in order, by logical offset. Zero runs and holes arrive as
+/// [`ContentSink::zeros`], never as bytes, so that a sink can leave holes behind.
+pub trait ContentSink {
+    /// `bytes` of content starting at `offset`.
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<()>;
+    /// `len` zero bytes starting at `offset`.
+    fn zeros(&mut self, offset: u64, len: u64) -> Result<()>;
+    /// Told the file's keys (for an encrypted file) once the seed is checked, before any content.
+    fn unlocked(&mut self, _keys: Option<&Arc<Keys>>) {}
+    /// What the content at `offset` belongs to, to name it when that content is damaged.
+    fn locate(&self, _offset: u64) -> Option<String> {
+        None
+    }
 }
 
 /// How to decompress.
@@ -113,6 +131,10 @@ pub fn decompress(
         }
     };
     let keys = header.unlock(options.seed)?.map(Arc::new);
+    let mut sink = sink;
+    if let Sink::Content(content) = &mut sink {
+        content.unlocked(keys.as_ref());
+    }
     let mut expected_logical = None;
     if let Input::File(file) = &mut input {
         let (trailer, _) =
@@ -327,13 +349,13 @@ impl Resolver {
         let tag_len = if keys.is_some() { TAG_LEN } else { 0 };
         Ok(match (sink, input) {
             (Sink::File(out), _) => Resolver::Output(out.try_clone()?),
-            (Sink::Stream(_), Some(file)) => Resolver::Input {
+            (Sink::Stream(_) | Sink::Content(_), Some(file)) => Resolver::Input {
                 file,
                 decoder: ChunkDecoder::new(keys)?,
                 max_chunk: header.chunking.max,
                 tag_len,
             },
-            (Sink::Stream(_), None) => Resolver::Window {
+            (Sink::Stream(_) | Sink::Content(_), None) => Resolver::Window {
                 chunks: VecDeque::new(),
                 bytes: 0,
             },
@@ -447,16 +469,27 @@ impl<'a> ContentWriter<'a> {
             while let Some(item) = waiting.remove(&next) {
                 next += 1;
                 let before = self.logical;
-                match item? {
+                match item.map_err(|e| self.locate(e))? {
                     Item::Tail(tail) => return Ok(tail),
-                    item => self.apply(item)?,
+                    item => self.apply(item).map_err(|e| self.locate(e))?,
                 }
                 progress.advance(self.logical - before);
             }
         }
         match waiting.pop_last() {
-            Some((_, Err(e))) => Err(e),
-            _ => Err(Error::corrupt("body ended without its index")),
+            Some((_, Err(e))) => Err(self.locate(e)),
+            _ => Err(self.locate(Error::corrupt("body ended without its index"))),
+        }
+    }
+
+    /// Names the damaged content in a corruption error, when the sink knows what it is.
+    fn locate(&self, error: Error) -> Error {
+        match (error, &self.sink) {
+            (Error::Corrupt(what), Sink::Content(sink)) => match sink.locate(self.logical) {
+                Some(place) => Error::Corrupt(format!("{what}, in {place}")),
+                None => Error::Corrupt(what),
+            },
+            (error, _) => error,
         }
     }
 
@@ -543,6 +576,7 @@ impl<'a> ContentWriter<'a> {
         match &mut self.sink {
             Sink::File(file) => file.write_all_at(bytes, self.logical)?,
             Sink::Stream(out) => out.write_all(bytes)?,
+            Sink::Content(sink) => sink.write(self.logical, bytes)?,
         }
         self.logical += bytes.len() as u64;
         Ok(())
@@ -551,6 +585,9 @@ impl<'a> ContentWriter<'a> {
     /// Advances over `len` zero bytes: hashed when they are content (a zero run), not when they
     /// are a hole; written out only to a stream (a file sink leaves a hole behind).
     fn skip(&mut self, len: u64, hash: bool) -> Result<()> {
+        if let Sink::Content(sink) = &mut self.sink {
+            sink.zeros(self.logical, len)?;
+        }
         let stream = matches!(self.sink, Sink::Stream(_));
         if hash || stream {
             let mut left = len;
@@ -588,6 +625,7 @@ impl<'a> ContentWriter<'a> {
         match &mut self.sink {
             Sink::File(file) => file.set_len(self.logical)?,
             Sink::Stream(out) => out.flush()?,
+            Sink::Content(_) => {}
         }
         Ok(DecompressSummary {
             totals: self.totals,
