@@ -1,6 +1,7 @@
 //! One module per subcommand; each returns the exit code of a successful run.
 
 mod compress;
+mod compress_directory;
 mod decompress;
 mod memory_info;
 mod stats;
@@ -11,6 +12,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Compress(args) => compress::run(args),
         Command::Decompress(args) => decompress::run(args),
+        Command::CompressDirectory(args) => compress_directory::run(args),
         Command::Stats(args) => stats::run(args),
         Command::MemoryInfo(args) => memory_info::run(args),
     }
