@@ -387,6 +387,9 @@ struct RestoreSink<'a> {
     progress: &'a dyn Progress,
 }
 
+/// What a finished sink hands back: the table, the plan, the amendments.
+type Closed = (EntryTable, Plan, Vec<(u64, Amendment)>);
+
 enum Piece<'b> {
     Bytes(&'b [u8]),
     Zeros(u64),
@@ -520,7 +523,7 @@ impl RestoreSink<'_> {
     }
 
     /// After the pipeline verified everything: the remaining (empty) files and the amendments.
-    fn close(mut self) -> Result<(EntryTable, Plan, Vec<(u64, Amendment)>)> {
+    fn close(mut self) -> Result<Closed> {
         let Some(table) = self.table.take() else {
             return Err(Error::corrupt("content ends inside the entry table"));
         };

@@ -31,7 +31,6 @@ pub(crate) struct Restorer {
     target_name: OsString,
     target_display: PathBuf,
     staging: OwnedFd,
-    staging_name: OsString,
     /// For removal on failure.
     staging_path: PathBuf,
     force: bool,
@@ -62,14 +61,21 @@ fn open_dir(at: impl AsFd, name: &OsStr, display: &Path) -> Result<OwnedFd> {
 /// True when the directory `name` in `at` has entries.
 fn is_non_empty_dir(at: impl AsFd, name: &OsStr, display: &Path) -> Result<bool> {
     let fd = open_dir(at, name, display)?;
-    let mut dir = rustix::fs::Dir::read_from(&fd).map_err(|e| io_err(e, display.display()))?;
-    while let Some(item) = dir.next() {
+    Ok(!names_in(&fd, display)?.is_empty())
+}
+
+/// The names in a directory, `.` and `..` left out.
+fn names_in(dir: &OwnedFd, display: &Path) -> Result<Vec<OsString>> {
+    let listing = rustix::fs::Dir::read_from(dir).map_err(|e| io_err(e, display.display()))?;
+    let mut names = Vec::new();
+    for item in listing {
         let item = item.map_err(|e| io_err(e, display.display()))?;
-        if ![&b"."[..], b".."].contains(&item.file_name().to_bytes()) {
-            return Ok(true);
+        let name = item.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
         }
     }
-    Ok(false)
+    Ok(names)
 }
 
 /// What is at `name` in `at`, without following a symlink.
@@ -104,15 +110,18 @@ impl Restorer {
     ) -> Result<Restorer> {
         match kind_at(&parent, &target_name) {
             None => {}
-            Some(rustix::fs::FileType::Directory) if target_is_dir => {
-                if !force && is_non_empty_dir(&parent, &target_name, &target_display)? {
-                    return Err(Error::InvalidArgument(format!(
-                        "{}: not empty; restore into an empty or new folder, or give --force \
-                         to overwrite what the archive holds",
-                        target_display.display()
-                    )));
-                }
+            Some(rustix::fs::FileType::Directory)
+                if target_is_dir
+                    && !force
+                    && is_non_empty_dir(&parent, &target_name, &target_display)? =>
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: not empty; restore into an empty or new folder, or give --force \
+                     to overwrite what the archive holds",
+                    target_display.display()
+                )));
             }
+            Some(rustix::fs::FileType::Directory) if target_is_dir => {}
             Some(_) if force && !target_is_dir => {}
             Some(_) => {
                 return Err(Error::InvalidArgument(format!(
@@ -145,7 +154,6 @@ impl Restorer {
             target_name,
             target_display,
             staging,
-            staging_name,
             staging_path,
             force,
             placed: false,
@@ -269,7 +277,6 @@ impl Drop for Restorer {
         if !self.placed {
             let _ = std::fs::remove_dir_all(&self.staging_path);
         }
-        let _ = (&self.staging, &self.staging_name);
     }
 }
 
@@ -282,16 +289,7 @@ fn merge(
     display: &Path,
     dir_meta: &dyn Fn(&Path) -> Option<(u32, Mtime)>,
 ) -> Result<()> {
-    let mut names = Vec::new();
-    let mut dir = rustix::fs::Dir::read_from(from).map_err(|e| io_err(e, display.display()))?;
-    while let Some(item) = dir.next() {
-        let item = item.map_err(|e| io_err(e, display.display()))?;
-        let name = OsStr::from_bytes(item.file_name().to_bytes()).to_os_string();
-        if name != "." && name != ".." {
-            names.push(name);
-        }
-    }
-    for name in names {
+    for name in names_in(from, display)? {
         let shown = display.join(&name);
         let staged_dir = kind_at(from, &name) == Some(rustix::fs::FileType::Directory);
         match kind_at(into, &name) {
@@ -328,16 +326,7 @@ fn merge(
 
 /// Empties the directory `dir` without following any symlink in it.
 fn remove_tree(dir: &OwnedFd, display: &Path) -> Result<()> {
-    let mut names = Vec::new();
-    let mut listing = rustix::fs::Dir::read_from(dir).map_err(|e| io_err(e, display.display()))?;
-    while let Some(item) = listing.next() {
-        let item = item.map_err(|e| io_err(e, display.display()))?;
-        let name = OsStr::from_bytes(item.file_name().to_bytes()).to_os_string();
-        if name != "." && name != ".." {
-            names.push(name);
-        }
-    }
-    for name in names {
+    for name in names_in(dir, display)? {
         let shown = display.join(&name);
         if kind_at(dir, &name) == Some(rustix::fs::FileType::Directory) {
             let sub = open_dir(dir, &name, &shown)?;
