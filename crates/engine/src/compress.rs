@@ -18,11 +18,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use sha2::{Digest, Sha256};
 
 use crate::chunking::{ChunkParams, Chunker};
 use crate::codec::{is_zero, ChunkEncoder, EncodedChunk, DEFAULT_LEVEL};
 use crate::crypto::{random_salt, ChunkId, KdfParams, Keys, Seed, SALT_LEN};
+use crate::digest::ContentHasher;
 use crate::error::{Error, Result};
 use crate::extents::{extents, Extent};
 use crate::format::header::Header;
@@ -314,7 +314,7 @@ struct RecordWriter<'w, W: Write> {
     ordinals: HashMap<ChunkId, u64>,
     index: Index,
     totals: Totals,
-    sha: Sha256,
+    sha: ContentHasher,
 }
 
 impl<'w, W: Write> RecordWriter<'w, W> {
@@ -328,7 +328,7 @@ impl<'w, W: Write> RecordWriter<'w, W> {
             ordinals: HashMap::new(),
             index: Index::default(),
             totals: Totals::default(),
-            sha: Sha256::new(),
+            sha: ContentHasher::new(),
         }
     }
 
@@ -365,11 +365,11 @@ impl<'w, W: Write> RecordWriter<'w, W> {
         match done {
             Done::Hole(len) => self.extend_run(true, len),
             Done::Zero(plain) => {
-                self.sha.update(&plain);
+                self.sha.zeros(plain.len() as u64);
                 self.extend_run(false, plain.len() as u64)
             }
             Done::Stored { chunk, plain } => {
-                self.sha.update(&plain);
+                self.sha.bytes(plain);
                 self.close_run()?;
                 match self.ordinals.get(&chunk.id) {
                     Some(&ordinal) => self.write_reference(ordinal, chunk.raw_len),
@@ -377,13 +377,14 @@ impl<'w, W: Write> RecordWriter<'w, W> {
                 }
             }
             Done::Duplicate { id, plain } => {
-                self.sha.update(&plain);
+                let len = plain.len() as u32;
+                self.sha.bytes(plain);
                 self.close_run()?;
                 let ordinal = *self
                     .ordinals
                     .get(&id)
                     .expect("a duplicate's first occurrence is always written before it");
-                self.write_reference(ordinal, plain.len() as u32)
+                self.write_reference(ordinal, len)
             }
         }
     }
@@ -475,7 +476,7 @@ impl<'w, W: Write> RecordWriter<'w, W> {
         self.offset += Record::End.write(self.out)? as u64;
         self.totals.logical_bytes = self.logical;
         let index = self.index.encode(self.keys);
-        let sha256: [u8; 32] = std::mem::take(&mut self.sha).finalize().into();
+        let sha256 = std::mem::replace(&mut self.sha, ContentHasher::idle()).finish();
         let trailer = Trailer {
             index_offset: self.offset,
             index_len: index.len() as u64,

@@ -18,10 +18,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use sha2::{Digest, Sha256};
 
 use crate::codec::ChunkDecoder;
 use crate::crypto::{ChunkId, Keys, Seed, TAG_LEN};
+use crate::digest::ContentHasher;
 use crate::error::{Error, Result};
 use crate::format::header::{read_exact_or, Header};
 use crate::format::index::{Index, IndexEntry, ENTRY_LEN};
@@ -432,7 +432,7 @@ struct ContentWriter<'a> {
     chunks: Vec<DataChunk>,
     index: Index,
     totals: Totals,
-    sha: Sha256,
+    sha: ContentHasher,
 }
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -453,7 +453,7 @@ impl<'a> ContentWriter<'a> {
             chunks: Vec::new(),
             index: Index::default(),
             totals: Totals::default(),
-            sha: Sha256::new(),
+            sha: ContentHasher::new(),
         }
     }
 
@@ -541,8 +541,9 @@ impl<'a> ContentWriter<'a> {
                 }
                 self.totals.unique_bytes += u64::from(raw_len);
                 self.totals.payload_bytes += u64::from(stored_len);
-                self.sha.update(&bytes);
-                self.write(&bytes)
+                self.write(&bytes)?;
+                self.sha.bytes(bytes);
+                Ok(())
             }
             (_, Record::Reference { ordinal, raw_len }) => {
                 let target = usize::try_from(ordinal)
@@ -555,8 +556,9 @@ impl<'a> ContentWriter<'a> {
                 let plain = self.resolver.fetch(ordinal, target, self.keys.as_deref())?;
                 self.totals.reference_chunks += 1;
                 self.totals.reference_bytes += u64::from(raw_len);
-                self.sha.update(&plain);
-                self.write(&plain)
+                self.write(&plain)?;
+                self.sha.bytes(plain);
+                Ok(())
             }
             (_, Record::Zero { len }) => {
                 self.totals.zero_runs += 1;
@@ -588,17 +590,14 @@ impl<'a> ContentWriter<'a> {
         if let Sink::Content(sink) = &mut self.sink {
             sink.zeros(self.logical, len)?;
         }
-        let stream = matches!(self.sink, Sink::Stream(_));
-        if hash || stream {
+        if hash {
+            self.sha.zeros(len);
+        }
+        if let Sink::Stream(out) = &mut self.sink {
             let mut left = len;
             while left > 0 {
                 let n = left.min(ZEROS.len() as u64) as usize;
-                if hash {
-                    self.sha.update(&ZEROS[..n]);
-                }
-                if let Sink::Stream(out) = &mut self.sink {
-                    out.write_all(&ZEROS[..n])?;
-                }
+                out.write_all(&ZEROS[..n])?;
                 left -= n as u64;
             }
         }
@@ -616,7 +615,7 @@ impl<'a> ContentWriter<'a> {
         if tail.trailer.totals != self.totals {
             return Err(Error::corrupt("trailer totals disagree with the body"));
         }
-        let sha256: [u8; 32] = self.sha.finalize().into();
+        let sha256 = std::mem::replace(&mut self.sha, ContentHasher::idle()).finish();
         if tail.trailer.content_digest(keys)? != sha256 {
             return Err(Error::corrupt(
                 "SHA-256 of the restored content does not match",

@@ -31,6 +31,7 @@ pub mod codec;
 pub mod compress;
 pub mod crypto;
 pub mod decompress;
+mod digest;
 mod error;
 pub mod extents;
 pub mod format;
