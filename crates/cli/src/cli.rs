@@ -28,9 +28,13 @@ pub enum Command {
     /// Compress a file (or stdin) into an .af file.
     #[command(after_help = exit::HELP)]
     Compress(CompressArgs),
-    /// Restore an .af file byte for byte, verifying its SHA-256 before reporting success.
+    /// Restore an .af file byte for byte, verifying its SHA-256 before reporting success; a
+    /// directory archive is restored into the folder OUT.
     #[command(after_help = exit::HELP)]
     Decompress(DecompressArgs),
+    /// Archive a whole folder into one .af file, deduplicated across files.
+    #[command(name = "compress-directory", after_help = exit::HELP)]
+    CompressDirectory(CompressDirectoryArgs),
     /// Show what is inside an .af file without decompressing it.
     #[command(after_help = exit::HELP)]
     Stats(StatsArgs),
@@ -85,11 +89,49 @@ pub struct CompressArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CompressDirectoryArgs {
+    /// The folder to archive. Paths are stored relative to it; symlinks are stored as links and
+    /// never followed; sockets, FIFOs and devices are skipped with a warning.
+    pub dir: PathBuf,
+    /// The .af file to write, or - for stdout.
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Leave out paths matching this glob (matched against the path relative to DIR and against
+    /// the name alone; a folder is left out with everything in it). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// zstd level, 1 (fastest) to 22 (smallest).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub level: i32,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+    /// Flush the output to the disk before it takes its name, so that it survives a power cut.
+    #[arg(long)]
+    pub sync: bool,
+    /// Print one line per entry and a result summary on stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DecompressArgs {
     /// The .af file to restore, or - for stdin.
     pub input: PathBuf,
-    /// Where to write the content, or - for stdout. A file appears only once verified.
+    /// Where to write the content, or - for stdout. A file appears only once verified. For a
+    /// directory archive: the folder to restore into (new, or empty unless --force).
     pub output: PathBuf,
+    /// Directory archives: restore only this entry (a folder with everything in it) to
+    /// OUT/PATH, reading only the chunks it needs.
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Directory archives: overwrite what is in the way in a non-empty OUT (folders are merged).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub seed: SeedArgs,
     /// Worker threads (default: one per core).

@@ -13,6 +13,9 @@ pub const IO: u8 = 3;
 pub const CORRUPT: u8 = 4;
 /// The file is encrypted and the seed is missing or wrong.
 pub const SEED: u8 = 5;
+/// A directory archive was written, but some entries could not be read (or changed while read):
+/// the archive is partial. The warnings name them.
+pub const PARTIAL: u8 = 6;
 
 /// Text for `--help`.
 pub const HELP: &str = "\
@@ -23,7 +26,8 @@ Exit codes:
   3  I/O error (missing file, permission denied, disk full)
   4  corrupt or non-AetherFlow input, or input over the reader's limits;
      for check: damage found
-  5  seed missing or wrong for an encrypted file";
+  5  seed missing or wrong for an encrypted file
+  6  compress-directory: archive written but partial (unreadable entries, named in warnings)";
 
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {

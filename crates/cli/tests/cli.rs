@@ -7,6 +7,9 @@ use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
+#[path = "cli/archive.rs"]
+mod archive;
+
 const CORRUPT: i32 = 4;
 const SEED: i32 = 5;
 const IO: i32 = 3;

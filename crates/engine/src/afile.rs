@@ -124,6 +124,75 @@ impl AfFile {
         })
     }
 
+    /// Opens a damaged file (truncated, or with a damaged trailer or index) for ranged reads of
+    /// what precedes the damage: the records are scanned from the start (headers only, payloads
+    /// skipped) until the first one that does not check out, and the index is rebuilt from them.
+    /// Chunks read later are still verified one by one; the whole-content SHA-256 cannot be.
+    pub fn salvage(file: File, seed: Option<&Seed>, limits: &Limits) -> Result<AfFile> {
+        let mut at0 = PositionedReader { file: &file, at: 0 };
+        let header = Header::read(&mut at0, limits)?;
+        let keys = header.unlock(seed)?.map(Arc::new);
+        let tag_len = if keys.is_some() { TAG_LEN } else { 0 };
+        let file_bytes = file.metadata()?.len();
+        let mut reader = std::io::BufReader::new(PositionedReader {
+            file: &file,
+            at: header.encoded_len() as u64,
+        });
+        let mut offset = header.encoded_len() as u64;
+        let (mut index, mut data_offsets) = (Index::default(), Vec::new());
+        let mut logical = 0u64;
+        let max_entries = limits.max_index_bytes / crate::format::index::ENTRY_LEN as u64;
+        while (index.entries.len() as u64) < max_entries {
+            let Ok((record, header_len)) = Record::read(&mut reader, header.chunking.max, tag_len)
+            else {
+                break;
+            };
+            let payload = match record {
+                Record::Data { stored_len, .. } => u64::from(stored_len),
+                Record::End => break,
+                _ => 0,
+            };
+            let next = offset + header_len as u64 + payload;
+            if next > file_bytes {
+                break;
+            }
+            let location = match record {
+                Record::Data { .. } => {
+                    data_offsets.push(offset);
+                    offset
+                }
+                Record::Reference { ordinal, .. } => ordinal,
+                _ => 0,
+            };
+            index.entries.push(crate::format::index::IndexEntry {
+                kind: record.kind(),
+                logical_offset: logical,
+                location,
+            });
+            logical += record.logical_len();
+            reader.seek_relative(payload as i64)?;
+            offset = next;
+        }
+        let trailer = Trailer {
+            index_offset: offset,
+            index_len: 0,
+            totals: Totals {
+                logical_bytes: logical,
+                ..Totals::default()
+            },
+            digest_field: Vec::new(),
+        };
+        Ok(AfFile {
+            file,
+            header,
+            keys,
+            trailer,
+            index: Some(index),
+            data_offsets,
+            file_bytes,
+        })
+    }
+
     pub fn header(&self) -> &Header {
         &self.header
     }
@@ -161,14 +230,33 @@ impl AfFile {
     /// Reads `len` bytes of the content starting at `offset`, decoding only the chunks that
     /// cover them. Each chunk is verified against its identity.
     pub fn read_range(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.visit_range(offset, len as u64, &mut |piece| {
+            match piece {
+                RangePiece::Bytes(bytes) => out.extend_from_slice(bytes),
+                RangePiece::Zeros(n) => out.resize(out.len() + n as usize, 0),
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Hands the content from `offset` to `offset + len` (cut at the content's end) to `visit`
+    /// in order, one chunk or run at a time: memory stays bounded by one chunk, and zero runs and
+    /// holes arrive as counts, so that a restored file keeps its holes.
+    pub fn visit_range(
+        &self,
+        offset: u64,
+        len: u64,
+        visit: &mut dyn FnMut(RangePiece<'_>) -> Result<()>,
+    ) -> Result<()> {
         let index = self.index.as_ref().ok_or(Error::SeedRequired)?;
-        let size = self.trailer.totals.logical_bytes;
-        let end = offset.saturating_add(len as u64).min(size);
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let size = self.logical_bytes();
+        let end = offset.saturating_add(len).min(size);
         let mut decoder = ChunkDecoder::new(self.keys.clone())?;
         let mut pos = offset;
         let Some(mut i) = index.entry_at(offset) else {
-            return Ok(out);
+            return Ok(());
         };
         while pos < end {
             let entry = index
@@ -179,7 +267,7 @@ impl AfFile {
             let take_from = (pos - entry.logical_offset) as usize;
             let take_to = (end.min(entry_end) - entry.logical_offset) as usize;
             match entry.kind {
-                0 | 4 => out.resize(out.len() + (take_to - take_from), 0),
+                0 | 4 => visit(RangePiece::Zeros((take_to - take_from) as u64))?,
                 kind => {
                     let record_offset = if kind == 1 {
                         *usize::try_from(entry.location)
@@ -193,13 +281,23 @@ impl AfFile {
                     let slice = plain
                         .get(take_from..take_to)
                         .ok_or_else(|| Error::corrupt("chunk shorter than its index entry"))?;
-                    out.extend_from_slice(slice);
+                    visit(RangePiece::Bytes(slice))?;
                 }
             }
             pos = entry.logical_offset + take_to as u64;
             i += 1;
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Bytes of content: from the trailer, or what a salvaged file's records add up to.
+    pub fn logical_bytes(&self) -> u64 {
+        self.trailer.totals.logical_bytes
+    }
+
+    /// The keys of an encrypted file opened with its seed.
+    pub(crate) fn keys(&self) -> Option<&Keys> {
+        self.keys.as_deref()
     }
 
     fn read_chunk(&self, decoder: &mut ChunkDecoder, record_offset: u64) -> Result<Vec<u8>> {
@@ -212,6 +310,14 @@ impl AfFile {
             decoder,
         )
     }
+}
+
+/// A piece of content handed out by [`AfFile::visit_range`].
+#[derive(Debug)]
+pub enum RangePiece<'a> {
+    Bytes(&'a [u8]),
+    /// This many zero bytes (a zero run or a hole).
+    Zeros(u64),
 }
 
 /// Reads the data record at `offset` and decodes it (verified against its id and checks).
@@ -247,5 +353,17 @@ impl std::io::Read for PositionedReader<'_> {
         let n = self.file.read_at(buf, self.at)?;
         self.at += n as u64;
         Ok(n)
+    }
+}
+
+impl std::io::Seek for PositionedReader<'_> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        let at = match pos {
+            std::io::SeekFrom::Start(at) => Some(at),
+            std::io::SeekFrom::Current(delta) => self.at.checked_add_signed(delta),
+            std::io::SeekFrom::End(delta) => self.file.metadata()?.len().checked_add_signed(delta),
+        };
+        self.at = at.ok_or_else(|| std::io::Error::other("seek out of range"))?;
+        Ok(self.at)
     }
 }

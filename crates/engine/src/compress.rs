@@ -18,11 +18,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use sha2::{Digest, Sha256};
 
 use crate::chunking::{ChunkParams, Chunker};
 use crate::codec::{is_zero, ChunkEncoder, EncodedChunk, DEFAULT_LEVEL};
 use crate::crypto::{random_salt, ChunkId, KdfParams, Keys, Seed, SALT_LEN};
+use crate::digest::ContentHasher;
 use crate::error::{Error, Result};
 use crate::extents::{extents, Extent};
 use crate::format::header::Header;
@@ -32,24 +32,44 @@ use crate::format::trailer::{Totals, Trailer};
 use crate::progress::Progress;
 
 /// Where the content comes from.
-pub enum Source {
+pub enum Source<'a> {
     /// A regular file: its holes are found with `SEEK_HOLE` and never read.
     File(File),
     /// Anything else (stdin, a socket, an in-memory slice): read to the end.
     Stream(Box<dyn Read + Send>),
+    /// Content in stretches, each chunked on its own, with holes between them (a directory
+    /// archive: its table, runs of small files, each large file).
+    Stretches(Box<dyn StretchRead + 'a>),
 }
 
-impl std::fmt::Debug for Source {
+/// What comes next in a [`Source::Stretches`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stretch {
+    /// Data: read until `read` returns 0. Chunk boundaries restart here, so that equal stretches
+    /// (two copies of a large file) chunk, and so deduplicate, identically.
+    Data,
+    /// This many bytes of hole (read as zeros, stored as a run, restored as a hole).
+    Hole(u64),
+}
+
+/// Content that comes in stretches: `next_stretch`, then (for data) `read` to its end, again.
+pub trait StretchRead: Read + Send {
+    /// Moves to the next stretch; `None` at the end of the content.
+    fn next_stretch(&mut self) -> Result<Option<Stretch>>;
+}
+
+impl std::fmt::Debug for Source<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::File(file) => f.debug_tuple("File").field(file).finish(),
             Source::Stream(_) => f.write_str("Stream"),
+            Source::Stretches(_) => f.write_str("Stretches"),
         }
     }
 }
 
-impl Source {
-    pub fn from_bytes(bytes: &[u8]) -> Source {
+impl Source<'static> {
+    pub fn from_bytes(bytes: &[u8]) -> Source<'static> {
         Source::Stream(Box::new(std::io::Cursor::new(bytes.to_vec())))
     }
 }
@@ -99,7 +119,18 @@ pub struct CompressSummary {
 
 /// Compresses `source` into `out` as one `.af` file.
 pub fn compress(
-    source: Source,
+    source: Source<'_>,
+    out: &mut impl Write,
+    options: &CompressOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<CompressSummary> {
+    compress_keyed(|_| Ok(source), out, options, progress)
+}
+
+/// [`compress`] for a source that needs the file's keys (a directory archive MACs its entry
+/// table with them): `source` is called once the keys are derived, before anything is read.
+pub(crate) fn compress_keyed<'s>(
+    source: impl FnOnce(Option<Arc<Keys>>) -> Result<Source<'s>>,
     out: &mut impl Write,
     options: &CompressOptions<'_>,
     progress: &dyn Progress,
@@ -137,6 +168,7 @@ pub fn compress(
         .map(|_| ChunkEncoder::new(options.level, keys.clone()))
         .collect::<Result<Vec<_>>>()?;
 
+    let source = source(keys.clone())?;
     let mut writer = RecordWriter::new(out, keys.as_deref());
     writer.write_raw(&header.encode())?;
 
@@ -179,7 +211,7 @@ enum Done {
 }
 
 fn read_pieces(
-    source: Source,
+    source: Source<'_>,
     chunking: ChunkParams,
     gear_seed: u64,
     progress: &dyn Progress,
@@ -203,6 +235,18 @@ fn read_pieces(
     match source {
         Source::Stream(mut reader) => {
             chunk_all(&mut reader, &mut send)?;
+        }
+        Source::Stretches(mut stretches) => {
+            while let Some(stretch) = stretches.next_stretch()? {
+                let more = match stretch {
+                    Stretch::Hole(0) => true,
+                    Stretch::Hole(len) => send(Piece::Hole(len)),
+                    Stretch::Data => chunk_all(&mut stretches, &mut send)?,
+                };
+                if !more {
+                    break;
+                }
+            }
         }
         Source::File(mut file) => {
             let len = file.metadata()?.len();
@@ -270,7 +314,7 @@ struct RecordWriter<'w, W: Write> {
     ordinals: HashMap<ChunkId, u64>,
     index: Index,
     totals: Totals,
-    sha: Sha256,
+    sha: ContentHasher,
 }
 
 impl<'w, W: Write> RecordWriter<'w, W> {
@@ -284,7 +328,7 @@ impl<'w, W: Write> RecordWriter<'w, W> {
             ordinals: HashMap::new(),
             index: Index::default(),
             totals: Totals::default(),
-            sha: Sha256::new(),
+            sha: ContentHasher::new(),
         }
     }
 
@@ -321,11 +365,11 @@ impl<'w, W: Write> RecordWriter<'w, W> {
         match done {
             Done::Hole(len) => self.extend_run(true, len),
             Done::Zero(plain) => {
-                self.sha.update(&plain);
+                self.sha.zeros(plain.len() as u64);
                 self.extend_run(false, plain.len() as u64)
             }
             Done::Stored { chunk, plain } => {
-                self.sha.update(&plain);
+                self.sha.bytes(plain);
                 self.close_run()?;
                 match self.ordinals.get(&chunk.id) {
                     Some(&ordinal) => self.write_reference(ordinal, chunk.raw_len),
@@ -333,13 +377,14 @@ impl<'w, W: Write> RecordWriter<'w, W> {
                 }
             }
             Done::Duplicate { id, plain } => {
-                self.sha.update(&plain);
+                let len = plain.len() as u32;
+                self.sha.bytes(plain);
                 self.close_run()?;
                 let ordinal = *self
                     .ordinals
                     .get(&id)
                     .expect("a duplicate's first occurrence is always written before it");
-                self.write_reference(ordinal, plain.len() as u32)
+                self.write_reference(ordinal, len)
             }
         }
     }
@@ -431,7 +476,7 @@ impl<'w, W: Write> RecordWriter<'w, W> {
         self.offset += Record::End.write(self.out)? as u64;
         self.totals.logical_bytes = self.logical;
         let index = self.index.encode(self.keys);
-        let sha256: [u8; 32] = std::mem::take(&mut self.sha).finalize().into();
+        let sha256 = std::mem::replace(&mut self.sha, ContentHasher::idle()).finish();
         let trailer = Trailer {
             index_offset: self.offset,
             index_len: index.len() as u64,

@@ -162,6 +162,12 @@ impl Keys {
         *blake3::keyed_hash(&self.meta_key, data).as_bytes()
     }
 
+    /// A keyed BLAKE3 hasher under the metadata key, for metadata too large to gather first
+    /// (a directory archive's entry table). Callers start it with a context string of their own.
+    pub fn mac_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.meta_key)
+    }
+
     /// Encrypts `buf` in place and appends the tag. The nonce comes from the chunk id, which is
     /// a keyed hash of the plaintext: equal plaintexts give equal ciphertexts (what dedup needs),
     /// and a nonce repeats only together with its plaintext.

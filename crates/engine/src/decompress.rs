@@ -18,10 +18,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use sha2::{Digest, Sha256};
 
 use crate::codec::ChunkDecoder;
 use crate::crypto::{ChunkId, Keys, Seed, TAG_LEN};
+use crate::digest::ContentHasher;
 use crate::error::{Error, Result};
 use crate::format::header::{read_exact_or, Header};
 use crate::format::index::{Index, IndexEntry, ENTRY_LEN};
@@ -52,6 +52,7 @@ impl std::fmt::Debug for Sink<'_> {
         match self {
             Sink::File(file) => f.debug_tuple("File").field(file).finish(),
             Sink::Stream(_) => f.write_str("Stream"),
+            Sink::Content(_) => f.write_str("Content"),
         }
     }
 }
@@ -62,6 +63,23 @@ pub enum Sink<'a> {
     File(&'a File),
     /// Anything else: every byte is written.
     Stream(&'a mut dyn Write),
+    /// A consumer that places content by offset (a directory archive's restore).
+    Content(&'a mut dyn ContentSink),
+}
+
+/// Takes restored content in order, by logical offset. Zero runs and holes arrive as
+/// [`ContentSink::zeros`], never as bytes, so that a sink can leave holes behind.
+pub trait ContentSink {
+    /// `bytes` of content starting at `offset`.
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<()>;
+    /// `len` zero bytes starting at `offset`.
+    fn zeros(&mut self, offset: u64, len: u64) -> Result<()>;
+    /// Told the file's keys (for an encrypted file) once the seed is checked, before any content.
+    fn unlocked(&mut self, _keys: Option<&Arc<Keys>>) {}
+    /// What the content at `offset` belongs to, to name it when that content is damaged.
+    fn locate(&self, _offset: u64) -> Option<String> {
+        None
+    }
 }
 
 /// How to decompress.
@@ -113,6 +131,10 @@ pub fn decompress(
         }
     };
     let keys = header.unlock(options.seed)?.map(Arc::new);
+    let mut sink = sink;
+    if let Sink::Content(content) = &mut sink {
+        content.unlocked(keys.as_ref());
+    }
     let mut expected_logical = None;
     if let Input::File(file) = &mut input {
         let (trailer, _) =
@@ -327,13 +349,13 @@ impl Resolver {
         let tag_len = if keys.is_some() { TAG_LEN } else { 0 };
         Ok(match (sink, input) {
             (Sink::File(out), _) => Resolver::Output(out.try_clone()?),
-            (Sink::Stream(_), Some(file)) => Resolver::Input {
+            (Sink::Stream(_) | Sink::Content(_), Some(file)) => Resolver::Input {
                 file,
                 decoder: ChunkDecoder::new(keys)?,
                 max_chunk: header.chunking.max,
                 tag_len,
             },
-            (Sink::Stream(_), None) => Resolver::Window {
+            (Sink::Stream(_) | Sink::Content(_), None) => Resolver::Window {
                 chunks: VecDeque::new(),
                 bytes: 0,
             },
@@ -410,7 +432,7 @@ struct ContentWriter<'a> {
     chunks: Vec<DataChunk>,
     index: Index,
     totals: Totals,
-    sha: Sha256,
+    sha: ContentHasher,
 }
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -431,7 +453,7 @@ impl<'a> ContentWriter<'a> {
             chunks: Vec::new(),
             index: Index::default(),
             totals: Totals::default(),
-            sha: Sha256::new(),
+            sha: ContentHasher::new(),
         }
     }
 
@@ -447,16 +469,27 @@ impl<'a> ContentWriter<'a> {
             while let Some(item) = waiting.remove(&next) {
                 next += 1;
                 let before = self.logical;
-                match item? {
+                match item.map_err(|e| self.locate(e))? {
                     Item::Tail(tail) => return Ok(tail),
-                    item => self.apply(item)?,
+                    item => self.apply(item).map_err(|e| self.locate(e))?,
                 }
                 progress.advance(self.logical - before);
             }
         }
         match waiting.pop_last() {
-            Some((_, Err(e))) => Err(e),
-            _ => Err(Error::corrupt("body ended without its index")),
+            Some((_, Err(e))) => Err(self.locate(e)),
+            _ => Err(self.locate(Error::corrupt("body ended without its index"))),
+        }
+    }
+
+    /// Names the damaged content in a corruption error, when the sink knows what it is.
+    fn locate(&self, error: Error) -> Error {
+        match (error, &self.sink) {
+            (Error::Corrupt(what), Sink::Content(sink)) => match sink.locate(self.logical) {
+                Some(place) => Error::Corrupt(format!("{what}, in {place}")),
+                None => Error::Corrupt(what),
+            },
+            (error, _) => error,
         }
     }
 
@@ -508,8 +541,9 @@ impl<'a> ContentWriter<'a> {
                 }
                 self.totals.unique_bytes += u64::from(raw_len);
                 self.totals.payload_bytes += u64::from(stored_len);
-                self.sha.update(&bytes);
-                self.write(&bytes)
+                self.write(&bytes)?;
+                self.sha.bytes(bytes);
+                Ok(())
             }
             (_, Record::Reference { ordinal, raw_len }) => {
                 let target = usize::try_from(ordinal)
@@ -522,8 +556,9 @@ impl<'a> ContentWriter<'a> {
                 let plain = self.resolver.fetch(ordinal, target, self.keys.as_deref())?;
                 self.totals.reference_chunks += 1;
                 self.totals.reference_bytes += u64::from(raw_len);
-                self.sha.update(&plain);
-                self.write(&plain)
+                self.write(&plain)?;
+                self.sha.bytes(plain);
+                Ok(())
             }
             (_, Record::Zero { len }) => {
                 self.totals.zero_runs += 1;
@@ -543,6 +578,7 @@ impl<'a> ContentWriter<'a> {
         match &mut self.sink {
             Sink::File(file) => file.write_all_at(bytes, self.logical)?,
             Sink::Stream(out) => out.write_all(bytes)?,
+            Sink::Content(sink) => sink.write(self.logical, bytes)?,
         }
         self.logical += bytes.len() as u64;
         Ok(())
@@ -551,17 +587,17 @@ impl<'a> ContentWriter<'a> {
     /// Advances over `len` zero bytes: hashed when they are content (a zero run), not when they
     /// are a hole; written out only to a stream (a file sink leaves a hole behind).
     fn skip(&mut self, len: u64, hash: bool) -> Result<()> {
-        let stream = matches!(self.sink, Sink::Stream(_));
-        if hash || stream {
+        if let Sink::Content(sink) = &mut self.sink {
+            sink.zeros(self.logical, len)?;
+        }
+        if hash {
+            self.sha.zeros(len);
+        }
+        if let Sink::Stream(out) = &mut self.sink {
             let mut left = len;
             while left > 0 {
                 let n = left.min(ZEROS.len() as u64) as usize;
-                if hash {
-                    self.sha.update(&ZEROS[..n]);
-                }
-                if let Sink::Stream(out) = &mut self.sink {
-                    out.write_all(&ZEROS[..n])?;
-                }
+                out.write_all(&ZEROS[..n])?;
                 left -= n as u64;
             }
         }
@@ -579,7 +615,7 @@ impl<'a> ContentWriter<'a> {
         if tail.trailer.totals != self.totals {
             return Err(Error::corrupt("trailer totals disagree with the body"));
         }
-        let sha256: [u8; 32] = self.sha.finalize().into();
+        let sha256 = std::mem::replace(&mut self.sha, ContentHasher::idle()).finish();
         if tail.trailer.content_digest(keys)? != sha256 {
             return Err(Error::corrupt(
                 "SHA-256 of the restored content does not match",
@@ -588,6 +624,7 @@ impl<'a> ContentWriter<'a> {
         match &mut self.sink {
             Sink::File(file) => file.set_len(self.logical)?,
             Sink::Stream(out) => out.flush()?,
+            Sink::Content(_) => {}
         }
         Ok(DecompressSummary {
             totals: self.totals,

@@ -11,6 +11,7 @@
 //! | [`format`] | the `.af` byte layout: header, records, index, trailer |
 //! | [`compress`] / [`decompress`] | the parallel streaming pipelines |
 //! | [`afile`] | stats and ranged reads through the index, without decompressing |
+//! | [`archive`] | directory archives: walk, entry table, exact and safe restore |
 //! | [`progress`] | how long work reports how far it has come |
 //!
 //! ```
@@ -24,11 +25,13 @@
 //! ```
 
 pub mod afile;
+pub mod archive;
 pub mod chunking;
 pub mod codec;
 pub mod compress;
 pub mod crypto;
 pub mod decompress;
+mod digest;
 mod error;
 pub mod extents;
 pub mod format;
@@ -38,9 +41,11 @@ pub mod units;
 
 pub use afile::{AfFile, AfInfo};
 pub use chunking::ChunkParams;
-pub use compress::{compress, CompressOptions, CompressSummary, Source};
+pub use compress::{compress, CompressOptions, CompressSummary, Source, Stretch, StretchRead};
 pub use crypto::{KdfParams, Seed};
-pub use decompress::{decompress, AfSource, DecompressOptions, DecompressSummary, Sink};
+pub use decompress::{
+    decompress, AfSource, ContentSink, DecompressOptions, DecompressSummary, Sink,
+};
 pub use error::{Error, Result};
 pub use format::Limits;
 pub use progress::{NoProgress, Progress};

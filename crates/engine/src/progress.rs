@@ -6,6 +6,12 @@ pub trait Progress: Sync {
     fn set_total(&self, _bytes: u64) {}
     /// `bytes` more of the input are done.
     fn advance(&self, bytes: u64);
+    /// The number of entries of a directory archive, when known up front.
+    fn set_entries(&self, _count: u64) {}
+    /// One entry of a directory archive was archived or restored (`bytes`: a file's size).
+    fn entry(&self, _path: &std::path::Path, _bytes: u64) {}
+    /// Something was skipped or could not be read, and the work goes on without it.
+    fn warn(&self, _message: &str) {}
 }
 
 /// Reports nothing.

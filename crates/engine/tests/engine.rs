@@ -12,6 +12,9 @@ use aetherflow_engine::{
 };
 use proptest::prelude::*;
 
+#[path = "engine/archive.rs"]
+mod archive;
+
 const SMALL: ChunkParams = ChunkParams {
     min: 64,
     avg: 256,

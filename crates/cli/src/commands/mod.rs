@@ -2,6 +2,7 @@
 
 mod check;
 mod compress;
+mod compress_directory;
 mod decompress;
 mod memory_info;
 mod stats;
@@ -12,6 +13,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Compress(args) => compress::run(args),
         Command::Decompress(args) => decompress::run(args),
+        Command::CompressDirectory(args) => compress_directory::run(args),
         Command::Stats(args) => stats::run(args),
         Command::MemoryInfo(args) => memory_info::run(args),
         Command::Check(args) => check::run(args),

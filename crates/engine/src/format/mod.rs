@@ -10,10 +10,13 @@
 //!   earlier data record, zero run, hole. A stream of records decodes without the index.
 //! - [`index`]: one small entry per record, sealed, so that `stats` and ranged reads seek.
 //! - [`trailer`]: fixed size at the very end: where the index is, the totals, the content digest.
+//! - [`entry_table`]: in a directory archive, the content starts with the table of entries (paths,
+//!   types, modes, times, sizes, links) and ends with the list of entries that could not be read.
 //!
 //! Decoders never trust a size they read: each one is checked against the limits before any
 //! allocation (see [`Limits`]).
 
+pub mod entry_table;
 pub mod header;
 pub mod index;
 pub mod record;
@@ -37,6 +40,8 @@ pub const MAX_CHUNK_CEILING: u32 = 16 * 1024 * 1024;
 pub struct Limits {
     /// Largest index the reader loads into memory, in bytes.
     pub max_index_bytes: u64,
+    /// Largest entry table of a directory archive the reader loads into memory, in bytes.
+    pub max_table_bytes: u64,
     /// Largest Argon2id memory cost accepted from a header, in KiB.
     pub max_kdf_memory_kib: u32,
 }
@@ -45,6 +50,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_index_bytes: 256 * 1024 * 1024,
+            max_table_bytes: 1024 * 1024 * 1024,
             max_kdf_memory_kib: 1024 * 1024,
         }
     }

@@ -169,7 +169,7 @@ impl Trailer {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push(value as u8 | 0x80);
         value >>= 7;
@@ -177,19 +177,19 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-fn get_varint(bytes: &[u8], at: &mut usize) -> Result<u64> {
+pub(crate) fn get_varint(bytes: &[u8], at: &mut usize) -> Result<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *bytes
             .get(*at)
-            .ok_or_else(|| Error::corrupt("trailer varint truncated"))?;
+            .ok_or_else(|| Error::corrupt("varint truncated"))?;
         *at += 1;
         value |= u64::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
         if byte & 0x80 == 0 {
             return Ok(value);
         }
     }
-    Err(Error::corrupt("trailer varint too long"))
+    Err(Error::corrupt("varint too long"))
 }
 
 #[cfg(test)]
