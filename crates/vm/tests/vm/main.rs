@@ -153,7 +153,7 @@ fn seeds_guard_their_blocks_even_from_the_cache() {
         ));
         assert!(matches!(vm.read(id, None), Err(Error::SeedRequired(_))));
         assert_eq!(&vm.read(id, Some(&seed("right"))).unwrap()[..], &data[..]);
-        assert!(vm.summary().cache.hits >= hits + 1);
+        assert!(vm.summary().cache.hits > hits);
         let detail = &vm.stats().unwrap().block_details[0];
         assert!(
             detail.seeded && detail.checksum.is_none(),
