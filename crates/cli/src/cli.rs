@@ -44,6 +44,9 @@ pub enum Command {
     /// Verify a store: every index entry and, with --read-data, every chunk and block.
     #[command(after_help = exit::HELP)]
     Check(CheckArgs),
+    /// Run the REST server (SPEC section 3) on the embedded store, in memory, or on a store URL.
+    #[command(after_help = exit::HELP)]
+    Serve(ServeArgs),
 }
 
 /// Where the seed comes from. The seed is never printed or stored.
@@ -159,8 +162,14 @@ pub struct StatsArgs {
 #[derive(Debug, Args)]
 pub struct MemoryInfoArgs {
     /// A store's data directory: show its live usage (the store must not be open elsewhere).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub data_dir: Option<PathBuf>,
+    /// A running server (http://HOST:PORT): show its live usage.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token for --server.
+    #[arg(long, env = "AF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -181,4 +190,40 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback needs --token (or --insecure).
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub listen: String,
+    /// Data directory of the embedded durable store.
+    #[arg(long, value_name = "DIR", default_value = "aetherflow-data", conflicts_with_all = ["memory", "store"])]
+    pub data_dir: PathBuf,
+    /// Keep everything in RAM: lost when the server stops (stats say so).
+    #[arg(long, conflicts_with = "store")]
+    pub memory: bool,
+    /// Another backend by URL: file:///DIR or memory://.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// Bytes of decompressed blocks to cache (50MiB, 1GiB, plain bytes).
+    #[arg(long, default_value = "50MiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// Virtual capacity: logical bytes all blocks may hold.
+    #[arg(long, default_value = "100TiB", value_parser = parse_size)]
+    pub capacity: u64,
+    /// Largest request body accepted (413 beyond; JSON bodies are held in memory whole).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub max_body: u64,
+    /// Bearer token required on every route but /healthz (prefer AF_TOKEN: a command line is
+    /// visible to other users).
+    #[arg(long, env = "AF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Allow a non-loopback --listen without a token.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    aetherflow_engine::units::parse_size(text)
 }

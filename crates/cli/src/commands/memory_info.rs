@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use aetherflow_engine::units::format_bytes;
 use aetherflow_engine::ChunkParams;
 
-use aetherflow_vm::{Backend, Stats, VirtualMemory, VmConfig};
+use aetherflow_vm::{Backend, VirtualMemory, VmConfig};
 use anyhow::Context;
 
 use crate::cli::MemoryInfoArgs;
@@ -19,9 +19,10 @@ const DEFAULT_CACHE: u64 = 50 << 20;
 pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
     let chunking = ChunkParams::DEFAULT;
     let machine_memory = machine_memory_bytes();
-    let live = match &args.data_dir {
-        Some(dir) => Some(live_figures(dir)?),
-        None => None,
+    let live = match (&args.data_dir, &args.server) {
+        (Some(dir), _) => Some(live_figures(dir)?),
+        (None, Some(url)) => Some(server_figures(url, args.token.as_deref())?),
+        (None, None) => None,
     };
     let mut out = io::stdout().lock();
     if args.json {
@@ -30,6 +31,7 @@ pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
             "physicalUsed": live.as_ref().map(|s| s.bytes.physical),
             "store": live.as_ref().map(|s| serde_json::json!({
                 "dataDir": args.data_dir.as_ref().map(|d| d.display().to_string()),
+                "server": args.server,
                 "backend": s.backend, "blocks": s.total_blocks, "bytes": s.bytes, "ratios": s.ratios,
             })),
             "cacheLimit": DEFAULT_CACHE,
@@ -62,15 +64,19 @@ pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
         (
             "Store",
             match (&live, &args.data_dir) {
-                (Some(s), Some(dir)) => format!(
-                    "{} ({}), dedup {:.2}x, compression {:.2}x, zeros {}",
-                    dir.display(),
+                (Some(s), _) => format!(
+                    "{} ({}{}), dedup {:.2}x, compression {:.2}x, zeros {}",
+                    args.data_dir.as_ref().map_or_else(
+                        || args.server.clone().unwrap_or_default(),
+                        |d| d.display().to_string()
+                    ),
                     s.backend,
+                    if s.durable { "" } else { ", not durable" },
                     s.ratios.dedup,
                     s.ratios.compression,
                     format_bytes(s.bytes.zero)
                 ),
-                _ => "none (use --data-dir DIR)".to_string(),
+                _ => "none (use --data-dir DIR or --server URL)".to_string(),
             },
         ),
         (
@@ -138,7 +144,7 @@ pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
 }
 
 /// Opens a data directory just long enough to read its figures.
-fn live_figures(dir: &std::path::Path) -> anyhow::Result<Stats> {
+fn live_figures(dir: &std::path::Path) -> anyhow::Result<ServerStats> {
     if !dir.join("index.redb").exists() {
         anyhow::bail!(
             "{}: no AetherFlow store here (no index.redb)",
@@ -147,7 +153,66 @@ fn live_figures(dir: &std::path::Path) -> anyhow::Result<Stats> {
     }
     let vm = VirtualMemory::open(VmConfig::new(Backend::Local(dir.to_path_buf())))
         .with_context(|| dir.display().to_string())?;
-    Ok(vm.summary())
+    Ok(serde_json::from_value(serde_json::to_value(vm.summary())?)?)
+}
+
+/// The figures memory-info shows, as the stats JSON carries them (from a server or a store).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServerStats {
+    backend: String,
+    durable: bool,
+    total_blocks: u64,
+    compression_ratio: String,
+    bytes: Bytes,
+    ratios: Ratios,
+}
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Bytes {
+    logical: u64,
+    physical: u64,
+    zero: u64,
+    unique: u64,
+    cache_used: u64,
+    cache_limit: u64,
+}
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct Ratios {
+    overall: f64,
+    dedup: f64,
+    compression: f64,
+}
+
+/// The live figures a running server reports at `/api/memory/stats`.
+fn server_figures(url: &str, token: Option<&str>) -> anyhow::Result<ServerStats> {
+    let endpoint = format!("{}/api/memory/stats", url.trim_end_matches('/'));
+    let mut request = ureq::get(&endpoint);
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .with_context(|| format!("cannot reach {endpoint}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .body_mut()
+        .read_json()
+        .with_context(|| format!("{endpoint} did not answer with JSON"))?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{endpoint}: {} {}",
+            status.as_u16(),
+            body["error"].as_str().unwrap_or("error")
+        );
+    }
+    Ok(serde_json::from_value(body["stats"].clone())
+        .with_context(|| format!("{endpoint}: unexpected statistics shape"))?)
 }
 
 /// Total RAM from /proc/meminfo, measured rather than assumed.

@@ -5,6 +5,7 @@ mod compress;
 mod compress_directory;
 mod decompress;
 mod memory_info;
+mod serve;
 mod stats;
 
 use crate::cli::{Cli, Command};
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Stats(args) => stats::run(args),
         Command::MemoryInfo(args) => memory_info::run(args),
         Command::Check(args) => check::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

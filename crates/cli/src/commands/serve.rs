@@ -1,0 +1,106 @@
+//! `aetherflow serve`: the REST server on the chosen store until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+
+use aetherflow_engine::units::format_bytes;
+use aetherflow_server::{AppState, ServerConfig};
+use aetherflow_vm::{Backend, VirtualMemory, VmConfig};
+use anyhow::Context;
+
+use crate::cli::ServeArgs;
+use crate::exit::{UsageError, SUCCESS};
+
+/// Which backend the flags name.
+fn backend(args: &ServeArgs) -> anyhow::Result<Backend> {
+    if args.memory {
+        return Ok(Backend::Memory);
+    }
+    match args.store.as_deref() {
+        None => Ok(Backend::Local(args.data_dir.clone())),
+        Some("memory://") => Ok(Backend::Memory),
+        Some(url) => match url.strip_prefix("file://") {
+            Some(path) if !path.is_empty() => Ok(Backend::Local(path.into())),
+            _ => Err(UsageError(format!(
+                "--store {url}: this build supports file:///DIR and memory://"
+            ))
+            .into()),
+        },
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
+    let addr: SocketAddr = args.listen.parse().map_err(|_| {
+        UsageError(format!(
+            "--listen {}: expected an address such as 127.0.0.1:5000",
+            args.listen
+        ))
+    })?;
+    if !addr.ip().is_loopback() && args.token.is_none() && !args.insecure {
+        return Err(UsageError(format!(
+            "refusing to listen on {addr} without a token: anyone who can reach it could read and \
+             delete every block. Set --token (or AF_TOKEN), or pass --insecure if that is really intended"
+        ))
+        .into());
+    }
+    if args.token.as_deref() == Some("") {
+        return Err(UsageError("--token is empty".into()).into());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AF_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let backend = backend(&args)?;
+    let mut config = VmConfig::new(backend.clone());
+    config.cache_size = args.cache_size;
+    config.capacity = args.capacity;
+    let vm = VirtualMemory::open(config).context("opening the store")?;
+    let server_config = ServerConfig {
+        token: args.token.clone(),
+        max_body: args.max_body,
+        ..ServerConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let store = match &backend {
+            Backend::Memory => "in memory (lost when the server stops)".to_string(),
+            Backend::Local(dir) => format!("{} (durable)", dir.display()),
+        };
+        eprintln!(
+            "AetherFlow listening on http://{} - store {store}, capacity {}, cache {}{}",
+            listener.local_addr()?,
+            format_bytes(args.capacity),
+            format_bytes(args.cache_size),
+            if args.token.is_some() {
+                ", token required"
+            } else {
+                ""
+            }
+        );
+        let state = AppState::new(vm, server_config);
+        aetherflow_server::serve(listener, state, shutdown_signal()).await?;
+        eprintln!("AetherFlow stopped; the store is closed");
+        anyhow::Ok(())
+    })?;
+    Ok(SUCCESS)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,135 @@
+//! `ApiError`: every failure as `{"success": false, "error", "code"}` with its HTTP status.
+//!
+//! The status mapping lives in one `match` ([`ApiError::from_vm`]). Details of server-side
+//! failures (5xx) are logged and replaced by a generic message; client errors say what to fix.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use aetherflow_vm::{Error as VmError, StoreError};
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable, machine-readable.
+    pub code: &'static str,
+    /// For a person: what went wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn too_large(limit: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("request body exceeds the server's limit of {limit} bytes (--max-body)"),
+        )
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+        )
+    }
+
+    pub fn internal(context: &str, detail: impl std::fmt::Display) -> ApiError {
+        tracing::error!("{context}: {detail}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            format!("{context} failed on the server; the details are in its log"),
+        )
+    }
+
+    /// The one mapping from the memory manager's errors to statuses.
+    pub fn from_vm(e: VmError) -> ApiError {
+        use StatusCode as S;
+        match e {
+            VmError::NotFound(id) => {
+                ApiError::new(S::NOT_FOUND, "NOT_FOUND", format!("block {id} not found"))
+            }
+            VmError::MalformedId(_) => ApiError::bad_request("MALFORMED_ID", e.to_string()),
+            VmError::SeedRequired(_) => ApiError::new(
+                S::UNAUTHORIZED,
+                "SEED_REQUIRED",
+                format!("{e} (header X-AetherFlow-Seed, or \"seed\" in the JSON body)"),
+            ),
+            VmError::WrongSeed(_) => ApiError::new(S::UNAUTHORIZED, "WRONG_SEED", e.to_string()),
+            VmError::CapacityExceeded { .. } => {
+                ApiError::new(S::INSUFFICIENT_STORAGE, "CAPACITY_EXCEEDED", e.to_string())
+            }
+            VmError::TooLarge { .. } => ApiError::new(
+                S::PAYLOAD_TOO_LARGE,
+                "BLOCK_TOO_LARGE",
+                format!("{e}: request it with 'Accept: application/octet-stream'"),
+            ),
+            VmError::InvalidArgument(m) if m.contains("already exists") => {
+                ApiError::new(S::CONFLICT, "ALREADY_EXISTS", m)
+            }
+            VmError::InvalidArgument(m) => ApiError::bad_request("INVALID_ARGUMENT", m),
+            VmError::Corrupt { block, what } => {
+                tracing::error!("block {block}: stored data is corrupt: {what}");
+                ApiError::new(
+                    S::INTERNAL_SERVER_ERROR,
+                    "DATA_CORRUPT",
+                    format!("block {block}: stored data failed its checks; run 'aetherflow check --read-data'"),
+                )
+            }
+            VmError::Io(io) => {
+                ApiError::bad_request("BAD_INPUT", format!("reading the request failed: {io}"))
+            }
+            VmError::Store(StoreError::Io(io)) => {
+                tracing::error!("store I/O: {io}");
+                ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "STORE_UNAVAILABLE",
+                    format!(
+                        "the store cannot be written or read right now ({})",
+                        io.kind()
+                    ),
+                )
+            }
+            VmError::Store(other) => ApiError::internal("the store", other),
+        }
+    }
+}
+
+impl From<VmError> for ApiError {
+    fn from(e: VmError) -> Self {
+        ApiError::from_vm(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({
+            "success": false,
+            "error": self.message,
+            "code": self.code,
+        }));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED && self.code == "UNAUTHORIZED" {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,64 @@
+//! What every handler shares: the memory manager, the configuration, the metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aetherflow_vm::VirtualMemory;
+
+use crate::metrics::Metrics;
+
+/// Server settings that are not the memory manager's.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Bearer token every route but `/healthz` requires; `None` leaves the API open (loopback).
+    pub token: Option<String>,
+    /// Largest request body accepted, in bytes; larger ones get 413 before they are read.
+    pub max_body: u64,
+    /// A client must send its whole request head within this time.
+    pub header_timeout: Duration,
+    /// A request body may pause at most this long between two pieces.
+    pub body_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            token: None,
+            max_body: 1 << 30,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shared state of all handlers (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub vm: Arc<VirtualMemory>,
+    pub config: Arc<ServerConfig>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(vm: VirtualMemory, config: ServerConfig) -> AppState {
+        AppState {
+            vm: Arc::new(vm),
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Runs blocking work (compression, hashing, disk I/O) off the async threads.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&VirtualMemory) -> T + Send + 'static,
+    ) -> T {
+        let vm = Arc::clone(&self.vm);
+        tokio::task::spawn_blocking(move || work(&vm))
+            .await
+            .expect("blocking task panicked")
+    }
+}
