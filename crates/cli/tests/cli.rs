@@ -447,3 +447,6 @@ fn help_documents_exit_codes_and_memory_info_is_framed() {
 
 #[path = "cli/store_commands.rs"]
 mod store_commands;
+
+#[path = "cli/serve.rs"]
+mod serve;
