@@ -211,8 +211,8 @@ fn server_figures(url: &str, token: Option<&str>) -> anyhow::Result<ServerStats>
             body["error"].as_str().unwrap_or("error")
         );
     }
-    Ok(serde_json::from_value(body["stats"].clone())
-        .with_context(|| format!("{endpoint}: unexpected statistics shape"))?)
+    serde_json::from_value(body["stats"].clone())
+        .with_context(|| format!("{endpoint}: unexpected statistics shape"))
 }
 
 /// Total RAM from /proc/meminfo, measured rather than assumed.

@@ -7,19 +7,31 @@ use std::time::Duration;
 
 use super::{af, stderr};
 
-/// Starts the server on an ephemeral loopback port; returns the child and its base URL.
-fn start(args: &[&str]) -> (Child, String, BufReader<std::process::ChildStderr>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aetherflow"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("AF_LOG", "debug")
-        .env_remove("AF_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
+/// A server process, killed if a test fails before stopping it.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the server on an ephemeral loopback port; returns the process and its base URL.
+fn start(args: &[&str]) -> (Server, String, BufReader<std::process::ChildStderr>) {
+    let mut child = Server(
+        Command::new(env!("CARGO_BIN_EXE_aetherflow"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("AF_LOG", "debug")
+            .env_remove("AF_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut err = BufReader::new(child.0.stderr.take().unwrap());
     let mut line = String::new();
     loop {
         line.clear();
@@ -34,10 +46,13 @@ fn start(args: &[&str]) -> (Child, String, BufReader<std::process::ChildStderr>)
     }
 }
 
-fn stop(mut child: Child, mut err: BufReader<std::process::ChildStderr>) -> (Option<i32>, String) {
+fn stop(
+    mut server: Server,
+    mut err: BufReader<std::process::ChildStderr>,
+) -> (Option<i32>, String) {
     // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    let status = server.0.wait().unwrap();
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();
     (status.code(), rest)
