@@ -325,3 +325,41 @@ mod tests {
         assert_eq!(sample(false).zero_bytes(), 4096);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn extent() -> impl Strategy<Value = Extent> {
+        prop_oneof![
+            (0u64..1 << 40).prop_map(|len| Extent::Zero { len }),
+            (any::<[u8; 32]>(), any::<u32>(), any::<u32>()).prop_map(
+                |(id, raw_len, stored_len)| Extent::Chunk {
+                    id: ChunkId(id),
+                    raw_len,
+                    stored_len,
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_manifest_round_trips(extents in proptest::collection::vec(extent(), 0..20), seeded: bool, created: u64) {
+            let m = Manifest {
+                size: extents.iter().map(Extent::len).sum(),
+                created,
+                checksum: if seeded { Checksum::Sealed([1; 48]) } else { Checksum::Plain([2; 32]) },
+                seed: seeded.then_some(SeedBinding { tag: [3; 32], kdf: [8192, 1, 1] }),
+                extents,
+            };
+            prop_assert_eq!(Manifest::decode(&m.encode(), &"p").unwrap(), m);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Manifest::decode(&bytes, &"p");
+        }
+    }
+}

@@ -148,6 +148,17 @@ fn main() {
         let vm = open(&dir, 0);
         ids = allocate_all(&vm, &data, 1);
     });
+    // The same without fsync (bulk-load mode): what durability costs per allocation.
+    let t_alloc1_nosync = best(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+        let options = aetherflow_store::local::LocalOptions {
+            sync_commits: false,
+            ..Default::default()
+        };
+        let store = std::sync::Arc::new(aetherflow_store::LocalStore::open(&dir, options).unwrap());
+        let vm = VirtualMemory::with_store(store, VmConfig::new(Backend::Memory)).unwrap();
+        allocate_all(&vm, &data, 1);
+    });
     let t_alloc2 = best(|| {
         let vm = open(&dir, 0);
         ids = allocate_all(&vm, &data, 2);

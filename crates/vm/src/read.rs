@@ -58,7 +58,8 @@ impl VirtualMemory {
         }
         let mut out = vec![0u8; manifest.size as usize];
         let keys = domain.as_ref().map(|d| Arc::clone(&d.keys));
-        // Split the output into one slice per extent, then fill chunk slices in parallel.
+        // Split the output into one slice per extent. Chunks are decoded a wave at a time on all
+        // cores while the previous wave is hashed, so the SHA-256 costs little extra time.
         let mut slices = Vec::with_capacity(manifest.extents.len());
         let mut rest = &mut out[..];
         for e in &manifest.extents {
@@ -66,23 +67,48 @@ impl VirtualMemory {
             slices.push((e, head));
             rest = tail;
         }
-        slices.into_par_iter().try_for_each_init(
-            || ChunkDecoder::new(keys.clone()),
-            |decoder, (extent, slice)| -> Result<()> {
-                if let Extent::Chunk { id: chunk, .. } = extent {
-                    let decoder = decoder
-                        .as_mut()
-                        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-                    let plain = self.decode_chunk(id, chunk, decoder, keys.as_deref())?;
-                    if plain.len() != slice.len() {
-                        return Err(corrupt(id, "chunk length differs from the manifest"));
-                    }
-                    slice.copy_from_slice(&plain);
-                }
-                Ok(())
-            },
-        )?;
-        let digest: [u8; 32] = Sha256::digest(&out).into();
+        let wave_len = rayon::current_num_threads().max(2);
+        let mut sha = Sha256::new();
+        // Waves are [previous_start, start) (decoded, to hash) and [start, start + wave_end).
+        let (mut previous_start, mut start) = (0, 0);
+        loop {
+            let (done, todo) = slices.split_at_mut(start);
+            let previous = &done[previous_start..];
+            let wave_end = todo.len().min(wave_len);
+            let wave = &mut todo[..wave_end];
+            let ((), decoded) = rayon::join(
+                || previous.iter().for_each(|(_, s)| sha.update(&**s)),
+                || {
+                    wave.par_iter_mut().try_for_each_init(
+                        || ChunkDecoder::new(keys.clone()),
+                        |decoder, (extent, slice)| -> Result<()> {
+                            if let Extent::Chunk { id: chunk, .. } = extent {
+                                let decoder = decoder
+                                    .as_mut()
+                                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                                let plain =
+                                    self.decode_chunk(id, chunk, decoder, keys.as_deref())?;
+                                if plain.len() != slice.len() {
+                                    return Err(corrupt(
+                                        id,
+                                        "chunk length differs from the manifest",
+                                    ));
+                                }
+                                slice.copy_from_slice(&plain);
+                            }
+                            Ok(())
+                        },
+                    )
+                },
+            );
+            decoded?;
+            if wave_end == 0 {
+                break;
+            }
+            previous_start = start;
+            start += wave_end;
+        }
+        let digest: [u8; 32] = sha.finalize().into();
         self.check_digest(id, &manifest, domain.as_deref(), digest)?;
         let data = Bytes::from(out);
         self.cache.insert(

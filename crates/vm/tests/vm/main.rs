@@ -432,3 +432,44 @@ fn an_export_restores_every_block_on_another_manager() {
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Content built from pieces: text, noise, zeros, and repeats of an earlier piece.
+    fn content() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec((0u8..4, 1usize..300_000, any::<u64>()), 0..6).prop_map(
+            |pieces| {
+                let mut out: Vec<u8> = Vec::new();
+                for (kind, len, salt) in pieces {
+                    match kind {
+                        0 => out.extend(text(len, salt)),
+                        1 => out.extend(noise(len, salt)),
+                        2 => out.extend(vec![0u8; len]),
+                        _ => {
+                            let copy = out[..len.min(out.len())].to_vec();
+                            out.extend(copy);
+                        }
+                    }
+                }
+                out
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn any_content_round_trips_seeded_or_not(data in content(), seeded: bool) {
+            let vm = VirtualMemory::open(config(Backend::Memory)).unwrap();
+            let s = seed("property");
+            let seed = seeded.then_some(&s);
+            let id = vm.allocate(&data, seed).unwrap();
+            prop_assert_eq!(&vm.read(id, seed).unwrap()[..], &data[..]);
+            let mut streamed = Vec::new();
+            vm.read_to(id, seed, None, &mut streamed).unwrap();
+            prop_assert_eq!(streamed, data);
+        }
+    }
+}
