@@ -125,7 +125,8 @@ now() { date +%s.%N; }
 # pass/fail of "$1 $2 $3" (e.g. 12 "<=" 20)
 judge() { awk -v a="$1" -v b="$3" -v op="$2" 'BEGIN {
   ok = (op == "<=") ? (a <= b) : (op == ">=") ? (a >= b) : (a == b); print (ok ? "met" : "MISSED") }'; }
-cache_kib=$(( $(numfmt --from=iec-i "$cache" 2>/dev/null || numfmt --from=iec "${cache%B}") / 1024 ))
+cache_bytes=$(numfmt --from=iec-i "${cache%B}") || { echo "CACHE=$cache: use 50MiB or plain bytes" >&2; exit 1; }
+cache_kib=$(( cache_bytes / 1024 ))
 
 echo "# REST server under load, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, backend $backend, cache $cache"
 echo
@@ -192,8 +193,13 @@ echo "Server RSS: $(mib "$stream_base") MiB before, peak sampled $(mib "$stream_
 echo
 
 # --- 3. cache hit ---------------------------------------------------------------------------
+# Closed loop (each connection sends its next request as soon as the last is answered): the
+# target. Then paced at HIT_RATE requests/s over the same 64 connections, latency counted from
+# each request's scheduled time, to show the latency without the queue of a saturated machine.
 start_server hit
 "$load" hit --url "$url" --conns 64 --secs "$hit_secs" --results "$results"
+echo
+"$load" hit --url "$url" --conns 64 --secs "$hit_secs" --rate "${HIT_RATE:-1000}" --results "$results"
 stop_server
 echo
 
@@ -232,5 +238,6 @@ echo "| mixed: server RSS, MiB (max of VmHWM and samples) | $(mib "$mixed_max") 
 echo "| $(( stream_bytes >> 20 )) MiB raw stream: RSS growth, MiB | $(mib "$stream_growth") | 64.0 | $(judge "$stream_growth" "<=" $((64 << 10))) |"
 echo "| $(( stream_bytes >> 20 )) MiB raw stream: throughput vs \`aetherflow compress\` | $stream_vs | 0.80 | $(judge "$stream_vs" ">=" 0.8) |"
 echo "| 64 KiB cache-hit read, 64 connections: p99 ms | $hit_p99 | 2.00 | $(judge "$hit_p99" "<=" 2) |"
+echo "| 64 KiB cache-hit read, paced at ${HIT_RATE:-1000}/s: p50 / p99 ms | $(get hitpaced.paced.p50_ms) / $(get hitpaced.paced.p99_ms) | - | (figure) |"
 echo "| 64 KiB cache-hit read: errors | $(get hit.errors) | 0 | $(judge "$(get hit.errors)" == 0) |"
 echo "| JSON allocate 1 MiB vs raw: throughput ratio | $jvr_ratio | 0.50 | $(judge "$jvr_ratio" ">=" 0.5) |"

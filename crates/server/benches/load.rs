@@ -38,6 +38,7 @@ struct Args {
     bytes: Option<u64>,
     source: Option<String>,
     results: Option<String>,
+    rate: Option<f64>,
 }
 
 fn parse_size(text: &str) -> u64 {
@@ -66,6 +67,7 @@ fn parse_args() -> Args {
         bytes: None,
         source: None,
         results: None,
+        rate: None,
     };
     while let Some(a) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -77,6 +79,7 @@ fn parse_args() -> Args {
             "--bytes" => args.bytes = Some(parse_size(&value())),
             "--source" => args.source = Some(value()),
             "--results" => args.results = Some(value()),
+            "--rate" => args.rate = Some(value().parse().expect("--rate REQUESTS_PER_SECOND")),
             s if !s.starts_with('-') && args.scenario.is_empty() => args.scenario = s.into(),
             other => panic!("unknown argument {other:?}"),
         }
@@ -138,6 +141,7 @@ impl Rng {
     }
 }
 
+#[rustfmt::skip]
 const WORDS: &[&str] = &[
     "the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be",
     "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have",
@@ -331,7 +335,12 @@ struct CacheCounts {
 /// Allocates `data` through the JSON route; returns the block id when the reply is right.
 fn allocate_json(agent: &ureq::Agent, base: &str, data: &[u8]) -> (Reply, Option<String>) {
     let body = json_allocate_body(data);
-    let reply = post(agent, &format!("{base}/api/memory/allocate"), "application/json", &body);
+    let reply = post(
+        agent,
+        &format!("{base}/api/memory/allocate"),
+        "application/json",
+        &body,
+    );
     let id = check_allocate(&reply, data.len() as u64);
     (reply, id)
 }
@@ -448,7 +457,12 @@ fn summarize(route: &mut Route, secs: f64) -> Summary {
     }
 }
 
-fn print_routes(routes: &mut BTreeMap<&'static str, Route>, secs: f64, results: &mut Results, prefix: &str) {
+fn print_routes(
+    routes: &mut BTreeMap<&'static str, Route>,
+    secs: f64,
+    results: &mut Results,
+    prefix: &str,
+) {
     println!("| route | requests | errors | p50 ms | p99 ms | max ms | req/s | payload MB/s |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut total_errors = 0;
@@ -588,7 +602,9 @@ fn mixed(args: &Args, results: &mut Results) {
     let elapsed = start.elapsed().as_secs_f64();
     let (_, s) = stats(&new_agent(), &args.url);
     let blocks = s.map_or(0, |s| s.total_blocks);
-    println!("## Mixed load: {conns} connections, {elapsed:.1} s (allocate 45 %, read 50 %, stats 5 %)");
+    println!(
+        "## Mixed load: {conns} connections, {elapsed:.1} s (allocate 45 %, read 50 %, stats 5 %)"
+    );
     println!();
     print_routes(&mut routes, elapsed, results, "mixed");
     println!();
@@ -620,18 +636,30 @@ fn hit(args: &Args, results: &mut Results) {
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let max_requests = (secs * 20_000.0) as u64;
+    // Paced: connection w sends its k-th request at start + (k * conns + w) / rate, and the
+    // latency counts from that moment (a late send is the server's delay too).
+    let interval = args.rate.map(|r| Duration::from_secs_f64(conns as f64 / r));
     let handles: Vec<_> = (0..conns)
-        .map(|_| {
+        .map(|w| {
             let url = args.url.clone();
             let id = id.clone();
             std::thread::spawn(move || {
                 let agent = new_agent();
                 let mut route = Route::default();
-                for _ in 0..max_requests {
-                    if Instant::now() >= deadline {
+                for k in 0..max_requests {
+                    let t = match interval {
+                        None => Instant::now(),
+                        Some(i) => {
+                            let at = start + i * k as u32 + i.mul_f64(w as f64 / conns as f64);
+                            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                            at
+                        }
+                    };
+                    if t >= deadline {
                         break;
                     }
-                    let t = Instant::now();
                     let (reply, good) = read_json(&agent, &url, &id, len);
                     route.record(t, good, len, &reply);
                 }
@@ -640,9 +668,14 @@ fn hit(args: &Args, results: &mut Results) {
         })
         .collect();
     let mut routes: BTreeMap<&'static str, Route> = BTreeMap::new();
+    let name = if args.rate.is_some() {
+        "paced read 64 KiB (JSON, cache hit)"
+    } else {
+        "read 64 KiB (JSON, cache hit)"
+    };
     for h in handles {
         routes
-            .entry("read 64 KiB (JSON, cache hit)")
+            .entry(name)
             .or_default()
             .merge(h.join().expect("worker"));
     }
@@ -650,19 +683,33 @@ fn hit(args: &Args, results: &mut Results) {
     let after = stats(&agent, &args.url).1.expect("stats");
     let hits = after.cache.hits - before.cache.hits;
     let misses = after.cache.misses - before.cache.misses;
-    println!("## Cache-hit read: one 64 KiB block, {conns} connections, {elapsed:.1} s");
+    match args.rate {
+        None => println!("## Cache-hit read: one 64 KiB block, {conns} connections, closed loop, {elapsed:.1} s"),
+        Some(r) => println!("## Cache-hit read: one 64 KiB block, {conns} connections paced at {r:.0} requests/s in all, {elapsed:.1} s"),
+    }
     println!();
-    print_routes(&mut routes, elapsed, results, "hit");
+    let prefix = if args.rate.is_some() {
+        "hitpaced"
+    } else {
+        "hit"
+    };
+    print_routes(&mut routes, elapsed, results, prefix);
     println!();
     println!(
         "Server cache during the run: {hits} hits, {misses} misses ({:.2} % hits).",
         hits as f64 * 100.0 / (hits + misses).max(1) as f64
     );
-    results.put("hit.cache_misses", misses);
+    results.put(&format!("{prefix}.cache_misses"), misses);
 }
 
 /// One phase of `json-vs-raw`: `blocks` distinct 1 MiB blocks over `conns` connections.
-fn upload_phase(args: &Args, corpus: &Arc<Vec<u8>>, conns: usize, blocks: u64, raw: bool) -> (Route, f64) {
+fn upload_phase(
+    args: &Args,
+    corpus: &Arc<Vec<u8>>,
+    conns: usize,
+    blocks: u64,
+    raw: bool,
+) -> (Route, f64) {
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(300);
@@ -727,7 +774,10 @@ fn json_vs_raw(args: &Args, results: &mut Results) {
     println!("| route | MB/s | vs raw |");
     println!("|---|---:|---:|");
     println!("| raw octet-stream (reference) | {raw_mbps:.1} | 1.00 |");
-    println!("| JSON base64 | {json_mbps:.1} | {:.2} |", json_mbps / raw_mbps);
+    println!(
+        "| JSON base64 | {json_mbps:.1} | {:.2} |",
+        json_mbps / raw_mbps
+    );
     results.put("jvr.json_mbps", format!("{json_mbps:.2}"));
     results.put("jvr.raw_mbps", format!("{raw_mbps:.2}"));
     results.put("jvr.ratio", format!("{:.3}", json_mbps / raw_mbps));
@@ -738,7 +788,10 @@ fn json_vs_raw(args: &Args, results: &mut Results) {
 fn gen(args: &Args) {
     let total = args.bytes.expect("gen needs --bytes");
     let source = std::fs::read(args.source.as_ref().expect("gen needs --source")).expect("source");
-    assert!(source.len() >= 1 << 20, "the source should be at least 1 MiB");
+    assert!(
+        source.len() >= 1 << 20,
+        "the source should be at least 1 MiB"
+    );
     let mut out = std::io::stdout().lock();
     let mut copy = source.clone();
     let mut written = 0u64;
