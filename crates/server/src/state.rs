@@ -40,15 +40,29 @@ pub struct AppState {
     pub vm: Arc<VirtualMemory>,
     pub config: Arc<ServerConfig>,
     pub metrics: Arc<Metrics>,
+    /// Requests that hold a whole body or block in memory (JSON allocate and read, compress,
+    /// decompress) take a permit first: more of them at once than the cores can serve only adds
+    /// memory, not throughput.
+    pub heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     pub fn new(vm: VirtualMemory, config: ServerConfig) -> AppState {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         AppState {
             vm: Arc::new(vm),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
+            heavy: Arc::new(tokio::sync::Semaphore::new((2 * cores).max(4))),
         }
+    }
+
+    /// Waits for a permit to run a memory-heavy request; see [`AppState::heavy`].
+    pub async fn heavy_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        Arc::clone(&self.heavy)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// Runs blocking work (compression, hashing, disk I/O) off the async threads.

@@ -60,6 +60,16 @@ impl BlockCache {
         found
     }
 
+    /// Looks a block up without counting; see [`BlockCache::count_hit`].
+    pub fn peek(&self, id: &BlockId) -> Option<CachedBlock> {
+        self.cache.get(id)
+    }
+
+    /// Counts a hit found by [`BlockCache::peek`] and used.
+    pub fn count_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Keeps a block unless it alone would exceed the cache.
     pub fn insert(&self, id: BlockId, block: CachedBlock) {
         if (block.data.len() as u64) <= self.limit {

@@ -86,6 +86,12 @@ impl Domains {
         })
     }
 
+    /// The domain of `seed` if it is already derived; never runs the slow derivation.
+    pub fn get_cached(&self, seed: &Seed, kdf: [u32; 3]) -> Option<Arc<Domain>> {
+        self.cache
+            .get(&(seed.fingerprint(&self.fingerprint_key), kdf))
+    }
+
     /// The domain for new blocks of `seed`.
     pub fn for_new_blocks(&self, seed: &Seed, kdf: KdfParams) -> Result<Arc<Domain>> {
         self.get(seed, kdf_array(kdf))

@@ -122,6 +122,25 @@ impl VirtualMemory {
         Ok(data)
     }
 
+    /// A cache hit answered without blocking: `None` when the block is not cached (or its seed's
+    /// keys are not derived yet), so the caller takes the slow path ([`VirtualMemory::read`]) on
+    /// a thread that may block. Seeds are checked exactly as [`VirtualMemory::read`] does.
+    pub fn read_if_cached(&self, id: BlockId, seed: Option<&Seed>) -> Option<Result<Bytes>> {
+        let hit = self.cache.peek(&id)?;
+        if let Some(binding) = &hit.seed {
+            let Some(seed) = seed else {
+                return Some(Err(Error::SeedRequired(id)));
+            };
+            let domain = self.domains.get_cached(seed, binding.kdf)?;
+            if !crate::keys::matches(&domain, binding) {
+                return Some(Err(Error::WrongSeed(id)));
+            }
+        }
+        self.cache.count_hit();
+        self.count_access_in_memory(id);
+        Some(Ok(hit.data))
+    }
+
     /// Streams the block (or `range` of it) to `out` in bounded memory. For a whole read the
     /// SHA-256 is checked at the end: bytes already written cannot be taken back, so on
     /// [`Error::Corrupt`] the receiver must discard them (the server aborts the response).

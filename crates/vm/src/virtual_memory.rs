@@ -125,6 +125,12 @@ impl VirtualMemory {
         }
     }
 
+    /// Counts one read of `id` without ever writing to the store (for paths that must not
+    /// block); the next [`VirtualMemory::count_access`] or [`VirtualMemory::flush`] writes it.
+    pub(crate) fn count_access_in_memory(&self, id: BlockId) {
+        self.accesses.note_in_memory(id);
+    }
+
     /// Reads of `id` not yet written to the store.
     pub(crate) fn pending_accesses(&self, id: BlockId) -> u64 {
         self.accesses.pending(id)
@@ -170,6 +176,16 @@ impl AccessLog {
             return Some(p.0.drain().collect());
         }
         None
+    }
+
+    fn note_in_memory(&self, id: BlockId) {
+        *self
+            .pending
+            .lock()
+            .expect("access lock")
+            .0
+            .entry(id)
+            .or_default() += 1;
     }
 
     fn pending(&self, id: BlockId) -> u64 {

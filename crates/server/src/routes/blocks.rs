@@ -13,20 +13,24 @@ use utoipa::ToSchema;
 use aetherflow_engine::units::format_bytes;
 use aetherflow_vm::{parse_block_id, Error as VmError};
 
-use super::{base64, base64_field, check_declared_length, parse_json, read_body, seed_from};
+use super::{base64_field, check_declared_length, parse_json, read_body, seed_from};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::stream::{body_error_kind, parse_range, BodyReader, BodyWriter, RangeRequest};
 
-/// `POST /api/memory/allocate` as JSON.
+/// `POST /api/memory/allocate` as JSON. Borrows from the body, so that a large block's base64
+/// is not copied before it is decoded.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AllocateRequest {
+pub struct AllocateRequest<'a> {
     /// The block's content, standard base64.
-    pub data: String,
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub data: std::borrow::Cow<'a, str>,
     /// Optional seed: keys the block's encryption and dedup domain; needed to read it back.
-    #[serde(default)]
-    pub seed: Option<String>,
+    #[serde(default, borrow)]
+    #[schema(value_type = Option<String>)]
+    pub seed: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -119,10 +123,13 @@ pub async fn allocate(
         let id = result.map_err(|e| upload_error(e, limit))?;
         (id, received)
     } else {
-        let bytes = read_body(body, &headers, limit).await?;
-        let request: AllocateRequest = parse_json(&bytes)?;
-        let seed = seed_from(request.seed.as_deref(), &headers)?;
-        let data = base64_field("data", &request.data)?;
+        let _permit = state.heavy_permit().await;
+        let (data, seed) = {
+            let bytes = read_body(body, &headers, limit).await?;
+            let request: AllocateRequest<'_> = parse_json(&bytes)?;
+            let seed = seed_from(request.seed.as_deref(), &headers)?;
+            (base64_field("data", &request.data)?, seed)
+        }; // the body and its base64 are gone before the work starts
         let len = data.len() as u64;
         let id = state
             .blocking(move |vm| vm.allocate(&data, seed.as_ref()))
@@ -161,18 +168,23 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     let id = parse_block_id(&block_id)?;
     let seed = seed_from(None, &headers)?;
-    if !wants_raw(&headers, header::ACCEPT) {
-        let data = state.blocking(move |vm| vm.read(id, seed.as_ref())).await?;
-        let size = data.len() as u64;
-        let encoded = state.blocking(move |_| base64(&data)).await;
-        return Ok(Json(ReadResponse {
-            success: true,
-            block_id: id.to_string(),
-            data: encoded,
-            size,
-            verified: true,
-        })
-        .into_response());
+    let raw = wants_raw(&headers, header::ACCEPT);
+    // A cache hit needs no blocking thread: answer it here.
+    if let Some(hit) = state.vm.read_if_cached(id, seed.as_ref()) {
+        let data = hit?;
+        return Ok(if raw {
+            raw_from_memory(data, &headers)
+        } else if data.len() <= INLINE_ENCODE {
+            read_json(id, &data)
+        } else {
+            state.blocking(move |_| read_json(id, &data)).await
+        });
+    }
+    if !raw {
+        let _permit = state.heavy_permit().await;
+        return Ok(state
+            .blocking(move |vm| vm.read(id, seed.as_ref()).map(|data| read_json(id, &data)))
+            .await?);
     }
     let seed_for_size = seed_from(None, &headers)?; // a seed is not Clone: parse it again
     let size = state
@@ -213,6 +225,65 @@ pub async fn read(
         }
     });
     state.metrics.bytes_out.inc_by(range.end - range.start);
+    Ok(raw_response(status, range, size, body))
+}
+
+/// Blocks up to this size are base64-encoded on the async thread (about 0.1 ms).
+const INLINE_ENCODE: usize = 256 * 1024;
+
+/// The JSON answer of a read, assembled in one buffer: base64 needs no escaping, so serde's
+/// string scan over megabytes is skipped.
+fn read_json(id: aetherflow_vm::BlockId, data: &[u8]) -> Response {
+    use base64::Engine;
+    let mut body = String::with_capacity(data.len() / 3 * 4 + 128);
+    body.push_str("{\"success\":true,\"blockId\":\"");
+    body.push_str(&id.to_string());
+    body.push_str("\",\"data\":\"");
+    base64::engine::general_purpose::STANDARD.encode_string(data, &mut body);
+    body.push_str(&format!("\",\"size\":{},\"verified\":true}}", data.len()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// A raw read of a block already in memory (a cache hit), with `Range` support.
+fn raw_from_memory(data: bytes::Bytes, headers: &HeaderMap) -> Response {
+    let size = data.len() as u64;
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, range) = match parse_range(range_header, size) {
+        RangeRequest::Whole => (StatusCode::OK, 0..size),
+        RangeRequest::Part(r) => (StatusCode::PARTIAL_CONTENT, r),
+        RangeRequest::Unsatisfiable => return unsatisfiable(size),
+    };
+    let body = data.slice(range.start as usize..range.end as usize);
+    raw_response(status, range, size, Body::from(body))
+}
+
+fn unsatisfiable(size: u64) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "RANGE_NOT_SATISFIABLE",
+        format!("the block has {size} bytes"),
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+    );
+    response
+}
+
+fn raw_response(
+    status: StatusCode,
+    range: std::ops::Range<u64>,
+    size: u64,
+    body: Body,
+) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();
@@ -225,14 +296,14 @@ pub async fn read(
         header::CONTENT_LENGTH,
         HeaderValue::from(range.end - range.start),
     );
-    if !whole {
+    if status == StatusCode::PARTIAL_CONTENT {
         h.insert(
             header::CONTENT_RANGE,
             HeaderValue::from_str(&format!("bytes {}-{}/{size}", range.start, range.end - 1))
                 .expect("ascii"),
         );
     }
-    Ok(response)
+    response
 }
 
 /// Removes a block and reclaims the space no other block shares. Seeded blocks need their seed.

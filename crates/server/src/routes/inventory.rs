@@ -104,6 +104,7 @@ pub async fn import(
     let limit = state.config.max_body;
     check_declared_length(&headers, limit)?;
     let seed = seed_from(None, &headers)?;
+    let _permit = state.heavy_permit().await;
     let (reader, pump) = BodyReader::new(body, limit);
     let result = state
         .blocking(move |vm| vm.import(reader, seed.as_ref()))

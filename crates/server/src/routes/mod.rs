@@ -115,7 +115,7 @@ pub async fn read_body(
 }
 
 /// Parses a JSON body into `T`, naming the field at fault.
-pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request("BAD_JSON", format!("invalid JSON body: {e}")))
 }
