@@ -22,6 +22,22 @@ use crate::VirtualMemory;
 /// Input bytes chunked before a batch is encoded: enough to keep both cores busy.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Cuts the next batch of about [`BATCH_BYTES`]; `true` with the last one.
+fn next_batch(chunker: &mut Chunker<impl Read>) -> std::io::Result<(Vec<Vec<u8>>, bool)> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while bytes < BATCH_BYTES {
+        match chunker.next_chunk()? {
+            Some(chunk) => {
+                bytes += chunk.len();
+                batch.push(chunk);
+            }
+            None => return Ok((batch, true)),
+        }
+    }
+    Ok((batch, false))
+}
+
 /// Nonce under which a seeded block's checksum is sealed: unique per block.
 pub(crate) fn checksum_nonce(id: BlockId) -> [u8; 24] {
     let mut nonce = [0u8; 24];
@@ -42,7 +58,7 @@ impl VirtualMemory {
     /// allocation that cannot fit be refused before any byte is read.
     pub fn allocate_from(
         &self,
-        input: impl Read,
+        input: impl Read + Send,
         size_hint: Option<u64>,
         seed: Option<&Seed>,
     ) -> Result<BlockId> {
@@ -55,14 +71,15 @@ impl VirtualMemory {
     pub fn allocate_as(
         &self,
         id: BlockId,
-        input: impl Read,
+        input: impl Read + Send,
         size_hint: Option<u64>,
         seed: Option<&Seed>,
     ) -> Result<()> {
         let hint = size_hint.unwrap_or(0);
         self.reserve(hint)?;
         let mut reserved = hint;
-        let result = self.allocate_reserved(id, input, seed, &mut reserved);
+        let small = size_hint.is_some_and(|n| n <= BATCH_BYTES as u64);
+        let result = self.allocate_reserved(id, input, seed, &mut reserved, small);
         self.release(reserved);
         result
     }
@@ -70,50 +87,68 @@ impl VirtualMemory {
     fn allocate_reserved(
         &self,
         id: BlockId,
-        input: impl Read,
+        input: impl Read + Send,
         seed: Option<&Seed>,
         reserved: &mut u64,
+        small: bool,
     ) -> Result<()> {
         let domain = seed
             .map(|s| self.domains.for_new_blocks(s, self.config.kdf))
             .transpose()?;
-        let keys = domain.as_ref().map(|d| &*d.keys);
+        let keys = domain.as_ref().map(|d| &d.keys);
         let _pin = self.store.pin();
-        let mut chunker =
-            Chunker::new(input, self.config.chunking, keys.map_or(0, Keys::gear_seed));
+        let mut chunker = Chunker::new(
+            input,
+            self.config.chunking,
+            keys.map_or(0, |k| k.gear_seed()),
+        );
         let mut builder = BlockBuilder::default();
         let mut sha = Sha256::new();
-        loop {
-            let mut batch = Vec::new();
-            let mut batch_bytes = 0;
-            let mut done = false;
-            while batch_bytes < BATCH_BYTES {
-                match chunker.next_chunk()? {
-                    Some(chunk) => {
-                        batch_bytes += chunk.len();
-                        batch.push(chunk);
-                    }
-                    None => {
-                        done = true;
-                        break;
-                    }
-                }
-            }
-            let size = builder.size + batch_bytes as u64;
+        let mut process = |batch: Vec<Vec<u8>>| -> Result<()> {
+            let size = builder.size + batch.iter().map(|c| c.len() as u64).sum::<u64>();
             if size > *reserved {
                 self.reserve(size - *reserved)?;
                 *reserved = size;
             }
             let (_, encoded) = rayon::join(
                 || batch.iter().for_each(|c| sha.update(c)),
-                || self.encode_batch(&batch, domain.as_ref().map(|d| &d.keys), &mut builder),
+                || self.encode_batch(&batch, keys, &mut builder),
             );
-            let new_chunks = encoded?;
-            builder.staged.extend(self.store.stage_chunks(&new_chunks)?);
-            if done {
-                break;
+            builder.staged.extend(self.store.stage_chunks(&encoded?)?);
+            Ok(())
+        };
+        if small {
+            // One batch: no pipeline to fill.
+            loop {
+                let (batch, done) = next_batch(&mut chunker)?;
+                process(batch)?;
+                if done {
+                    break;
+                }
             }
+        } else {
+            // A stream: the next batch is read and cut on a thread of its own while this one is
+            // hashed, compressed and staged.
+            std::thread::scope(|scope| -> Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                scope.spawn(move || loop {
+                    let next = next_batch(&mut chunker);
+                    let last = next.as_ref().map_or(true, |(_, done)| *done);
+                    if tx.send(next).is_err() || last {
+                        break;
+                    }
+                });
+                for next in rx {
+                    let (batch, done) = next?;
+                    process(batch)?;
+                    if done {
+                        break;
+                    }
+                }
+                Ok(())
+            })?;
         }
+        drop(process);
         let digest: [u8; 32] = sha.finalize().into();
         let checksum = match &domain {
             None => Checksum::Plain(digest),
