@@ -196,6 +196,11 @@ fn main() {
         t_compress / t_alloc2
     );
     println!(
+        "| allocate, 1 client thread, no fsync (bulk load, not the default) | {:.0} | {:.2} |",
+        mb / t_alloc1_nosync,
+        t_compress / t_alloc1_nosync
+    );
+    println!(
         "| `aetherflow decompress` (reference) | {:.0} | 1.00 |",
         mb / t_decompress
     );
