@@ -3,6 +3,10 @@
 # checked. Prints the markdown table quoted in the README.
 #
 #   bash bench/dir_compare.sh          # about 5 minutes, ~3 GiB of scratch disk under target/
+#   DATA=/dev/shm/af-corpus SCRATCH=/dev/shm/af-dirbench bash bench/dir_compare.sh
+#                                      # the same in RAM: restoring 100,000 small files to a disk
+#                                      # swings 5x from run to run with the filesystem's writeback,
+#                                      # for tar as much as for aetherflow
 #
 # Scratch data (the unzipped corpus, the generated trees, archives, restores) goes to
 # target/corpus and target/dirbench, never into the repository. Times are wall clock, best of
@@ -11,8 +15,8 @@ set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 corpus=${CORPUS:-$top/../shared/corpus/silesia}
-data=$top/target/corpus
-scratch=$top/target/dirbench
+data=${DATA:-$top/target/corpus}
+scratch=${SCRATCH:-$top/target/dirbench}
 runs=${RUNS:-3}
 cd "$top"
 for tool in tar zstd python3 unzip diff find; do
