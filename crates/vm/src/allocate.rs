@@ -148,7 +148,6 @@ impl VirtualMemory {
                 Ok(())
             })?;
         }
-        drop(process);
         let digest: [u8; 32] = sha.finalize().into();
         let checksum = match &domain {
             None => Checksum::Plain(digest),
