@@ -190,9 +190,8 @@ pub async fn read(
     let size = state
         .blocking(move |vm| vm.block_size(id, seed_for_size.as_ref()))
         .await?;
-    let (status, range) = match resolve_range(&headers, size) {
-        Ok(resolved) => resolved,
-        Err(unsatisfiable) => return Ok(unsatisfiable),
+    let Some((status, range)) = resolve_range(&headers, size) else {
+        return Ok(unsatisfiable(size));
     };
     let (writer, body) = BodyWriter::new(state.config.body_timeout);
     let want = range.clone();
@@ -240,25 +239,21 @@ fn read_json(id: aetherflow_vm::BlockId, data: &[u8]) -> Response {
 /// A raw read of a block already in memory (a cache hit), with `Range` support.
 fn raw_from_memory(data: bytes::Bytes, headers: &HeaderMap) -> Response {
     let size = data.len() as u64;
-    let (status, range) = match resolve_range(headers, size) {
-        Ok(resolved) => resolved,
-        Err(unsatisfiable) => return unsatisfiable,
+    let Some((status, range)) = resolve_range(headers, size) else {
+        return unsatisfiable(size);
     };
     let body = data.slice(range.start as usize..range.end as usize);
     raw_response(status, range, size, Body::from(body))
 }
 
-/// The status and byte range a request's `Range` header asks of `size` bytes, or the 416
-/// response to send.
-fn resolve_range(
-    headers: &HeaderMap,
-    size: u64,
-) -> Result<(StatusCode, std::ops::Range<u64>), Response> {
+/// The status and byte range a request's `Range` header asks of `size` bytes; `None` when no
+/// byte of it exists (answer [`unsatisfiable`]).
+fn resolve_range(headers: &HeaderMap, size: u64) -> Option<(StatusCode, std::ops::Range<u64>)> {
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     match parse_range(range_header, size) {
-        RangeRequest::Whole => Ok((StatusCode::OK, 0..size)),
-        RangeRequest::Part(r) => Ok((StatusCode::PARTIAL_CONTENT, r)),
-        RangeRequest::Unsatisfiable => Err(unsatisfiable(size)),
+        RangeRequest::Whole => Some((StatusCode::OK, 0..size)),
+        RangeRequest::Part(r) => Some((StatusCode::PARTIAL_CONTENT, r)),
+        RangeRequest::Unsatisfiable => None,
     }
 }
 
