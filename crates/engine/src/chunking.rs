@@ -120,6 +120,27 @@ impl<R: Read> Chunker<R> {
     }
 }
 
+/// Cut points of content held whole in memory: the boundaries [`Chunker`] finds when streaming
+/// the same bytes, without copying them.
+pub fn split(data: &[u8], params: ChunkParams, gear_seed: u64) -> Vec<std::ops::Range<usize>> {
+    let cdc = FastCDC::with_level_and_seed(
+        data,
+        params.min,
+        params.avg,
+        params.max,
+        Normalization::Level1,
+        gear_seed,
+    );
+    let mut cuts = Vec::with_capacity(data.len() / params.avg as usize + 1);
+    let mut start = 0;
+    while start < data.len() {
+        let (_, end) = cdc.cut(start, data.len() - start);
+        cuts.push(start..end);
+        start = end;
+    }
+    cuts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +196,19 @@ mod tests {
             "only {shared} of {} chunks survived",
             a.len()
         );
+    }
+
+    #[test]
+    fn splitting_in_memory_cuts_where_streaming_does() {
+        for (len, seed) in [(0, 0), (100, 0), (300_000, 0), (250_000, 0x5eed)] {
+            let data = pseudo_random(len, 7 + len as u64);
+            let streamed = chunks(&data, seed);
+            let split: Vec<Vec<u8>> = split(&data, small(), seed)
+                .into_iter()
+                .map(|r| data[r].to_vec())
+                .collect();
+            assert_eq!(split, streamed, "{len} bytes");
+        }
     }
 
     #[test]

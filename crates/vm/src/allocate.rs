@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aetherflow_engine::chunking::Chunker;
+use aetherflow_engine::chunking::{split, Chunker};
 use aetherflow_engine::codec::{is_zero, ChunkEncoder};
 use aetherflow_engine::crypto::{ChunkId, Keys, Seed};
 use aetherflow_store::{BlockId, Checksum, Error as StoreError, Extent, Manifest, NewChunk};
@@ -21,6 +21,16 @@ use crate::VirtualMemory;
 
 /// Input bytes chunked before a batch is encoded: enough to keep both cores busy.
 const BATCH_BYTES: usize = 4 << 20;
+
+/// Where an allocation's bytes come from.
+enum Input<'a, R> {
+    /// Held whole in memory: cut in place.
+    Memory(&'a [u8]),
+    /// A reader known to hold at most one batch.
+    Small(R),
+    /// A reader of any length: cut on a thread of its own.
+    Stream(R),
+}
 
 /// Cuts the next batch of about [`BATCH_BYTES`]; `true` with the last one.
 fn next_batch(chunker: &mut Chunker<impl Read>) -> std::io::Result<(Vec<Vec<u8>>, bool)> {
@@ -50,8 +60,12 @@ impl VirtualMemory {
     /// Stores `data` as a new block; durable when this returns (durable backends).
     pub fn allocate(&self, data: &[u8], seed: Option<&Seed>) -> Result<BlockId> {
         let id = BlockId::random();
-        self.allocate_as(id, data, Some(data.len() as u64), seed)?;
-        Ok(id)
+        let size = data.len() as u64;
+        self.reserve(size)?;
+        let mut reserved = size;
+        let result = self.allocate_reserved(id, Input::<&[u8]>::Memory(data), seed, &mut reserved);
+        self.release(reserved);
+        result.map(|()| id)
     }
 
     /// Stores everything `input` yields as a new block, in bounded memory. `size_hint` lets an
@@ -78,8 +92,12 @@ impl VirtualMemory {
         let hint = size_hint.unwrap_or(0);
         self.reserve(hint)?;
         let mut reserved = hint;
-        let small = size_hint.is_some_and(|n| n <= BATCH_BYTES as u64);
-        let result = self.allocate_reserved(id, input, seed, &mut reserved, small);
+        let input = if size_hint.is_some_and(|n| n <= BATCH_BYTES as u64) {
+            Input::Small(input)
+        } else {
+            Input::Stream(input)
+        };
+        let result = self.allocate_reserved(id, input, seed, &mut reserved);
         self.release(reserved);
         result
     }
@@ -87,24 +105,20 @@ impl VirtualMemory {
     fn allocate_reserved(
         &self,
         id: BlockId,
-        input: impl Read + Send,
+        input: Input<'_, impl Read + Send>,
         seed: Option<&Seed>,
         reserved: &mut u64,
-        small: bool,
     ) -> Result<()> {
         let domain = seed
             .map(|s| self.domains.for_new_blocks(s, self.config.kdf))
             .transpose()?;
         let keys = domain.as_ref().map(|d| &d.keys);
         let _pin = self.store.pin();
-        let mut chunker = Chunker::new(
-            input,
-            self.config.chunking,
-            keys.map_or(0, |k| k.gear_seed()),
-        );
+        let gear_seed = keys.map_or(0, |k| k.gear_seed());
+        let chunking = self.config.chunking;
         let mut builder = BlockBuilder::default();
         let mut sha = Sha256::new();
-        let mut process = |batch: Vec<Vec<u8>>| -> Result<()> {
+        let mut process = |batch: &[&[u8]]| -> Result<()> {
             let size = builder.size + batch.iter().map(|c| c.len() as u64).sum::<u64>();
             if size > *reserved {
                 self.reserve(size - *reserved)?;
@@ -112,41 +126,63 @@ impl VirtualMemory {
             }
             let (_, encoded) = rayon::join(
                 || batch.iter().for_each(|c| sha.update(c)),
-                || self.encode_batch(&batch, keys, &mut builder),
+                || self.encode_batch(batch, keys, &mut builder),
             );
             builder.staged.extend(self.store.stage_chunks(&encoded?)?);
             Ok(())
         };
-        if small {
-            // One batch: no pipeline to fill.
-            loop {
-                let (batch, done) = next_batch(&mut chunker)?;
-                process(batch)?;
-                if done {
-                    break;
+        match input {
+            Input::Memory(data) => {
+                // Cut in place: chunks are borrowed slices, never copied.
+                let cuts = split(data, chunking, gear_seed);
+                let mut start = 0;
+                while start < cuts.len() {
+                    let mut end = start;
+                    let mut bytes = 0;
+                    while end < cuts.len() && bytes < BATCH_BYTES {
+                        bytes += cuts[end].len();
+                        end += 1;
+                    }
+                    let batch: Vec<&[u8]> =
+                        cuts[start..end].iter().map(|r| &data[r.clone()]).collect();
+                    process(&batch)?;
+                    start = end;
                 }
             }
-        } else {
-            // A stream: the next batch is read and cut on a thread of its own while this one is
-            // hashed, compressed and staged.
-            std::thread::scope(|scope| -> Result<()> {
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                scope.spawn(move || loop {
-                    let next = next_batch(&mut chunker);
-                    let last = next.as_ref().map_or(true, |(_, done)| *done);
-                    if tx.send(next).is_err() || last {
-                        break;
-                    }
-                });
-                for next in rx {
-                    let (batch, done) = next?;
-                    process(batch)?;
+            Input::Small(input) => {
+                // One batch: no pipeline to fill.
+                let mut chunker = Chunker::new(input, chunking, gear_seed);
+                loop {
+                    let (batch, done) = next_batch(&mut chunker)?;
+                    process(&batch.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
                     if done {
                         break;
                     }
                 }
-                Ok(())
-            })?;
+            }
+            Input::Stream(input) => {
+                // The next batch is read and cut on a thread of its own while this one is
+                // hashed, compressed and staged.
+                let mut chunker = Chunker::new(input, chunking, gear_seed);
+                std::thread::scope(|scope| -> Result<()> {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                    scope.spawn(move || loop {
+                        let next = next_batch(&mut chunker);
+                        let last = next.as_ref().map_or(true, |(_, done)| *done);
+                        if tx.send(next).is_err() || last {
+                            break;
+                        }
+                    });
+                    for next in rx {
+                        let (batch, done) = next?;
+                        process(&batch.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+                        if done {
+                            break;
+                        }
+                    }
+                    Ok(())
+                })?;
+            }
         }
         let digest: [u8; 32] = sha.finalize().into();
         let checksum = match &domain {
@@ -179,7 +215,7 @@ impl VirtualMemory {
     /// Hashes a batch, finds what the store already holds, and encodes the rest in parallel.
     fn encode_batch(
         &self,
-        batch: &[Vec<u8>],
+        batch: &[&[u8]],
         keys: Option<&std::sync::Arc<Keys>>,
         builder: &mut BlockBuilder,
     ) -> Result<Vec<NewChunk>> {
