@@ -256,7 +256,7 @@ impl VirtualMemory {
                         .as_mut()
                         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
                     let e = encoder
-                        .encode(&batch[i], id)
+                        .encode(batch[i], id)
                         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
                     Ok(NewChunk {
                         id,
