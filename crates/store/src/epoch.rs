@@ -22,6 +22,9 @@ pub struct EpochGate {
     current: AtomicU64,
     /// Start epoch → number of pins taken at that epoch still alive.
     pinned: Mutex<BTreeMap<u64, usize>>,
+    /// Held from an event's stamp until it is visible and the epoch has moved on, so that no
+    /// other event can move the epoch in between (which would leave the stamp too old).
+    events: Mutex<()>,
 }
 
 impl EpochGate {
@@ -30,6 +33,7 @@ impl EpochGate {
         Arc::new(EpochGate {
             current: AtomicU64::new(start),
             pinned: Mutex::default(),
+            events: Mutex::default(),
         })
     }
 
@@ -44,16 +48,16 @@ impl EpochGate {
         }
     }
 
-    /// The stamp for an event (a death, a seal) about to be made visible. Call
-    /// [`EpochGate::advance`] once it is visible: pins taken after that see the event.
-    pub fn stamp(&self) -> u64 {
-        self.current.load(Ordering::SeqCst)
-    }
-
-    /// Moves to the next epoch; see [`EpochGate::stamp`].
-    pub fn advance(&self) {
+    /// Records an event (a death, a seal): `make_visible` receives the event's stamp and makes
+    /// the event visible (commits it); then the epoch moves on. Pins taken before the move may
+    /// have seen the state before the event, and count as older than it.
+    pub fn record<T>(&self, make_visible: impl FnOnce(u64) -> T) -> T {
+        let _events = self.events.lock().expect("epoch lock");
+        let stamp = self.current.load(Ordering::SeqCst);
+        let result = make_visible(stamp);
         let _pinned = self.pinned.lock().expect("epoch lock");
         self.current.fetch_add(1, Ordering::SeqCst);
+        result
     }
 
     /// True when an event stamped `stamp` can no longer be observed by any running allocation.
@@ -94,14 +98,12 @@ mod tests {
         let gate = EpochGate::starting_at(5);
         assert!(gate.is_settled(5), "nothing running");
         let early = gate.pin();
-        let death = gate.stamp();
-        gate.advance();
+        let death = gate.record(|stamp| stamp);
         let late = gate.pin();
         assert!(!gate.is_settled(death), "the early pin may have seen it");
         drop(early);
         assert!(gate.is_settled(death), "the late pin started after it");
-        let death2 = gate.stamp();
-        gate.advance();
+        let death2 = gate.record(|stamp| stamp);
         assert!(!gate.is_settled(death2), "late pin still running");
         drop(late);
         assert!(gate.is_settled(death2));

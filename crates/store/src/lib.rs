@@ -92,7 +92,8 @@ pub trait BlockStore: Send + Sync + std::fmt::Debug {
     fn free_block(&self, id: BlockId) -> Result<Manifest>;
 
     /// Visits every block in id order until `visit` returns `false`. Holds no more than one
-    /// block's manifest at a time.
+    /// block's manifest at a time. Blocks whose manifest is damaged are skipped (and reported
+    /// by [`BlockStore::verify`]).
     fn blocks(&self, visit: &mut dyn FnMut(BlockSummary) -> bool) -> Result<()>;
 
     /// The persisted read count of one block.

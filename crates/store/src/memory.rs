@@ -52,6 +52,29 @@ impl MemoryStore {
         })
     }
 
+    /// Removes a block and drops its references; chunks left without one become zombies
+    /// stamped `death`.
+    fn release(&self, id: BlockId, death: u64) -> Result<Manifest> {
+        let mut s = self.state.write().expect("store lock");
+        let (manifest, _) = s
+            .blocks
+            .remove(&id)
+            .ok_or_else(|| Error::NotFound(format!("block {id}")))?;
+        for chunk_id in manifest.chunk_refs() {
+            if let Some(c) = s.chunks.get_mut(chunk_id) {
+                c.refs -= 1;
+                if c.refs == 0 {
+                    s.zombies.insert(*chunk_id, death);
+                }
+            }
+        }
+        s.totals.blocks -= 1;
+        s.totals.logical -= manifest.size;
+        s.totals.zero -= manifest.zero_bytes();
+        s.manifest_bytes -= manifest.encode().len() as u64;
+        Ok(manifest)
+    }
+
     fn reclaim(&self) {
         let mut s = self.state.write().expect("store lock");
         let settled: Vec<ChunkId> = s
@@ -164,9 +187,9 @@ impl BlockStore for MemoryStore {
         s.totals.zero += manifest.zero_bytes();
         s.manifest_bytes += manifest.encode().len() as u64;
         s.blocks.insert(id, (manifest.clone(), 0));
-        s.refresh_physical();
         drop(s);
         self.reclaim();
+        self.state.write().expect("store lock").refresh_physical();
         Ok(())
     }
 
@@ -196,26 +219,7 @@ impl BlockStore for MemoryStore {
     }
 
     fn free_block(&self, id: BlockId) -> Result<Manifest> {
-        let mut s = self.state.write().expect("store lock");
-        let (manifest, _) = s
-            .blocks
-            .remove(&id)
-            .ok_or_else(|| Error::NotFound(format!("block {id}")))?;
-        let death = self.gate.stamp();
-        for chunk_id in manifest.chunk_refs() {
-            if let Some(c) = s.chunks.get_mut(chunk_id) {
-                c.refs -= 1;
-                if c.refs == 0 {
-                    s.zombies.insert(*chunk_id, death);
-                }
-            }
-        }
-        s.totals.blocks -= 1;
-        s.totals.logical -= manifest.size;
-        s.totals.zero -= manifest.zero_bytes();
-        s.manifest_bytes -= manifest.encode().len() as u64;
-        drop(s);
-        self.gate.advance();
+        let manifest = self.gate.record(|death| self.release(id, death))?;
         self.reclaim();
         self.state.write().expect("store lock").refresh_physical();
         Ok(manifest)

@@ -21,7 +21,7 @@ mod pack;
 mod reclaim;
 mod verify;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -75,8 +75,6 @@ pub struct LocalStore {
     salt: [u8; 16],
     /// Copy of the persisted counters, refreshed after each commit, so that stats need no read.
     counters: Mutex<Counters>,
-    /// Packs sealed by this process, with the epoch of sealing (see [`crate::epoch`]).
-    sealed: Mutex<BTreeMap<u32, u64>>,
     /// One reclaim pass at a time; others skip rather than wait.
     reclaiming: Mutex<()>,
     /// Holds the directory's lock for as long as the store is open.
@@ -105,15 +103,21 @@ impl LocalStore {
             }
             max
         };
+        let gate = EpochGate::starting_at(max_death + 1);
         let store = LocalStore {
-            packs: Packs::open(packs_dir, options.pack_size, next_pack, pack_bytes),
+            packs: Packs::open(
+                packs_dir,
+                options.pack_size,
+                next_pack,
+                pack_bytes,
+                Arc::clone(&gate),
+            ),
             dir,
             db,
-            gate: EpochGate::starting_at(max_death + 1),
+            gate,
             options,
             salt,
             counters: Mutex::new(counters),
-            sealed: Mutex::default(),
             reclaiming: Mutex::default(),
             _lock: lock,
         };
@@ -133,6 +137,43 @@ impl LocalStore {
                 .map_err(|e| Error::Index(e.to_string()))?;
         }
         Ok(txn)
+    }
+
+    /// Removes a block and drops its references in one transaction; chunks left without one
+    /// become zombies stamped `death`.
+    fn release(&self, id: BlockId, death: u64) -> Result<(Manifest, Counters)> {
+        let txn = self.begin_write()?;
+        let (manifest, counters) = {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            let encoded = blocks
+                .remove(id.as_u128())?
+                .ok_or_else(|| Error::NotFound(format!("block {id}")))?
+                .value()
+                .to_vec();
+            txn.open_table(ACCESSES)?.remove(id.as_u128())?;
+            let manifest = Manifest::decode(&encoded, &format_args!("block {id}"))?;
+            let mut chunks = txn.open_table(CHUNKS)?;
+            let mut zombies = txn.open_table(ZOMBIES)?;
+            let mut meta = txn.open_table(META)?;
+            let mut counters = read_counters(&meta)?;
+            for chunk_id in manifest.chunk_refs() {
+                if let Some(mut entry) = get_chunk(&chunks, chunk_id)? {
+                    entry.refs = entry.refs.saturating_sub(1);
+                    if entry.refs == 0 {
+                        zombies.insert(chunk_id.0, death)?;
+                    }
+                    chunks.insert(chunk_id.0, entry.encode())?;
+                }
+            }
+            counters.blocks -= 1;
+            counters.logical -= manifest.size;
+            counters.zero -= manifest.zero_bytes();
+            counters.manifest_bytes -= encoded.len() as u64;
+            meta.insert("totals", counters.encode().as_slice())?;
+            (manifest, counters)
+        };
+        txn.commit()?;
+        Ok((manifest, counters))
     }
 
     fn set_counters(&self, c: Counters) {
@@ -267,10 +308,7 @@ impl BlockStore for LocalStore {
             return Ok(Vec::new());
         }
         let records: Vec<_> = chunks.iter().map(|c| (c.info(), &c.payload[..])).collect();
-        let (pack, offsets, sealed) = self.packs.append(&records)?;
-        if let Some(sealed) = sealed {
-            self.note_sealed(sealed);
-        }
+        let (pack, offsets) = self.packs.append(&records)?;
         Ok(records
             .into_iter()
             .zip(offsets)
@@ -398,40 +436,8 @@ impl BlockStore for LocalStore {
     }
 
     fn free_block(&self, id: BlockId) -> Result<Manifest> {
-        let death = self.gate.stamp();
-        let txn = self.begin_write()?;
-        let (manifest, counters) = {
-            let mut blocks = txn.open_table(BLOCKS)?;
-            let encoded = blocks
-                .remove(id.as_u128())?
-                .ok_or_else(|| Error::NotFound(format!("block {id}")))?
-                .value()
-                .to_vec();
-            txn.open_table(ACCESSES)?.remove(id.as_u128())?;
-            let manifest = Manifest::decode(&encoded, &format_args!("block {id}"))?;
-            let mut chunks = txn.open_table(CHUNKS)?;
-            let mut zombies = txn.open_table(ZOMBIES)?;
-            let mut meta = txn.open_table(META)?;
-            let mut counters = read_counters(&meta)?;
-            for chunk_id in manifest.chunk_refs() {
-                if let Some(mut entry) = get_chunk(&chunks, chunk_id)? {
-                    entry.refs = entry.refs.saturating_sub(1);
-                    if entry.refs == 0 {
-                        zombies.insert(chunk_id.0, death)?;
-                    }
-                    chunks.insert(chunk_id.0, entry.encode())?;
-                }
-            }
-            counters.blocks -= 1;
-            counters.logical -= manifest.size;
-            counters.zero -= manifest.zero_bytes();
-            counters.manifest_bytes -= encoded.len() as u64;
-            meta.insert("totals", counters.encode().as_slice())?;
-            (manifest, counters)
-        };
-        txn.commit()?;
+        let (manifest, counters) = self.gate.record(|death| self.release(id, death))?;
         self.set_counters(counters);
-        self.gate.advance();
         // The block is gone for good; reclaiming its space is best effort and retried by the next
         // free or the next open, so a failure here does not undo the free.
         let _ = self.reclaim();
@@ -445,7 +451,11 @@ impl BlockStore for LocalStore {
         for row in blocks.iter()? {
             let (k, v) = row?;
             let id = BlockId::from_u128(k.value());
-            let manifest = Manifest::decode(v.value(), &format_args!("block {id}"))?;
+            // A damaged manifest is `verify`'s to report; listing goes on past it, so that
+            // statistics, exports and checks still see every other block.
+            let Ok(manifest) = Manifest::decode(v.value(), &format_args!("block {id}")) else {
+                continue;
+            };
             let accesses = accesses.get(k.value())?.map_or(0, |n| n.value());
             if !visit(BlockSummary {
                 id,

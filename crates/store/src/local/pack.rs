@@ -12,7 +12,7 @@
 //! lock, so concurrent allocations write in parallel; the index decides which ranges are live.
 //! A range reserved but never committed is dead space that compaction reclaims.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::epoch::EpochGate;
 use crate::error::{Error, Result};
 use crate::types::{codec_byte, codec_from_byte, ChunkId, ChunkInfo};
 
@@ -75,20 +76,76 @@ pub struct Packs {
     /// Open handles, shared: a reader keeps reading a pack even if compaction unlinks it.
     open: RwLock<HashMap<u32, Arc<File>>>,
     next_number: Mutex<u32>,
+    /// The first pack this process created: older ones were sealed by an earlier process.
+    first_own: u32,
+    /// Packs this process sealed, with the epoch of sealing (see [`crate::epoch`]). A pack is
+    /// recorded here in the same critical section that stops appends to it.
+    sealed: Mutex<BTreeMap<u32, u64>>,
+    gate: Arc<EpochGate>,
     /// Bytes of all pack files, live and dead.
     bytes: AtomicU64,
+    /// Packs deleted by this process: a late reader must not reopen and cache them.
+    deleted: Mutex<HashSet<u32>>,
 }
+
+/// Open handles kept for reading; beyond this the least useful are closed.
+const MAX_OPEN: usize = 256;
 
 impl Packs {
     /// Opens the pack directory; `next_number` is above every pack the index or disk knows.
-    pub fn open(dir: PathBuf, target_size: u64, next_number: u32, bytes: u64) -> Packs {
+    pub fn open(
+        dir: PathBuf,
+        target_size: u64,
+        next_number: u32,
+        bytes: u64,
+        gate: Arc<EpochGate>,
+    ) -> Packs {
         Packs {
             dir,
             target_size,
             active: Mutex::new(None),
             open: RwLock::default(),
             next_number: Mutex::new(next_number),
+            first_own: next_number,
+            sealed: Mutex::default(),
+            gate,
             bytes: AtomicU64::new(bytes),
+            deleted: Mutex::default(),
+        }
+    }
+
+    /// Whether no running allocation can still commit chunks staged into `pack`: it is not
+    /// the active pack, and it was sealed before every running allocation began.
+    pub fn is_settled(&self, pack: u32) -> bool {
+        let active = self.active.lock().expect("pack lock");
+        if active.as_ref().is_some_and(|a| a.number == pack) {
+            return false;
+        }
+        match self.sealed.lock().expect("sealed lock").get(&pack) {
+            Some(&stamp) => self.gate.is_settled(stamp),
+            None => pack < self.first_own,
+        }
+    }
+
+    /// Packs this process sealed and has not deleted.
+    pub fn sealed_numbers(&self) -> Vec<u32> {
+        self.sealed
+            .lock()
+            .expect("sealed lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Stops appends to the active pack (called with the `active` lock held).
+    fn seal_locked(&self, active: &mut Option<Active>) {
+        if let Some(a) = active.take() {
+            self.gate.record(|stamp| {
+                self.sealed
+                    .lock()
+                    .expect("sealed lock")
+                    .insert(a.number, stamp);
+            });
         }
     }
 
@@ -114,16 +171,14 @@ impl Packs {
             .map(|a| a.number)
     }
 
-    /// Reserves `len` bytes and returns where. Starts a new pack when the active one is full;
-    /// returns the number of the pack that was sealed, if one was.
-    fn reserve(&self, len: u64) -> Result<(u32, Arc<File>, u64, Option<u32>)> {
+    /// Reserves `len` bytes and returns where. Starts a new pack when the active one is full.
+    fn reserve(&self, len: u64) -> Result<(u32, Arc<File>, u64)> {
         let mut active = self.active.lock().expect("pack lock");
-        let mut sealed = None;
-        if let Some(a) = active.as_ref() {
-            if a.end > PACK_HEADER_LEN && a.end + len > self.target_size {
-                sealed = Some(a.number);
-                *active = None;
-            }
+        if active
+            .as_ref()
+            .is_some_and(|a| a.end > PACK_HEADER_LEN && a.end + len > self.target_size)
+        {
+            self.seal_locked(&mut active);
         }
         if active.is_none() {
             *active = Some(self.create()?);
@@ -132,17 +187,14 @@ impl Packs {
         let offset = a.end;
         a.end += len;
         self.bytes.fetch_add(len, Ordering::Relaxed);
-        Ok((a.number, Arc::clone(&a.file), offset, sealed))
+        Ok((a.number, Arc::clone(&a.file), offset))
     }
 
     /// Seals the active pack if it is `number`, so that nothing more is appended to it.
-    pub fn seal(&self, number: u32) -> bool {
+    pub fn seal(&self, number: u32) {
         let mut active = self.active.lock().expect("pack lock");
         if active.as_ref().is_some_and(|a| a.number == number) {
-            *active = None;
-            true
-        } else {
-            false
+            self.seal_locked(&mut active);
         }
     }
 
@@ -176,9 +228,9 @@ impl Packs {
         })
     }
 
-    /// Appends records (header and payload each) in one write. Returns the pack, each record's
-    /// offset, and the pack sealed to make room, if any. Not durable until [`Packs::sync`].
-    pub fn append(&self, records: &[(ChunkInfo, &[u8])]) -> Result<(u32, Vec<u64>, Option<u32>)> {
+    /// Appends records (header and payload each) in one write. Returns the pack and each
+    /// record's offset. Not durable until [`Packs::sync`].
+    pub fn append(&self, records: &[(ChunkInfo, &[u8])]) -> Result<(u32, Vec<u64>)> {
         let len: usize = records
             .iter()
             .map(|(_, p)| RECORD_HEADER_LEN + p.len())
@@ -190,12 +242,12 @@ impl Packs {
             buf.extend_from_slice(&record_header(info));
             buf.extend_from_slice(payload);
         }
-        let (number, file, at, sealed) = self.reserve(len as u64)?;
+        let (number, file, at) = self.reserve(len as u64)?;
         file.write_all_at(&buf, at)?;
         for o in &mut offsets {
             *o += at;
         }
-        Ok((number, offsets, sealed))
+        Ok((number, offsets))
     }
 
     /// Flushes a pack's data to the disk.
@@ -215,10 +267,19 @@ impl Packs {
             }
             Err(e) => return Err(e.into()),
         };
-        self.open
-            .write()
-            .expect("pack lock")
-            .insert(number, Arc::clone(&file));
+        let active = self.active_number();
+        let mut open = self.open.write().expect("pack lock");
+        if self.deleted.lock().expect("pack lock").contains(&number) {
+            // Deleted while we opened it: use the handle once, keep nothing.
+            return Err(Error::NotFound(format!("pack {number}")));
+        }
+        if open.len() >= MAX_OPEN {
+            let victim = open.keys().copied().find(|n| Some(*n) != active);
+            if let Some(victim) = victim {
+                open.remove(&victim);
+            }
+        }
+        open.insert(number, Arc::clone(&file));
         Ok(file)
     }
 
@@ -268,7 +329,12 @@ impl Packs {
 
     /// Deletes a pack file that holds nothing live.
     pub fn delete(&self, number: u32) -> Result<()> {
-        self.open.write().expect("pack lock").remove(&number);
+        {
+            let mut open = self.open.write().expect("pack lock");
+            open.remove(&number);
+            self.deleted.lock().expect("pack lock").insert(number);
+        }
+        self.sealed.lock().expect("sealed lock").remove(&number);
         let path = Packs::path(&self.dir, number);
         let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         match fs::remove_file(&path) {

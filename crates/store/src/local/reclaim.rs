@@ -17,21 +17,15 @@ use crate::types::ChunkId;
 const ZOMBIE_BATCH: usize = 10_000;
 
 impl LocalStore {
-    pub(super) fn note_sealed(&self, pack: u32) {
-        let stamp = self.gate.stamp();
-        self.sealed.lock().expect("sealed lock").insert(pack, stamp);
-        self.gate.advance();
-    }
-
     /// Whether no running allocation can still commit chunks staged into `pack`.
     fn pack_settled(&self, pack: u32) -> bool {
-        if self.packs.active_number() == Some(pack) {
-            return false;
-        }
-        match self.sealed.lock().expect("sealed lock").get(&pack) {
-            Some(&stamp) => self.gate.is_settled(stamp),
-            None => true, // sealed by an earlier process: nothing of ours can write into it
-        }
+        self.packs.is_settled(pack)
+    }
+
+    /// A pack's committed (end, live bytes), read now; `None` if the index has no such pack.
+    fn pack_row(&self, pack: u32) -> Result<Option<(u64, u64)>> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(PACKS)?.get(pack)?.map(|v| v.value()))
     }
 
     /// One reclaim pass; skipped when another thread is already running one.
@@ -65,19 +59,18 @@ impl LocalStore {
                 self.compact(pack)?;
             }
         }
-        // Packs sealed this run that never got a committed chunk hold only dead bytes.
+        // Packs sealed this run that never got a committed chunk hold only dead bytes. The listing
+        // above may be older than a commit into them, so look again once they are settled (no
+        // commit can come after that).
         let orphans: Vec<u32> = self
-            .sealed
-            .lock()
-            .expect("sealed lock")
-            .keys()
-            .copied()
+            .packs
+            .sealed_numbers()
+            .into_iter()
             .filter(|p| !known.contains(p))
             .collect();
         for pack in orphans {
-            if self.pack_settled(pack) {
+            if self.pack_settled(pack) && self.pack_row(pack)?.is_none() {
                 self.packs.delete(pack)?;
-                self.sealed.lock().expect("sealed lock").remove(&pack);
             }
         }
         Ok(())
@@ -112,6 +105,13 @@ impl LocalStore {
             let mut meta = txn.open_table(META)?;
             let mut counters = read_counters(&meta)?;
             for id in &settled {
+                // Look again inside the transaction: the chunk may have been revived and have died
+                // again since, under a stamp that is not settled yet.
+                let death = zombies.get(*id)?.map(|v| v.value());
+                match death {
+                    Some(death) if self.gate.is_settled(death) => {}
+                    _ => continue,
+                }
                 zombies.remove(*id)?;
                 let Some(entry) = get_chunk(&chunks, &ChunkId(*id))? else {
                     continue;
@@ -146,22 +146,28 @@ impl LocalStore {
             t.get(active)?.map_or((0, 0), |v| v.value())
         };
         let used = end.saturating_sub(PACK_HEADER_LEN);
-        if used > 0
-            && (live as f64) < (used as f64) * self.options.compact_below
-            && self.packs.seal(active)
-        {
-            self.note_sealed(active);
+        if used > 0 && (live as f64) < (used as f64) * self.options.compact_below {
+            self.packs.seal(active);
         }
         Ok(())
     }
 
-    /// Forgets a pack with no live chunk and deletes its file.
+    /// Forgets a pack with no live chunk and deletes its file; does nothing if a commit made
+    /// part of it live since it was listed.
     fn drop_pack(&self, pack: u32) -> Result<()> {
         let txn = self.begin_write()?;
-        txn.open_table(PACKS)?.remove(pack)?;
+        let emptied = {
+            let mut packs = txn.open_table(PACKS)?;
+            let live = packs.get(pack)?.map(|v| v.value().1);
+            if live == Some(0) {
+                packs.remove(pack)?;
+            }
+            live == Some(0)
+        };
         txn.commit()?;
-        self.packs.delete(pack)?;
-        self.sealed.lock().expect("sealed lock").remove(&pack);
+        if emptied {
+            self.packs.delete(pack)?;
+        }
         Ok(())
     }
 
@@ -199,10 +205,7 @@ impl LocalStore {
         let moved = if records.is_empty() {
             None
         } else {
-            let (to, offsets, sealed) = self.packs.append(&records)?;
-            if let Some(sealed) = sealed {
-                self.note_sealed(sealed);
-            }
+            let (to, offsets) = self.packs.append(&records)?;
             self.packs.sync(to)?;
             Some((to, offsets))
         };
@@ -240,7 +243,6 @@ impl LocalStore {
         txn.commit()?;
         if emptied {
             self.packs.delete(pack)?;
-            self.sealed.lock().expect("sealed lock").remove(&pack);
         }
         Ok(())
     }

@@ -178,3 +178,76 @@ fn freeing_everything_gives_the_disk_back() {
     assert!(left <= peak / 100, "{left} bytes of packs left of {peak}");
     assert!(damage(&store).is_empty());
 }
+
+#[test]
+fn one_reclaim_pass_moving_more_than_a_pack_keeps_every_survivor() {
+    // Frees pile up while an allocation is pinned (so nothing can be reclaimed), then a single
+    // pass compacts several packs at once: the copies fill more than one new pack.
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path(), small_packs()).unwrap();
+    let ids: Vec<_> = (0..90u8).map(|i| commit(&store, &[i], 30_000)).collect();
+    let pin = store.pin();
+    for (i, id) in ids.iter().enumerate() {
+        if i % 3 != 0 {
+            store.free_block(*id).unwrap();
+        }
+    }
+    drop(pin);
+    let trigger = commit(&store, &[200], 10);
+    store.free_block(trigger).unwrap(); // the one big pass
+    for i in (0..90u8).step_by(3) {
+        let c = chunk(i, 30_000);
+        assert_eq!(
+            store.chunk(&c.id).unwrap().payload,
+            c.payload,
+            "chunk {i} after compaction"
+        );
+    }
+    assert!(damage(&store).is_empty(), "{:?}", damage(&store));
+    drop(store);
+    // And after a restart, whose own reclaim pass runs too.
+    let store = LocalStore::open(dir.path(), small_packs()).unwrap();
+    for i in (0..90u8).step_by(3) {
+        assert_eq!(
+            store.chunk(&chunk(i, 30_000).id).unwrap().payload,
+            chunk(i, 30_000).payload
+        );
+    }
+    assert!(damage(&store).is_empty());
+}
+
+#[test]
+fn a_damaged_manifest_is_named_and_the_rest_still_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = {
+        let store = LocalStore::open(dir.path(), small_packs()).unwrap();
+        (commit(&store, &[1], 1000), commit(&store, &[2], 1000))
+    };
+    // Damage block a's manifest in the index itself, through redb.
+    {
+        use redb::ReadableTable;
+        let db = redb::Database::open(dir.path().join("index.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn
+                .open_table(redb::TableDefinition::<u128, &[u8]>::new("blocks"))
+                .unwrap();
+            let mut bytes = t.get(a.as_u128()).unwrap().unwrap().value().to_vec();
+            bytes[20] ^= 1;
+            t.insert(a.as_u128(), bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = LocalStore::open(dir.path(), small_packs()).unwrap();
+    let mut listed = Vec::new();
+    store
+        .blocks(&mut |s| {
+            listed.push(s.id);
+            true
+        })
+        .unwrap();
+    assert_eq!(listed, vec![b]);
+    assert!(damage(&store)
+        .iter()
+        .any(|d| matches!(d, Damage::Block { id, .. } if *id == a)));
+}
