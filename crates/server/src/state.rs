@@ -44,7 +44,14 @@ pub struct AppState {
     /// decompress) take a permit first: more of them at once than the cores can serve only adds
     /// memory, not throughput.
     pub heavy: Arc<tokio::sync::Semaphore>,
+    /// Streamed requests (raw uploads and reads, export, import) each hold a blocking thread
+    /// for as long as the client keeps the transfer going; this bounds how many at once, so that
+    /// slow clients cannot take every thread of the blocking pool.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
+
+/// Streamed transfers served at once; more wait for a turn.
+const MAX_STREAMS: usize = 64;
 
 impl AppState {
     pub fn new(vm: VirtualMemory, config: ServerConfig) -> AppState {
@@ -54,12 +61,21 @@ impl AppState {
             config: Arc::new(config),
             metrics: Arc::new(Metrics::new()),
             heavy: Arc::new(tokio::sync::Semaphore::new((2 * cores).max(4))),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         }
     }
 
     /// Waits for a permit to run a memory-heavy request; see [`AppState::heavy`].
     pub async fn heavy_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
         Arc::clone(&self.heavy)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Waits for a turn to run a streamed transfer; see [`AppState::streams`].
+    pub async fn stream_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        Arc::clone(&self.streams)
             .acquire_owned()
             .await
             .expect("the semaphore is never closed")

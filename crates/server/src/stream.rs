@@ -228,7 +228,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
             size
         } else {
             match end.parse::<u64>() {
-                Ok(b) if b >= a => (b + 1).min(size),
+                Ok(b) if b >= a => b.saturating_add(1).min(size),
                 _ => return RangeRequest::Unsatisfiable,
             }
         };
@@ -258,5 +258,9 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=x-3"), 100), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), Whole);
         assert_eq!(parse_range(Some("bytes=0-0"), 0), Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=0-18446744073709551615"), 100),
+            Part(0..100)
+        );
     }
 }

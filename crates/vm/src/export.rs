@@ -83,10 +83,18 @@ impl VirtualMemory {
                     out.write_all(b",\"data\":null,\"dataOmitted\":\"seed required\"}")?;
                     return Ok(());
                 }
-                // Check the seed before writing a byte of data, so a wrong seed leaves no half field.
+                // Check the seed before writing a byte of data, so a wrong seed leaves no half
+                // field. A block freed since the listing is left out; damage found while its
+                // data streams aborts the export, so that no backup is silently incomplete.
                 match self.block_size(id, seed) {
                     Err(Error::WrongSeed(_)) => {
                         out.write_all(b",\"data\":null,\"dataOmitted\":\"another seed\"}")?;
+                        return Ok(());
+                    }
+                    Err(Error::NotFound(_)) => {
+                        out.write_all(
+                            b",\"data\":null,\"dataOmitted\":\"freed during the export\"}",
+                        )?;
                         return Ok(());
                     }
                     other => other?,

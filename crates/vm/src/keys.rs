@@ -32,6 +32,41 @@ pub struct Domains {
     salt: [u8; 16],
     fingerprint_key: Zeroizing<[u8; 32]>,
     cache: Cache<([u8; 32], [u32; 3]), Arc<Domain>>,
+    derivations: Slots,
+}
+
+/// A counting semaphore for blocking threads.
+#[derive(Debug)]
+struct Slots {
+    free: std::sync::Mutex<usize>,
+    returned: std::sync::Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: std::sync::Mutex::new(n.max(1)),
+            returned: std::sync::Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().expect("slots lock");
+        while *free == 0 {
+            free = self.returned.wait(free).expect("slots lock");
+        }
+        *free -= 1;
+        SlotGuard(self)
+    }
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().expect("slots lock") += 1;
+        self.0.returned.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Domains {
@@ -60,11 +95,18 @@ impl Domains {
             salt,
             fingerprint_key: key,
             cache: Cache::new(CACHED_DOMAINS),
+            derivations: Slots::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         })
     }
 
-    /// The domain of `seed` under Argon2id costs `kdf`, derived once and then cached.
-    pub fn get(&self, seed: &Seed, kdf: [u32; 3]) -> Result<Arc<Domain>> {
+    /// The domain of `seed` under Argon2id costs `kdf`: from the cache, or derived (and then
+    /// cached only if `keep` accepts it, so that guesses of a seed do not evict real domains).
+    fn get(
+        &self,
+        seed: &Seed,
+        kdf: [u32; 3],
+        keep: impl Fn(&Domain) -> bool,
+    ) -> Result<Arc<Domain>> {
         let params = KdfParams {
             m_cost_kib: kdf[0],
             t_cost: kdf[1],
@@ -74,16 +116,31 @@ impl Domains {
         params
             .check(1024 * 1024)
             .map_err(|e| Error::InvalidArgument(format!("seed key derivation: {e}")))?;
-        let fingerprint = seed.fingerprint(&self.fingerprint_key);
-        self.cache.get_or_insert_with(&(fingerprint, kdf), || {
-            let keys = Keys::derive(seed, &self.salt, params)
-                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            let tag = keys.seed_check(TAG_CONTEXT);
-            Ok(Arc::new(Domain {
-                keys: Arc::new(keys),
-                binding: SeedBinding { tag, kdf },
-            }))
-        })
+        let key = (seed.fingerprint(&self.fingerprint_key), kdf);
+        if let Some(domain) = self.cache.get(&key) {
+            return Ok(domain);
+        }
+        let keys = {
+            // Each derivation takes its memory cost (64 MiB by default) for a tenth of a second:
+            // at most one per core at a time, however many requests bring seeds.
+            let _slot = self.derivations.acquire();
+            Keys::derive(seed, &self.salt, params)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?
+        };
+        let tag = keys.seed_check(TAG_CONTEXT);
+        let domain = Arc::new(Domain {
+            keys: Arc::new(keys),
+            binding: SeedBinding { tag, kdf },
+        });
+        if keep(&domain) {
+            self.cache.insert(key, Arc::clone(&domain));
+        }
+        Ok(domain)
+    }
+
+    /// The domain `seed` gives under `binding`'s costs; cached only if it is the right one.
+    pub fn for_binding(&self, seed: &Seed, binding: &SeedBinding) -> Result<Arc<Domain>> {
+        self.get(seed, binding.kdf, |d| matches(d, binding))
     }
 
     /// The domain of `seed` if it is already derived; never runs the slow derivation.
@@ -94,7 +151,7 @@ impl Domains {
 
     /// The domain for new blocks of `seed`.
     pub fn for_new_blocks(&self, seed: &Seed, kdf: KdfParams) -> Result<Arc<Domain>> {
-        self.get(seed, kdf_array(kdf))
+        self.get(seed, kdf_array(kdf), |_| true)
     }
 }
 

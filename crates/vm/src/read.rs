@@ -118,6 +118,15 @@ impl VirtualMemory {
                 seed: manifest.seed,
             },
         );
+        // A free may have run since the manifest was read; it removes the block from the cache
+        // after the store, so checking the store after inserting leaves no freed block cached.
+        if matches!(
+            self.store.manifest(id),
+            Err(aetherflow_store::Error::NotFound(_))
+        ) {
+            self.cache.remove(&id);
+            return Err(Error::NotFound(id));
+        }
         self.count_access(id);
         Ok(data)
     }

@@ -86,7 +86,7 @@ impl VirtualMemory {
             return Ok(None);
         };
         let seed = seed.ok_or(Error::SeedRequired(id))?;
-        let domain = self.domains.get(seed, binding.kdf)?;
+        let domain = self.domains.for_binding(seed, binding)?;
         if matches(&domain, binding) {
             Ok(Some(domain))
         } else {

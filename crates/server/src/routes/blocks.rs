@@ -115,6 +115,7 @@ pub async fn allocate(
     let id = if wants_raw(&headers, header::CONTENT_TYPE) {
         let hint = check_declared_length(&headers, limit)?;
         let seed = seed_from(None, &headers)?;
+        let _permit = state.stream_permit().await;
         let (reader, pump) = BodyReader::new(body, limit);
         let result = state
             .blocking(move |vm| vm.allocate_from(reader, hint, seed.as_ref()))
@@ -186,6 +187,7 @@ pub async fn read(
             .blocking(move |vm| vm.read(id, seed.as_ref()).map(|data| read_json(id, &data)))
             .await?);
     }
+    let permit = state.stream_permit().await;
     let seed_for_size = seed_from(None, &headers)?; // a seed is not Clone: parse it again
     let size = state
         .blocking(move |vm| vm.block_size(id, seed_for_size.as_ref()))
@@ -198,6 +200,7 @@ pub async fn read(
     let whole = status == StatusCode::OK;
     let vm = std::sync::Arc::clone(&state.vm);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit; // held until the stream ends
         let mut writer = writer;
         let result = vm
             .read_to(id, seed.as_ref(), (!whole).then_some(want), &mut writer)
@@ -209,7 +212,6 @@ pub async fn read(
             writer.abort("the block could not be read whole");
         }
     });
-    state.metrics.bytes_out.inc_by(range.end - range.start);
     Ok(raw_response(status, range, size, body))
 }
 

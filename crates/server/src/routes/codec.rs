@@ -109,6 +109,7 @@ pub async fn compress(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CompressResponse>, ApiError> {
+    let _permit = state.heavy_permit().await;
     let bytes = read_body(body, &headers, state.config.max_body).await?;
     let request: CompressRequest = parse_json(&bytes)?;
     let seed = seed_from(request.seed.as_deref(), &headers)?;
@@ -148,6 +149,9 @@ pub async fn compress(
     .await
     .map_err(|e| ApiError::internal("compression", e))?
 }
+
+/// Largest content `decompress` returns as JSON.
+const MAX_JSON_OUTPUT: u64 = 64 << 20;
 
 /// Marks the error of an output that outgrew its limit.
 #[derive(Debug)]
@@ -189,11 +193,18 @@ pub async fn decompress(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<DecompressResponse>, ApiError> {
+    let _permit = state.heavy_permit().await;
     let bytes = read_body(body, &headers, state.config.max_body).await?;
     let request: DecompressRequest = parse_json(&bytes)?;
     let seed = seed_from(request.seed.as_deref(), &headers)?;
     let af = base64_field("compressed", &request.compressed)?;
-    let limit = state.config.max_body.min(state.vm.config().max_whole_read);
+    // The answer is held whole, and again as base64: keep it modest. Larger content belongs in a
+    // raw block or the CLI.
+    let limit = state
+        .config
+        .max_body
+        .min(state.vm.config().max_whole_read)
+        .min(MAX_JSON_OUTPUT);
     tokio::task::spawn_blocking(move || {
         let mut out = Bounded {
             out: Vec::new(),

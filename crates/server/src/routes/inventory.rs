@@ -60,9 +60,11 @@ pub async fn export(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let seed = seed_from(None, &headers)?;
+    let permit = state.stream_permit().await;
     let (writer, body) = BodyWriter::new(state.config.body_timeout);
     let vm = std::sync::Arc::clone(&state.vm);
     tokio::task::spawn_blocking(move || {
+        let _permit = permit; // held until the document is written
         let mut writer = writer;
         let result = vm
             .export(&mut writer, query.data, seed.as_ref())
@@ -104,7 +106,7 @@ pub async fn import(
     let limit = state.config.max_body;
     check_declared_length(&headers, limit)?;
     let seed = seed_from(None, &headers)?;
-    let _permit = state.heavy_permit().await;
+    let _permit = state.stream_permit().await;
     let (reader, pump) = BodyReader::new(body, limit);
     let result = state
         .blocking(move |vm| vm.import(reader, seed.as_ref()))
