@@ -41,14 +41,8 @@ echo "# AetherFlow benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, zstd 
 echo
 
 # ---- Silesia as one tar -------------------------------------------------------------------------
-tar_file=$scratch/silesia.tar
-if [[ ! -f $tar_file ]]; then
-  mkdir -p "$scratch/silesia"
-  for z in "$corpus"/*.zip; do unzip -oq "$z" -d "$scratch/silesia"; done
-  (cd "$scratch/silesia" && sha256sum -c --quiet "$corpus/SHA256SUMS")
-  tar -C "$scratch/silesia" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$tar_file" \
-    dickens mr nci ooffice osdb reymont xml
-fi
+source "$top/bench/silesia_tar.sh"
+tar_file=$(silesia_tar "$scratch" "$corpus")
 n=$(size "$tar_file")
 echo "## Silesia (7 files as one tar, $n bytes), default level, both cores"
 echo

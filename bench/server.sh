@@ -24,14 +24,8 @@ backend=${BACKEND:-disk}
 mkdir -p "$scratch"
 cd "$top"
 
-tar_file=$scratch/silesia.tar
-if [[ ! -f $tar_file ]]; then
-  mkdir -p "$scratch/silesia"
-  for z in "$corpus"/*.zip; do unzip -oq "$z" -d "$scratch/silesia"; done
-  (cd "$scratch/silesia" && sha256sum -c --quiet "$corpus/SHA256SUMS")
-  tar -C "$scratch/silesia" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$tar_file" \
-    dickens mr nci ooffice osdb reymont xml
-fi
+source "$top/bench/silesia_tar.sh"
+tar_file=$(silesia_tar "$scratch" "$corpus")
 
 cargo build --release --quiet -p aetherflow
 load=$(cargo bench --quiet -p aetherflow-server --bench load --no-run --message-format=json |

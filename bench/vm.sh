@@ -13,14 +13,8 @@ corpus=${CORPUS:-$top/../shared/corpus/silesia}
 mkdir -p "$scratch"
 cd "$top"
 
-tar_file=$scratch/silesia.tar
-if [[ ! -f $tar_file ]]; then
-  mkdir -p "$scratch/silesia"
-  for z in "$corpus"/*.zip; do unzip -oq "$z" -d "$scratch/silesia"; done
-  (cd "$scratch/silesia" && sha256sum -c --quiet "$corpus/SHA256SUMS")
-  tar -C "$scratch/silesia" --sort=name --mtime=@0 --owner=0 --group=0 -cf "$tar_file" \
-    dickens mr nci ooffice osdb reymont xml
-fi
+source "$top/bench/silesia_tar.sh"
+tar_file=$(silesia_tar "$scratch" "$corpus")
 
 cargo build --release --quiet -p aetherflow
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
