@@ -2,7 +2,8 @@
 # seven corpus files as one tar, checked against SHA256SUMS, reproducible bytes) once, and
 # prints its path.
 silesia_tar() {
-  local scratch=$1 corpus=$2
+  local scratch=$1 corpus
+  corpus=$(cd "$2" && pwd)
   local tar_file=$scratch/silesia.tar
   if [[ ! -f $tar_file ]]; then
     mkdir -p "$scratch/silesia"
