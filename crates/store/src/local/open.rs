@@ -1,0 +1,112 @@
+//! Opening a data directory: its lock, the index's tables and salt, and crash recovery of the
+//! pack files.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::index::{
+    read_counters, Counters, ACCESSES, BLOCKS, CHUNKS, FORMAT, LOCATIONS, META, PACKS, ZOMBIES,
+};
+use super::pack::Packs;
+use crate::error::{Error, Result};
+
+/// Takes an exclusive `flock` on `DIR/LOCK`, released when the file closes (even on a crash).
+pub(super) fn lock_dir(dir: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Locked(format!(
+            "data directory {} is in use by another process",
+            dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// Creates the tables and the salt on first open; checks the layout version after that.
+pub(super) fn init_meta(db: &Database) -> Result<([u8; 16], Counters)> {
+    let txn = db.begin_write()?;
+    let result = {
+        txn.open_table(BLOCKS)?;
+        txn.open_table(CHUNKS)?;
+        txn.open_table(LOCATIONS)?;
+        txn.open_table(ACCESSES)?;
+        txn.open_table(PACKS)?;
+        txn.open_table(ZOMBIES)?;
+        let mut meta = txn.open_table(META)?;
+        let format = meta.get("format")?.map(|v| v.value().to_vec());
+        match format {
+            Some(v) if v == FORMAT.to_le_bytes() => {}
+            Some(v) => {
+                return Err(Error::Corrupt(format!(
+                    "data directory layout version {v:?} is not {FORMAT}"
+                )))
+            }
+            None => {
+                meta.insert("format", FORMAT.to_le_bytes().as_slice())?;
+            }
+        }
+        let stored_salt = meta.get("salt")?.map(|v| v.value().to_vec());
+        let salt = match stored_salt {
+            Some(v) => v
+                .try_into()
+                .map_err(|_| Error::Corrupt("salt has the wrong length".into()))?,
+            None => {
+                let salt = crate::types::random_salt()?;
+                meta.insert("salt", salt.as_slice())?;
+                salt
+            }
+        };
+        (salt, read_counters(&meta)?)
+    };
+    txn.commit()?;
+    Ok(result)
+}
+
+/// Deletes pack files the index never committed to and trims uncommitted tails. Returns the next
+/// pack number and the bytes of all packs.
+pub(super) fn recover_packs(db: &Database, packs_dir: &Path) -> Result<(u32, u64)> {
+    let known: HashMap<u32, u64> = {
+        let r = db.begin_read()?;
+        let t = r.open_table(PACKS)?;
+        let mut m = HashMap::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            m.insert(k.value(), v.value().0);
+        }
+        m
+    };
+    let mut next = known.keys().max().map_or(1, |m| m + 1);
+    let mut bytes = 0;
+    for entry in fs::read_dir(packs_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(number) = name.to_str().and_then(Packs::number_of) else {
+            continue;
+        };
+        next = next.max(number + 1);
+        match known.get(&number) {
+            None => fs::remove_file(entry.path())?,
+            Some(&end) => {
+                let file = OpenOptions::new().write(true).open(entry.path())?;
+                let len = file.metadata()?.len();
+                if len > end {
+                    file.set_len(end)?;
+                    file.sync_all()?;
+                }
+                bytes += len.min(end);
+            }
+        }
+    }
+    File::open(packs_dir)?.sync_all()?;
+    Ok((next, bytes))
+}
