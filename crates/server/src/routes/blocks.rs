@@ -187,11 +187,18 @@ pub async fn read(
             .blocking(move |vm| vm.read(id, seed.as_ref()).map(|data| read_json(id, &data)))
             .await?);
     }
-    let permit = state.stream_permit().await;
     let seed_for_size = seed_from(None, &headers)?; // a seed is not Clone: parse it again
     let size = state
         .blocking(move |vm| vm.block_size(id, seed_for_size.as_ref()))
         .await?;
+    if size <= WHOLE_RAW_READ {
+        // Small enough to read whole: verified before the first byte goes out, and cached for
+        // the next read.
+        let _permit = state.heavy_permit().await;
+        let data = state.blocking(move |vm| vm.read(id, seed.as_ref())).await?;
+        return Ok(raw_from_memory(data, &headers));
+    }
+    let permit = state.stream_permit().await;
     let Some((status, range)) = resolve_range(&headers, size) else {
         return Ok(unsatisfiable(size));
     };
@@ -214,6 +221,10 @@ pub async fn read(
     });
     Ok(raw_response(status, range, size, body))
 }
+
+/// Raw reads of blocks up to this size go through the cache (read whole, verified, kept);
+/// larger ones are streamed.
+const WHOLE_RAW_READ: u64 = 4 << 20;
 
 /// Blocks up to this size are base64-encoded on the async thread (about 0.1 ms).
 const INLINE_ENCODE: usize = 256 * 1024;

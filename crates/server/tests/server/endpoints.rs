@@ -293,6 +293,45 @@ fn raw_bytes_stream_both_ways_with_ranges() {
             .unwrap();
         assert!(part == data[expect.clone()], "{range}");
     }
+    // A small block is read whole through the cache: the second raw read is a hit.
+    let small = text(100_000, 44);
+    let (_, body) = json(
+        http.post(format!("{}/api/memory/allocate", server.url))
+            .header("Content-Type", "application/octet-stream")
+            .send(&small[..])
+            .unwrap(),
+    );
+    let small_url = format!(
+        "{}/api/memory/read/{}",
+        server.url,
+        body["blockId"].as_str().unwrap()
+    );
+    for (round, range) in [(0, "bytes=10-19"), (1, "bytes=99990-")] {
+        let mut response = http
+            .get(&small_url)
+            .header("Accept", "application/octet-stream")
+            .header("Range", range)
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 206, "round {round}");
+        let part = response.body_mut().read_to_vec().unwrap();
+        let expect = if round == 0 {
+            &small[10..20]
+        } else {
+            &small[99_990..]
+        };
+        assert_eq!(part, expect);
+    }
+    let (_, stats) = json(
+        http.get(format!("{}/api/memory/stats", server.url))
+            .call()
+            .unwrap(),
+    );
+    assert!(
+        stats["stats"]["cache"]["hits"].as_u64().unwrap() >= 1,
+        "{}",
+        stats["stats"]["cache"]
+    );
     let response = http
         .get(&url)
         .header("Accept", "application/octet-stream")
