@@ -39,9 +39,9 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RouteStatus, Counter>,
     latency: Family<Route, Histogram>,
-    /// Request and response body bytes.
-    pub bytes_in: Counter<u64, AtomicU64>,
-    pub bytes_out: Counter<u64, AtomicU64>,
+    /// Request and response body bytes (declared lengths).
+    bytes_in: Counter<u64, AtomicU64>,
+    bytes_out: Counter<u64, AtomicU64>,
     cache_hits: Counter<u64, AtomicU64>,
     cache_misses: Counter<u64, AtomicU64>,
     logical: Gauge,
@@ -53,12 +53,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("aetherflow");
         let requests = Family::<RouteStatus, Counter>::default();
         let latency = Family::<Route, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 18))
         });
-        let m = Metrics {
+        let mut m = Metrics {
             requests,
             latency,
             bytes_in: Counter::default(),
@@ -69,8 +68,9 @@ impl Metrics {
             physical: Gauge::default(),
             blocks: Gauge::default(),
             seen: Mutex::new((0, 0)),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("aetherflow"),
         };
+        let registry = &mut m.registry;
         registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
@@ -112,7 +112,7 @@ impl Metrics {
             m.physical.clone(),
         );
         registry.register("blocks", "Blocks stored", m.blocks.clone());
-        Metrics { registry, ..m }
+        m
     }
 
     /// The text exposition, with the manager's figures read now.

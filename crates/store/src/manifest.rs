@@ -127,6 +127,18 @@ impl Manifest {
         Ok(())
     }
 
+    /// Length of [`Manifest::encode`]'s output, without encoding.
+    pub fn encoded_len(&self) -> u64 {
+        let chunks = self.chunk_refs().count() as u64;
+        let zeros = self.extents.len() as u64 - chunks;
+        let checksum = match self.checksum {
+            Checksum::Plain(_) => 32,
+            Checksum::Sealed(_) => SEALED_CHECKSUM_LEN as u64,
+        };
+        let seed = if self.seed.is_some() { 32 + 12 } else { 0 };
+        2 + 8 + 8 + checksum + seed + 4 + 9 * zeros + 41 * chunks + 8
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let chunks = self.chunk_refs().count();
         let mut out = Vec::with_capacity(96 + 41 * chunks + 9 * (self.extents.len() - chunks));
@@ -354,6 +366,7 @@ mod properties {
                 seed: seeded.then_some(SeedBinding { tag: [3; 32], kdf: [8192, 1, 1] }),
                 extents,
             };
+            prop_assert_eq!(m.encoded_len(), m.encode().len() as u64);
             prop_assert_eq!(Manifest::decode(&m.encode(), &"p").unwrap(), m);
         }
 

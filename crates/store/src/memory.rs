@@ -13,10 +13,6 @@ use crate::error::{Error, Result};
 use crate::types::{payload_check, BlockId, BlockSummary, ChunkId, ChunkInfo, Damage, StagedAt};
 use crate::{BlockStore, Manifest, NewChunk, StagedChunk, StoredChunk, Totals};
 
-/// Bytes of bookkeeping counted per chunk, as the local index stores it, so that both backends
-/// report comparable physical figures.
-const CHUNK_ENTRY_BYTES: u64 = 32 + 45;
-
 #[derive(Debug)]
 struct Chunk {
     info: ChunkInfo,
@@ -71,7 +67,7 @@ impl MemoryStore {
         s.totals.blocks -= 1;
         s.totals.logical -= manifest.size;
         s.totals.zero -= manifest.zero_bytes();
-        s.manifest_bytes -= manifest.encode().len() as u64;
+        s.manifest_bytes -= manifest.encoded_len();
         Ok(manifest)
     }
 
@@ -96,8 +92,9 @@ impl MemoryStore {
 
 impl State {
     fn refresh_physical(&mut self) {
-        self.totals.physical =
-            self.totals.stored + self.totals.chunks * CHUNK_ENTRY_BYTES + self.manifest_bytes;
+        self.totals.physical = self.totals.stored
+            + self.totals.chunks * crate::types::INDEX_BYTES_PER_CHUNK
+            + self.manifest_bytes;
     }
 }
 
@@ -185,7 +182,7 @@ impl BlockStore for MemoryStore {
         s.totals.blocks += 1;
         s.totals.logical += manifest.size;
         s.totals.zero += manifest.zero_bytes();
-        s.manifest_bytes += manifest.encode().len() as u64;
+        s.manifest_bytes += manifest.encoded_len();
         s.blocks.insert(id, (manifest.clone(), 0));
         drop(s);
         self.reclaim();

@@ -87,6 +87,11 @@ pub struct ChunkInfo {
     pub check: [u8; 16],
 }
 
+/// Bytes counted in `physical` for each chunk's index entries: its key and entry (45 bytes) in
+/// `chunks`, and its row in `locations`. Both backends count the same, so that their figures
+/// compare.
+pub const INDEX_BYTES_PER_CHUNK: u64 = 32 + 45 + 16 + 32;
+
 /// The checksum the store keeps for a payload.
 pub fn payload_check(payload: &[u8]) -> [u8; 16] {
     blake3::hash(payload).as_bytes()[..16]

@@ -114,13 +114,14 @@ fn in_unit_of(bytes: u64, limit: u64) -> String {
     format!("{:.2}{}", bytes as f64 / scale as f64, UNITS[unit])
 }
 
+/// `50MB` for a whole number of units, `50.50MB` otherwise.
 fn cache_limit_text(limit: u64) -> String {
-    let whole = compact_size(limit, 0);
-    if whole.chars().any(|c| c == '.') || limit < 1024 || !is_whole_unit(limit) {
-        compact_size(limit, 2)
+    let decimals = if limit >= 1024 && is_whole_unit(limit) {
+        0
     } else {
-        whole
-    }
+        2
+    };
+    compact_size(limit, decimals)
 }
 
 fn is_whole_unit(bytes: u64) -> bool {
@@ -197,7 +198,7 @@ impl VirtualMemory {
 
     fn detail(&self, b: BlockSummary) -> BlockDetail {
         let m = &b.manifest;
-        let compressed = m.stored_bytes() + m.encode().len() as u64;
+        let compressed = m.stored_bytes() + m.encoded_len();
         let created = UNIX_EPOCH + Duration::from_secs(m.created);
         BlockDetail {
             id: b.id.to_string(),

@@ -209,7 +209,7 @@ fn compress_and_decompress_round_trip_without_storing() {
 }
 
 #[test]
-fn a_tiny_af_claiming_terabytes_is_refused_without_allocating() {
+fn a_tiny_af_that_expands_past_the_limit_is_refused() {
     let server = TestServer::with(|_, c| c.max_body = 1 << 20);
     let http = client();
     // 8 MiB of zeros compresses to about 200 bytes, and would decompress past the 1 MiB bound.

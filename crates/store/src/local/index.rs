@@ -26,9 +26,6 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Layout version of the data directory.
 pub const FORMAT: u32 = 1;
 
-/// Bytes the index spends per chunk (key and value), counted in physical figures.
-pub const CHUNK_INDEX_BYTES: u64 = 32 + ChunkEntry::LEN as u64 + 16 + 32;
-
 /// Where a chunk lives and how many block references it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkEntry {
@@ -41,6 +38,10 @@ pub struct ChunkEntry {
 
 impl ChunkEntry {
     pub const LEN: usize = 4 + 8 + 1 + 4 + 4 + 16 + 8;
+    const _ACCOUNTED: () = assert!(
+        Self::LEN == 45,
+        "INDEX_BYTES_PER_CHUNK counts 45-byte entries"
+    );
 
     /// Bytes the record takes in its pack.
     pub fn record_len(&self) -> u64 {

@@ -34,8 +34,8 @@ use crate::error::{Error, Result};
 use crate::types::{BlockId, BlockSummary, ChunkId, ChunkInfo, Damage, StagedAt};
 use crate::{BlockStore, Manifest, NewChunk, StagedChunk, StoredChunk, Totals};
 use index::{
-    get_chunk, read_counters, ChunkEntry, Counters, ACCESSES, BLOCKS, CHUNKS, CHUNK_INDEX_BYTES,
-    LOCATIONS, META, PACKS, ZOMBIES,
+    get_chunk, read_counters, ChunkEntry, Counters, ACCESSES, BLOCKS, CHUNKS, LOCATIONS, META,
+    PACKS, ZOMBIES,
 };
 use pack::Packs;
 
@@ -414,7 +414,9 @@ impl BlockStore for LocalStore {
             unique: c.unique,
             stored: c.stored,
             chunks: c.chunks,
-            physical: self.packs.bytes() + c.manifest_bytes + c.chunks * CHUNK_INDEX_BYTES,
+            physical: self.packs.bytes()
+                + c.manifest_bytes
+                + c.chunks * crate::types::INDEX_BYTES_PER_CHUNK,
         }
     }
 
