@@ -178,8 +178,11 @@ pub struct MemoryInfoArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The store's data directory.
-    #[arg(long, value_name = "DIR", default_value = "aetherflow-data")]
+    #[arg(long, value_name = "DIR", default_value = "aetherflow-data", conflicts_with = "store")]
     pub data_dir: PathBuf,
+    /// A store by URL instead: s3://BUCKET/PREFIX?endpoint=http://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Also read every chunk and every block whose content can be opened, and check their
     /// checksums (slower: reads the whole store).
     #[arg(long)]
@@ -203,9 +206,16 @@ pub struct ServeArgs {
     /// Keep everything in RAM: lost when the server stops (stats say so).
     #[arg(long, conflicts_with = "store")]
     pub memory: bool,
-    /// Another backend by URL: file:///DIR or memory://.
+    /// Another backend by URL: s3://BUCKET/PREFIX?endpoint=http://HOST:PORT (credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; plain http only to this machine unless the
+    /// URL adds allow_http=true), file:///DIR or memory://.
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// For an s3:// store: how long garbage waits before it is deleted. Every server on the
+    /// bucket must finish a commit within it; 0 deletes at once and is safe only for a bucket
+    /// this server alone writes.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub gc_grace: std::time::Duration,
     /// Bytes of decompressed blocks to cache (50MiB, 1GiB, plain bytes).
     #[arg(long, default_value = "50MiB", value_parser = parse_size)]
     pub cache_size: u64,

@@ -47,7 +47,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
             return match e {
                 Vm::Io(_) => IO,
                 Vm::Store(
-                    aetherflow_vm::StoreError::Io(_) | aetherflow_vm::StoreError::Locked(_),
+                    aetherflow_vm::StoreError::Io(_)
+                    | aetherflow_vm::StoreError::Locked(_)
+                    | aetherflow_vm::StoreError::Unavailable(_),
                 ) => IO,
                 Vm::Corrupt { .. } | Vm::Store(aetherflow_vm::StoreError::Corrupt(_)) => CORRUPT,
                 Vm::SeedRequired(_) | Vm::WrongSeed(_) => SEED,

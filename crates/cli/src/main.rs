@@ -8,6 +8,7 @@ mod exit;
 mod files;
 mod progress;
 mod seed;
+mod store_url;
 
 use std::process::ExitCode;
 

@@ -105,6 +105,14 @@ impl ApiError {
                     ),
                 )
             }
+            VmError::Store(StoreError::Unavailable(why)) => {
+                tracing::error!("store unavailable: {why}");
+                ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "STORE_UNAVAILABLE",
+                    "the object store cannot be reached right now; retry later",
+                )
+            }
             VmError::Store(other) => ApiError::internal("the store", other),
         }
     }

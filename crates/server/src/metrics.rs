@@ -28,6 +28,11 @@ struct RouteStatus {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Operation {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Route {
     method: String,
     route: String,
@@ -47,6 +52,8 @@ pub struct Metrics {
     logical: Gauge,
     physical: Gauge,
     blocks: Gauge,
+    /// Requests to a remote store (object storage), by operation.
+    store_requests: Family<Operation, Counter>,
     /// Cache counts already added to the counters (they are read from the manager at scrape).
     seen: Mutex<(u64, u64)>,
 }
@@ -67,6 +74,7 @@ impl Metrics {
             logical: Gauge::default(),
             physical: Gauge::default(),
             blocks: Gauge::default(),
+            store_requests: Family::default(),
             seen: Mutex::new((0, 0)),
             registry: Registry::with_prefix("aetherflow"),
         };
@@ -112,6 +120,11 @@ impl Metrics {
             m.physical.clone(),
         );
         registry.register("blocks", "Blocks stored", m.blocks.clone());
+        registry.register(
+            "store_requests",
+            "Requests made to the object store (s3 backend), by operation",
+            m.store_requests.clone(),
+        );
         m
     }
 
@@ -131,6 +144,20 @@ impl Metrics {
             .set(i64::try_from(s.bytes.physical).unwrap_or(i64::MAX));
         self.blocks
             .set(i64::try_from(s.total_blocks).unwrap_or(i64::MAX));
+        if let Some(r) = vm.store().remote_requests() {
+            // Under the lock: two scrapes at once must not both add the same difference.
+            let _one = self.seen.lock().expect("metrics lock");
+            for (op, total) in [
+                ("put", r.put),
+                ("get", r.get),
+                ("head", r.head),
+                ("list", r.list),
+                ("delete", r.delete),
+            ] {
+                let counter = self.store_requests.get_or_create(&Operation { op });
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

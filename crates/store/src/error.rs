@@ -35,6 +35,11 @@ pub enum Error {
     /// Another process holds the data directory.
     #[error("{0}")]
     Locked(String),
+
+    /// A remote store (object storage) cannot be reached or refused the request; retrying later
+    /// may succeed. The message names the operation and the object.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl Error {

@@ -28,9 +28,14 @@ pub use local::LocalStore;
 pub use manifest::{Checksum, Extent, Manifest, SeedBinding};
 pub use memory::MemoryStore;
 pub use types::{
-    BlockId, BlockSummary, ChunkId, ChunkInfo, Codec, Damage, NewChunk, StagedChunk, StoredChunk,
-    Totals,
+    BlockId, BlockSummary, ChunkId, ChunkInfo, Codec, Damage, NewChunk, RequestCounts,
+    StagedChunk, StoredChunk, Totals,
 };
+
+/// The self-describing chunk record that pack files (local or remote) are made of.
+pub mod record {
+    pub use crate::local::pack::{parse_record_header, record_header, RECORD_HEADER_LEN};
+}
 
 /// A store of content-addressed chunks and of block manifests that refer to them.
 ///
@@ -108,4 +113,9 @@ pub trait BlockStore: Send + Sync + std::fmt::Debug {
     /// Checks the index against itself and, with `read_data`, every stored chunk's bytes.
     /// Reports each damaged thing to `report`; an `Err` means the check itself could not run.
     fn verify(&self, read_data: bool, report: &mut dyn FnMut(Damage)) -> Result<()>;
+
+    /// Requests made to a remote backend, for metrics; `None` for local backends.
+    fn remote_requests(&self) -> Option<RequestCounts> {
+        None
+    }
 }

@@ -1,6 +1,8 @@
 //! The values that cross the storage interface: block ids, chunk descriptions, totals.
 
+use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 use std::str::FromStr;
 
 use bytes::Bytes;
@@ -130,11 +132,41 @@ pub struct StagedChunk {
     pub(crate) at: StagedAt,
 }
 
+impl StagedChunk {
+    /// A staged chunk of a backend outside this crate, which keeps its own note of where the
+    /// bytes wait and gets it back at commit with [`StagedChunk::backend_note`].
+    pub fn with_note(info: ChunkInfo, note: Arc<dyn Any + Send + Sync>) -> StagedChunk {
+        StagedChunk {
+            info,
+            at: StagedAt::Backend(note),
+        }
+    }
+
+    /// The note given to [`StagedChunk::with_note`], if this chunk was staged that way.
+    pub fn backend_note(&self) -> Option<&Arc<dyn Any + Send + Sync>> {
+        match &self.at {
+            StagedAt::Backend(note) => Some(note),
+            _ => None,
+        }
+    }
+}
+
 /// Where a staged chunk's bytes wait, per backend.
 #[derive(Debug)]
 pub(crate) enum StagedAt {
     Memory(Bytes),
     Pack { pack: u32, offset: u64 },
+    Backend(Arc<dyn Any + Send + Sync>),
+}
+
+/// Requests a remote backend made since it was opened, by kind: what object storage bills.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub put: u64,
+    pub get: u64,
+    pub head: u64,
+    pub list: u64,
+    pub delete: u64,
 }
 
 /// A chunk read back from the store, its payload already checked against [`ChunkInfo::check`].

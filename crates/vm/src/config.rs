@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use aetherflow_engine::{ChunkParams, KdfParams};
+use aetherflow_s3::{S3Location, S3Options};
 
 /// Where blocks are kept.
 #[derive(Debug, Clone)]
@@ -11,6 +12,8 @@ pub enum Backend {
     Memory,
     /// The durable embedded store in this directory (created if missing).
     Local(PathBuf),
+    /// A bucket of S3-compatible object storage, which several servers may share.
+    S3(S3Location, S3Options),
 }
 
 /// Everything a memory manager needs to open.

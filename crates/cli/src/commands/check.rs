@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use aetherflow_vm::{Backend, VirtualMemory, VmConfig};
+use aetherflow_vm::{Backend, S3Options, VirtualMemory, VmConfig};
 use anyhow::Context;
 
 use crate::cli::CheckArgs;
@@ -10,12 +10,25 @@ use crate::exit::{CORRUPT, SUCCESS};
 
 pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
     let seed = crate::seed::resolve(&args.seed)?;
-    let dir = args.data_dir.display().to_string();
-    if !args.data_dir.join("index.redb").exists() {
-        anyhow::bail!("{dir}: no AetherFlow store here (no index.redb)");
-    }
-    let vm = VirtualMemory::open(VmConfig::new(Backend::Local(args.data_dir.clone())))
-        .with_context(|| dir.clone())?;
+    let (dir, backend) = match &args.store {
+        Some(url) => {
+            let location = crate::store_url::s3(url)?;
+            // A check only reads: no garbage collection from here.
+            let options = S3Options {
+                sweep_every: None,
+                ..S3Options::default()
+            };
+            (location.to_string(), Backend::S3(location, options))
+        }
+        None => {
+            let dir = args.data_dir.display().to_string();
+            if !args.data_dir.join("index.redb").exists() {
+                anyhow::bail!("{dir}: no AetherFlow store here (no index.redb)");
+            }
+            (dir, Backend::Local(args.data_dir.clone()))
+        }
+    };
+    let vm = VirtualMemory::open(VmConfig::new(backend)).with_context(|| dir.clone())?;
     let report = vm
         .check(args.read_data, seed.as_ref())
         .with_context(|| dir.clone())?;

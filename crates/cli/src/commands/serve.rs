@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use aetherflow_engine::units::format_bytes;
 use aetherflow_server::{AppState, ServerConfig};
-use aetherflow_vm::{Backend, VirtualMemory, VmConfig};
+use aetherflow_vm::{Backend, S3Options, VirtualMemory, VmConfig};
 use anyhow::Context;
 
 use crate::cli::ServeArgs;
@@ -18,10 +18,25 @@ fn backend(args: &ServeArgs) -> anyhow::Result<Backend> {
     match args.store.as_deref() {
         None => Ok(Backend::Local(args.data_dir.clone())),
         Some("memory://") => Ok(Backend::Memory),
+        Some(url) if url.starts_with("s3://") => {
+            let options = S3Options {
+                grace: args.gc_grace,
+                // Collect a few times per grace period (at least every 10 s, at most every 5 min).
+                sweep_every: Some((args.gc_grace / 3).clamp(
+                    std::time::Duration::from_secs(10),
+                    std::time::Duration::from_secs(300),
+                )),
+                ..S3Options::default()
+            };
+            if args.gc_grace.is_zero() {
+                return Ok(Backend::S3(crate::store_url::s3(url)?, S3Options::single_writer()));
+            }
+            Ok(Backend::S3(crate::store_url::s3(url)?, options))
+        }
         Some(url) => match url.strip_prefix("file://") {
             Some(path) if !path.is_empty() => Ok(Backend::Local(path.into())),
             _ => Err(UsageError(format!(
-                "--store {url}: this build supports file:///DIR and memory://"
+                "--store {url}: expected s3://BUCKET/PREFIX?endpoint=..., file:///DIR or memory://"
             ))
             .into()),
         },
@@ -75,6 +90,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         let store = match &backend {
             Backend::Memory => "in memory (lost when the server stops)".to_string(),
             Backend::Local(dir) => format!("{} (durable)", dir.display()),
+            Backend::S3(location, options) => {
+                format!("{location} (shared; gc grace {})", humantime::format_duration(options.grace))
+            }
         };
         eprintln!(
             "AetherFlow listening on http://{} - store {store}, capacity {}, cache {}{}",

@@ -18,7 +18,7 @@
 
 mod index;
 mod open;
-mod pack;
+pub(crate) mod pack;
 mod reclaim;
 mod verify;
 
@@ -233,7 +233,7 @@ impl BlockStore for LocalStore {
             .iter()
             .filter_map(|s| match s.at {
                 StagedAt::Pack { pack, .. } => Some(pack),
-                StagedAt::Memory(_) => None,
+                StagedAt::Memory(_) | StagedAt::Backend(_) => None,
             })
             .collect();
         if self.options.sync_commits {

@@ -1,0 +1,442 @@
+//! What one server knows of the bucket: blocks and their manifests, packs and their chunks, which
+//! packs are condemned, and from those the reference count of every chunk.
+//!
+//! The bucket is the truth; the catalog is a cache of it, refreshed by listing. This server's
+//! own changes enter at once, other servers' at the next refresh. Every entry remembers the
+//! refresh generation that last saw it, so a listing that started before an entry was added
+//! never removes it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use aetherflow_store::{BlockId, ChunkId, ChunkInfo, Extent, Manifest, Totals};
+
+/// One copy of a chunk: a record in a pack.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub pack: Arc<str>,
+    pub offset: u64,
+    pub info: ChunkInfo,
+}
+
+/// A pack that exists in the bucket.
+#[derive(Debug, Clone)]
+pub struct PackEntry {
+    pub size: u64,
+    /// Last modified in the bucket's clock; unknown for a pack this server just wrote, until
+    /// the next listing.
+    pub modified_ms: Option<i64>,
+    pub chunks: Vec<(u64, ChunkInfo)>,
+    /// For packs this process wrote: the epoch stamp of the upload (see `aetherflow_store::epoch`).
+    pub sealed: Option<u64>,
+    pub condemned: Option<Condemned>,
+    seen: u64,
+}
+
+/// A pack marked for deletion once the grace period has passed and nothing needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Condemned {
+    /// When the mark was written, in the bucket's clock; unknown until listed.
+    pub at_ms: Option<i64>,
+    /// For marks this process wrote: the epoch stamp of the condemnation.
+    pub stamp: Option<u64>,
+    seen: u64,
+}
+
+#[derive(Debug)]
+struct KnownBlock {
+    manifest: Arc<Manifest>,
+    encoded_len: u64,
+    seen: u64,
+}
+
+/// The catalog itself; the store keeps it behind one mutex.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    generation: u64,
+    blocks: BTreeMap<BlockId, KnownBlock>,
+    /// Blocks whose manifest object could not be decoded: their chunks are unknown, so nothing
+    /// may be deleted while one exists.
+    pub damaged_blocks: BTreeMap<BlockId, String>,
+    /// Number of blocks referring to each chunk (each block counted once).
+    refs: HashMap<ChunkId, u32>,
+    homes: HashMap<ChunkId, Vec<Home>>,
+    packs: BTreeMap<Arc<str>, PackEntry>,
+    /// Packs whose index could not be read, with why.
+    pub bad_packs: BTreeMap<String, String>,
+    live: Totals,
+    manifest_bytes: u64,
+    pack_bytes: u64,
+}
+
+/// Distinct chunks of a manifest with their lengths.
+fn distinct_chunks(m: &Manifest) -> impl Iterator<Item = (ChunkId, u32, u32)> + '_ {
+    let mut seen = HashSet::new();
+    m.extents.iter().filter_map(move |e| match e {
+        Extent::Chunk {
+            id,
+            raw_len,
+            stored_len,
+        } if seen.insert(*id) => Some((*id, *raw_len, *stored_len)),
+        _ => None,
+    })
+}
+
+impl Catalog {
+    /// Starts a refresh: entries seen from now on carry a newer generation.
+    pub fn begin_refresh(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    // ----- blocks -----
+
+    pub fn block(&self, id: BlockId) -> Option<Arc<Manifest>> {
+        self.blocks.get(&id).map(|b| Arc::clone(&b.manifest))
+    }
+
+    pub fn has_block(&self, id: BlockId) -> bool {
+        self.blocks.contains_key(&id)
+    }
+
+    pub fn block_ids(&self) -> Vec<BlockId> {
+        self.blocks.keys().copied().collect()
+    }
+
+    /// Records a block; `false` if it was already known (then only its generation moves).
+    pub fn add_block(&mut self, id: BlockId, manifest: Arc<Manifest>, encoded_len: u64) -> bool {
+        self.damaged_blocks.remove(&id);
+        if let Some(b) = self.blocks.get_mut(&id) {
+            b.seen = self.generation;
+            return false;
+        }
+        for (chunk, raw, stored) in distinct_chunks(&manifest) {
+            let n = self.refs.entry(chunk).or_default();
+            *n += 1;
+            if *n == 1 {
+                self.live.chunks += 1;
+                self.live.unique += u64::from(raw);
+                self.live.stored += u64::from(stored);
+            }
+        }
+        self.live.blocks += 1;
+        self.live.logical += manifest.size;
+        self.live.zero += manifest.zero_bytes();
+        self.manifest_bytes += encoded_len;
+        self.blocks.insert(
+            id,
+            KnownBlock {
+                manifest,
+                encoded_len,
+                seen: self.generation,
+            },
+        );
+        true
+    }
+
+    pub fn remove_block(&mut self, id: BlockId) -> Option<Arc<Manifest>> {
+        self.damaged_blocks.remove(&id);
+        let b = self.blocks.remove(&id)?;
+        for (chunk, raw, stored) in distinct_chunks(&b.manifest) {
+            if let Some(n) = self.refs.get_mut(&chunk) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refs.remove(&chunk);
+                    self.live.chunks -= 1;
+                    self.live.unique -= u64::from(raw);
+                    self.live.stored -= u64::from(stored);
+                }
+            }
+        }
+        self.live.blocks -= 1;
+        self.live.logical -= b.manifest.size;
+        self.live.zero -= b.manifest.zero_bytes();
+        self.manifest_bytes -= b.encoded_len;
+        Some(b.manifest)
+    }
+
+    /// After a complete listing of block objects started at `generation`: forgets blocks that
+    /// are gone (freed by another server), unless added since.
+    pub fn confirm_blocks(&mut self, listed: &HashSet<BlockId>, generation: u64) {
+        let gone: Vec<BlockId> = self
+            .blocks
+            .iter()
+            .filter(|(id, b)| b.seen < generation && !listed.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.remove_block(id);
+        }
+        self.damaged_blocks.retain(|id, _| listed.contains(id));
+    }
+
+    /// Marks a listed block as still there.
+    pub fn saw_block(&mut self, id: BlockId) -> bool {
+        match self.blocks.get_mut(&id) {
+            Some(b) => {
+                b.seen = self.generation;
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ----- chunks -----
+
+    /// Whether some block refers to the chunk.
+    pub fn is_live(&self, id: &ChunkId) -> bool {
+        self.refs.contains_key(id)
+    }
+
+    /// The chunk's description if a block refers to it and a pack that is not condemned
+    /// holds it: what dedup may rely on.
+    pub fn find(&self, id: &ChunkId) -> Option<ChunkInfo> {
+        if !self.is_live(id) {
+            return None;
+        }
+        self.usable_home(id).map(|h| h.info)
+    }
+
+    /// A copy of the chunk in a pack that is not condemned.
+    pub fn usable_home(&self, id: &ChunkId) -> Option<&Home> {
+        self.homes.get(id)?.iter().find(|h| {
+            self.packs
+                .get(&h.pack)
+                .is_some_and(|p| p.condemned.is_none())
+        })
+    }
+
+    /// Every known copy, those in packs that are not condemned first.
+    pub fn homes(&self, id: &ChunkId) -> Vec<Home> {
+        let mut homes = self.homes.get(id).cloned().unwrap_or_default();
+        homes.sort_by_key(|h| self.packs.get(&h.pack).map(|p| p.condemned.is_some()));
+        homes
+    }
+
+    pub fn has_home(&self, id: &ChunkId) -> bool {
+        self.homes.get(id).is_some_and(|h| !h.is_empty())
+    }
+
+    /// The copy that counts as live for compaction: in the first pack (by name) that is not
+    /// condemned. Other copies are dead weight in their packs.
+    pub fn keeper(&self, id: &ChunkId) -> Option<Arc<str>> {
+        self.homes
+            .get(id)?
+            .iter()
+            .filter(|h| {
+                self.packs
+                    .get(&h.pack)
+                    .is_some_and(|p| p.condemned.is_none())
+            })
+            .map(|h| Arc::clone(&h.pack))
+            .min()
+    }
+
+    // ----- packs -----
+
+    pub fn pack(&self, name: &str) -> Option<&PackEntry> {
+        self.packs.get(name)
+    }
+
+    pub fn pack_names(&self) -> Vec<Arc<str>> {
+        self.packs.keys().cloned().collect()
+    }
+
+    /// Records a pack and its chunks (or, if known, that it was listed again).
+    pub fn add_pack(
+        &mut self,
+        name: &str,
+        size: u64,
+        modified_ms: Option<i64>,
+        chunks: Vec<(u64, ChunkInfo)>,
+        sealed: Option<u64>,
+    ) {
+        if let Some(p) = self.packs.get_mut(name) {
+            p.seen = self.generation;
+            if modified_ms.is_some() {
+                p.modified_ms = modified_ms;
+            }
+            return;
+        }
+        let name: Arc<str> = Arc::from(name);
+        for (offset, info) in &chunks {
+            self.homes.entry(info.id).or_default().push(Home {
+                pack: Arc::clone(&name),
+                offset: *offset,
+                info: *info,
+            });
+        }
+        self.pack_bytes += size;
+        self.bad_packs.remove(&*name);
+        self.packs.insert(
+            name,
+            PackEntry {
+                size,
+                modified_ms,
+                chunks,
+                sealed,
+                condemned: None,
+                seen: self.generation,
+            },
+        );
+    }
+
+    /// Marks a listed pack as still there; `false` if it is not known yet.
+    pub fn saw_pack(&mut self, name: &str, modified_ms: i64) -> bool {
+        match self.packs.get_mut(name) {
+            Some(p) => {
+                p.seen = self.generation;
+                p.modified_ms = Some(modified_ms);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn remove_pack(&mut self, name: &str) {
+        let Some((name, p)) = self.packs.remove_entry(name) else {
+            return;
+        };
+        for (_, info) in &p.chunks {
+            if let Some(homes) = self.homes.get_mut(&info.id) {
+                homes.retain(|h| h.pack != name);
+                if homes.is_empty() {
+                    self.homes.remove(&info.id);
+                }
+            }
+        }
+        self.pack_bytes -= p.size;
+    }
+
+    /// After a complete listing of packs started at `generation`: forgets packs that are gone.
+    pub fn confirm_packs(&mut self, listed: &HashSet<&str>, generation: u64) {
+        let gone: Vec<Arc<str>> = self
+            .packs
+            .iter()
+            .filter(|(n, p)| p.seen < generation && !listed.contains(&***n))
+            .map(|(n, _)| Arc::clone(n))
+            .collect();
+        for name in gone {
+            self.remove_pack(&name);
+        }
+        self.bad_packs.retain(|n, _| listed.contains(n.as_str()));
+    }
+
+    pub fn condemn(&mut self, name: &str, at_ms: Option<i64>, stamp: Option<u64>) {
+        let generation = self.generation;
+        if let Some(p) = self.packs.get_mut(name) {
+            match &mut p.condemned {
+                Some(c) => {
+                    c.seen = generation;
+                    if at_ms.is_some() {
+                        c.at_ms = at_ms;
+                    }
+                }
+                None => {
+                    p.condemned = Some(Condemned {
+                        at_ms,
+                        stamp,
+                        seen: generation,
+                    })
+                }
+            }
+        }
+    }
+
+    pub fn pardon(&mut self, name: &str) {
+        if let Some(p) = self.packs.get_mut(name) {
+            p.condemned = None;
+        }
+    }
+
+    /// After a complete listing of condemnation marks started at `generation`.
+    pub fn confirm_condemned(&mut self, listed: &HashSet<&str>, generation: u64) {
+        for (name, p) in self.packs.iter_mut() {
+            if p.condemned.is_some_and(|c| c.seen < generation) && !listed.contains(&**name) {
+                p.condemned = None;
+            }
+        }
+    }
+
+    // ----- figures -----
+
+    /// Live figures, with `physical` = packs + manifests + `other_bytes`.
+    pub fn totals(&self, other_bytes: u64) -> Totals {
+        Totals {
+            physical: self.pack_bytes + self.manifest_bytes + other_bytes,
+            ..self.live
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aetherflow_store::{Checksum, Codec};
+
+    fn info(n: u8) -> ChunkInfo {
+        ChunkInfo {
+            id: ChunkId::plain(&[n]),
+            codec: Codec::Raw,
+            raw_len: 100,
+            stored_len: 100,
+            check: [0; 16],
+        }
+    }
+
+    fn manifest(chunks: &[u8]) -> Arc<Manifest> {
+        Arc::new(Manifest {
+            size: 100 * chunks.len() as u64,
+            created: 0,
+            checksum: Checksum::Plain([0; 32]),
+            seed: None,
+            extents: chunks
+                .iter()
+                .map(|n| Extent::Chunk {
+                    id: info(*n).id,
+                    raw_len: 100,
+                    stored_len: 100,
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn references_follow_blocks() {
+        let mut c = Catalog::default();
+        let (a, b) = (BlockId::random(), BlockId::random());
+        c.add_block(a, manifest(&[1, 2, 2]), 10);
+        c.add_block(b, manifest(&[2]), 10);
+        assert_eq!((c.live.chunks, c.live.unique, c.live.blocks), (2, 200, 2));
+        c.remove_block(a);
+        assert!(!c.is_live(&info(1).id) && c.is_live(&info(2).id));
+        assert_eq!(c.totals(0).chunks, 1);
+    }
+
+    #[test]
+    fn a_listing_older_than_an_entry_does_not_remove_it() {
+        let mut c = Catalog::default();
+        let generation = c.begin_refresh();
+        c.add_pack("old", 10, Some(1), vec![(8, info(1))], None);
+        let listing = c.begin_refresh(); // a listing starts, then this server writes a pack
+        c.add_pack("mine", 10, None, vec![(8, info(2))], Some(0));
+        c.confirm_packs(&HashSet::new(), listing);
+        assert!(c.pack("mine").is_some(), "written after the listing began");
+        assert!(c.pack("old").is_none(), "gone from a listing that began after it");
+        assert!(generation < listing);
+    }
+
+    #[test]
+    fn condemned_copies_are_not_found_and_not_kept() {
+        let mut c = Catalog::default();
+        c.add_block(BlockId::random(), manifest(&[1]), 10);
+        c.add_pack("p1", 10, Some(1), vec![(8, info(1))], None);
+        c.add_pack("p2", 10, Some(1), vec![(8, info(1))], None);
+        assert_eq!(c.keeper(&info(1).id).as_deref(), Some("p1"));
+        c.condemn("p1", None, None);
+        assert_eq!(c.keeper(&info(1).id).as_deref(), Some("p2"));
+        c.condemn("p2", None, None);
+        assert_eq!(c.find(&info(1).id), None);
+        assert!(c.has_home(&info(1).id), "the bytes are still there");
+    }
+}

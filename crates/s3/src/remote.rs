@@ -1,0 +1,327 @@
+//! The bucket, spoken to synchronously: `object_store` on a small runtime of its own, every
+//! request counted, every failure turned into a store error that says what to do.
+//!
+//! The store's interface is synchronous (the memory manager calls it from worker threads), so
+//! each request is spawned onto this runtime and waited for over a channel. That works from any
+//! thread, including an async one, where `block_on` would panic.
+
+use std::future::Future;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aetherflow_store::{Error, RequestCounts, Result};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path;
+use object_store::{
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig,
+};
+
+use crate::location::S3Location;
+
+/// One object as listed.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Key relative to the store's prefix.
+    pub key: String,
+    pub size: u64,
+    /// Last modification, in the object store's clock (milliseconds since the epoch).
+    pub modified_ms: i64,
+}
+
+/// Request timeouts and retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// One attempt of one request.
+    pub request: Duration,
+    /// All attempts of one request together; after this the request fails as unavailable.
+    pub retry: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request: Duration::from_secs(30),
+            retry: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    put: AtomicU64,
+    get: AtomicU64,
+    head: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+}
+
+/// A bucket and prefix.
+#[derive(Debug)]
+pub struct Remote {
+    bucket: Arc<dyn ObjectStore>,
+    prefix: String,
+    runtime: Option<tokio::runtime::Runtime>,
+    counts: Counts,
+    pub location: S3Location,
+}
+
+impl Remote {
+    /// Connects (lazily: the first request tells whether the bucket answers).
+    pub fn connect(location: &S3Location, timeouts: Timeouts) -> Result<Remote> {
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&location.bucket)
+            .with_virtual_hosted_style_request(false)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_retry(RetryConfig {
+                max_retries: 4,
+                retry_timeout: timeouts.retry,
+                ..RetryConfig::default()
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(location.is_plain_http())
+                    .with_timeout(timeouts.request)
+                    .with_connect_timeout(Duration::from_secs(3)),
+            );
+        if let Some(endpoint) = &location.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let region = location
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".into());
+        builder = builder.with_region(region);
+        let bucket = builder
+            .build()
+            .map_err(|e| Error::Unavailable(format!("configuring {location}: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("aetherflow-s3")
+            .enable_all()
+            .build()?;
+        let prefix = if location.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", location.prefix)
+        };
+        Ok(Remote {
+            bucket: Arc::new(bucket),
+            prefix,
+            runtime: Some(runtime),
+            counts: Counts::default(),
+            location: location.clone(),
+        })
+    }
+
+    /// Requests made so far.
+    pub fn counts(&self) -> RequestCounts {
+        let c = &self.counts;
+        RequestCounts {
+            put: c.put.load(Ordering::Relaxed),
+            get: c.get.load(Ordering::Relaxed),
+            head: c.head.load(Ordering::Relaxed),
+            list: c.list.load(Ordering::Relaxed),
+            delete: c.delete.load(Ordering::Relaxed),
+        }
+    }
+
+    fn path(&self, key: &str) -> Path {
+        Path::from(format!("{}{key}", self.prefix))
+    }
+
+    fn run<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime
+            .as_ref()
+            .expect("runtime lives as long as the remote")
+            .spawn(async move {
+                let _ = tx.send(fut.await);
+            });
+        rx.recv().expect("the object store runtime stopped")
+    }
+
+    /// Writes an object; with `create`, only if no object has the key
+    /// ([`Error::AlreadyExists`] otherwise).
+    pub fn put(&self, key: &str, body: Bytes, create: bool) -> Result<()> {
+        self.counts.put.fetch_add(1, Ordering::Relaxed);
+        let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
+        let options = PutOptions {
+            mode: if create {
+                PutMode::Create
+            } else {
+                PutMode::Overwrite
+            },
+            ..PutOptions::default()
+        };
+        let r = self.run(async move {
+            bucket
+                .put_opts(&path, PutPayload::from_bytes(body), options)
+                .await
+        });
+        r.map(|_| ()).map_err(|e| self.error("writing", key, e))
+    }
+
+    /// A whole object.
+    pub fn get(&self, key: &str) -> Result<Bytes> {
+        self.get_opts(key, None)
+    }
+
+    /// Bytes `range` of an object (fewer at its end).
+    pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        self.get_opts(key, Some(GetRange::Bounded(range)))
+    }
+
+    /// The last `n` bytes of an object (all of it if shorter), with the object's size.
+    pub fn get_tail(&self, key: &str, n: u64) -> Result<(Bytes, u64)> {
+        self.counts.get.fetch_add(1, Ordering::Relaxed);
+        let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
+        let options = GetOptions {
+            range: Some(GetRange::Suffix(n)),
+            ..GetOptions::default()
+        };
+        let r = self.run(async move {
+            let got = bucket.get_opts(&path, options).await?;
+            let size = got.meta.size;
+            Ok::<_, object_store::Error>((got.bytes().await?, size))
+        });
+        r.map_err(|e| self.error("reading", key, e))
+    }
+
+    fn get_opts(&self, key: &str, range: Option<GetRange>) -> Result<Bytes> {
+        self.counts.get.fetch_add(1, Ordering::Relaxed);
+        let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
+        let options = GetOptions {
+            range,
+            ..GetOptions::default()
+        };
+        let r = self.run(async move { bucket.get_opts(&path, options).await?.bytes().await });
+        r.map_err(|e| self.error("reading", key, e))
+    }
+
+    /// Many whole objects, up to 32 requests in flight; results in the order of `keys`.
+    pub fn get_many(&self, keys: &[String]) -> Vec<Result<Bytes>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        self.counts
+            .get
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let bucket = Arc::clone(&self.bucket);
+        let paths: Vec<Path> = keys.iter().map(|k| self.path(k)).collect();
+        let results = self.run(async move {
+            futures_util::stream::iter(paths)
+                .map(|path| {
+                    let bucket = Arc::clone(&bucket);
+                    async move { bucket.get(&path).await?.bytes().await }
+                })
+                .buffered(32)
+                .collect::<Vec<_>>()
+                .await
+        });
+        results
+            .into_iter()
+            .zip(keys)
+            .map(|(r, key)| r.map_err(|e| self.error("reading", key, e)))
+            .collect()
+    }
+
+    /// An object's size and modification time.
+    pub fn head(&self, key: &str) -> Result<Listed> {
+        self.counts.head.fetch_add(1, Ordering::Relaxed);
+        let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
+        let r = self.run(async move { bucket.head(&path).await });
+        let meta = r.map_err(|e| self.error("looking up", key, e))?;
+        Ok(Listed {
+            key: key.to_string(),
+            size: meta.size,
+            modified_ms: meta.last_modified.timestamp_millis(),
+        })
+    }
+
+    /// Deletes an object; one that is already gone is no error.
+    pub fn delete(&self, key: &str) -> Result<()> {
+        self.counts.delete.fetch_add(1, Ordering::Relaxed);
+        let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
+        match self.run(async move { bucket.delete(&path).await }) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("deleting", key, e)),
+        }
+    }
+
+    /// Every object whose key starts with `dir` (a folder such as `packs/`), in key order. A
+    /// failure of any page fails the whole listing: a partial listing never passes for a
+    /// complete one.
+    pub fn list(&self, dir: &str) -> Result<Vec<Listed>> {
+        let (bucket, path) = (Arc::clone(&self.bucket), self.path(dir));
+        let r = self.run(async move {
+            let mut stream = bucket.list(Some(&path));
+            let mut out = Vec::new();
+            while let Some(meta) = stream.next().await {
+                out.push(meta?);
+            }
+            Ok::<_, object_store::Error>(out)
+        });
+        let metas = r.map_err(|e| self.error("listing", dir, e))?;
+        // One request per page of up to 1,000 keys.
+        self.counts
+            .list
+            .fetch_add(1 + metas.len() as u64 / 1000, Ordering::Relaxed);
+        let mut out: Vec<Listed> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let key = m.location.as_ref().strip_prefix(&self.prefix)?.to_string();
+                Some(Listed {
+                    key,
+                    size: m.size,
+                    modified_ms: m.last_modified.timestamp_millis(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// The one mapping from object store failures to store errors.
+    fn error(&self, doing: &str, key: &str, e: object_store::Error) -> Error {
+        use object_store::Error as E;
+        let what = format!("{doing} {}{key} in bucket {}", self.prefix, self.location.bucket);
+        let text = e.to_string();
+        if text.contains("NoSuchBucket") {
+            return Error::Unavailable(format!(
+                "bucket {} does not exist at {}; create it first",
+                self.location.bucket,
+                self.location.endpoint.as_deref().unwrap_or("AWS")
+            ));
+        }
+        match e {
+            E::NotFound { .. } => Error::NotFound(format!("object {}{key}", self.prefix)),
+            E::AlreadyExists { .. } | E::Precondition { .. } => {
+                Error::AlreadyExists(format!("object {}{key}", self.prefix))
+            }
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Unavailable(format!(
+                "{what}: access denied; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({e})"
+            )),
+            _ if text.contains("Range Not Satisfiable") || text.contains("InvalidRange") => {
+                Error::Corrupt(format!("{what}: the object is shorter than its index says"))
+            }
+            _ => Error::Unavailable(format!("{what}: {text}")),
+        }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which panics inside another runtime (the
+        // server's); letting them go in the background is safe anywhere.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Garbage collection that is safe while other servers allocate from the same bucket.
+//!
+//! No server knows what the others are about to commit, so nothing is deleted the moment it
+//! looks unused. A pass works in two phases, a grace period apart:
+//!
+//! 1. **Condemn.** A pack older than the grace period whose chunks no block refers to gets a
+//!    mark `gc/condemned/PACK`. A pack mostly dead is first compacted: its live chunks are
+//!    copied into a new pack, then it is condemned.
+//! 2. **Delete.** A pack condemned at least a grace period ago is deleted, unless a fresh
+//!    listing of every block (started after the grace period ran out) finds a block that
+//!    needs a chunk only it holds; then the mark is lifted instead.
+//!
+//! Commits keep their side of the bargain: before a manifest that relies on chunks found
+//! earlier is written, the committing server looks at marks no older than a quarter of the
+//! grace period, and copies any chunk whose only copies are condemned into a new pack (a
+//! condemned pack is still there for a whole grace period). A commit that did not see a mark
+//! therefore lands before the delete phase lists the blocks, and is seen by it. Inside one
+//! process, epochs (`aetherflow_store::epoch`) give the same guarantee without waiting.
+//!
+//! A listing that fails aborts the pass: an error never passes for an empty bucket. A block
+//! whose manifest cannot be read stops collection altogether, since what it refers to is
+//! unknown.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aetherflow_store::{ChunkId, ChunkInfo, Error, Manifest, Result};
+use bytes::Bytes;
+
+use crate::keys;
+use crate::pack;
+use crate::store::Inner;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Packs marked for deletion.
+    pub condemned: u64,
+    /// Of those, packs whose live chunks were first copied out.
+    pub compacted: u64,
+    /// Packs deleted.
+    pub deleted: u64,
+    pub bytes_deleted: u64,
+    /// Condemned packs found still needed, and kept.
+    pub pardoned: u64,
+}
+
+/// What phase 1 decided for one pack.
+enum Verdict {
+    Dead,
+    Compact(Vec<(u64, ChunkInfo)>),
+}
+
+impl Inner {
+    pub(crate) fn sweep(&self) -> Result<SweepReport> {
+        let _one = self.sweeping.lock().expect("sweep lock");
+        // The clock is read before the listings, so a listing used to delete always began
+        // after the grace period of what it deletes ran out.
+        let now = if self.options.grace.is_zero() {
+            None
+        } else {
+            Some(self.bucket_now()?)
+        };
+        {
+            let mut fresh = self.fresh.lock().expect("freshness lock");
+            let started = Instant::now();
+            self.refresh_all()?;
+            fresh.all = Some(started);
+            fresh.condemned = Some(started);
+        }
+        let damaged = self.catalog.lock().expect("catalog lock").damaged_blocks.len();
+        if damaged > 0 {
+            return Err(Error::Corrupt(format!(
+                "{damaged} block manifests cannot be read; nothing is collected until `check` \
+                 names them and they are freed"
+            )));
+        }
+        let mut report = SweepReport::default();
+        self.condemn_garbage(now, &mut report)?;
+        self.delete_condemned(now, &mut report)?;
+        Ok(report)
+    }
+
+    /// Whether something the bucket stamped `at_ms` is a grace period old at `now` (with a
+    /// second of slack for clocks that keep whole seconds). Without a grace period, always.
+    fn past_grace(&self, at_ms: Option<i64>, now: Option<i64>) -> bool {
+        let Some(now) = now else { return true };
+        let grace = self.options.grace.as_millis() as i64;
+        at_ms.is_some_and(|at| at + grace + 1000 <= now)
+    }
+
+    /// The bucket's clock: the modification time of an object written now.
+    fn bucket_now(&self) -> Result<i64> {
+        let key = keys::clock(&self.writer.writer_id);
+        self.remote.put(&key, Bytes::new(), false)?;
+        Ok(self.remote.head(&key)?.modified_ms)
+    }
+
+    fn condemn_garbage(&self, now: Option<i64>, report: &mut SweepReport) -> Result<()> {
+        let mut verdicts = Vec::new();
+        {
+            let catalog = self.catalog.lock().expect("catalog lock");
+            for name in catalog.pack_names() {
+                let p = catalog.pack(&name).expect("listed");
+                if p.condemned.is_some()
+                    || p.sealed.is_some_and(|s| !self.gate.is_settled(s))
+                    || !self.past_grace(p.modified_ms, now)
+                {
+                    continue;
+                }
+                let mut seen = HashSet::new();
+                let live: Vec<(u64, ChunkInfo)> = p
+                    .chunks
+                    .iter()
+                    .filter(|(_, i)| {
+                        catalog.is_live(&i.id)
+                            && catalog.keeper(&i.id).as_deref() == Some(&*name)
+                            && seen.insert(i.id)
+                    })
+                    .copied()
+                    .collect();
+                let live_bytes: u64 = live.iter().map(|(_, i)| pack::record_len(i)).sum();
+                if live.is_empty() {
+                    verdicts.push((name, Verdict::Dead));
+                } else if (live_bytes as f64) < self.options.compact_below * p.size as f64 {
+                    verdicts.push((name, Verdict::Compact(live)));
+                }
+            }
+        }
+        for (name, verdict) in verdicts {
+            if let Verdict::Compact(live) = verdict {
+                if !self.copy_out(&name, &live)? {
+                    continue;
+                }
+                report.compacted += 1;
+            }
+            self.condemn(&name)?;
+            report.condemned += 1;
+        }
+        Ok(())
+    }
+
+    /// Copies a pack's live chunks into a new pack; `false` (and nothing copied) if the pack
+    /// is gone or one of them fails its check, so that a damaged chunk is never dropped.
+    fn copy_out(&self, name: &str, live: &[(u64, ChunkInfo)]) -> Result<bool> {
+        let bytes = match self.remote.get(&keys::pack(name)) {
+            Ok(b) => b,
+            Err(Error::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut copies = Vec::with_capacity(live.len());
+        for (offset, info) in live {
+            let end = (*offset + pack::record_len(info)).min(bytes.len() as u64);
+            let record = bytes.slice(*offset as usize..end as usize);
+            match pack::check_record(name, *offset, record, info) {
+                Ok(payload) => copies.push((*info, payload)),
+                Err(e) => {
+                    tracing::error!("not compacting pack {name}: {e}");
+                    return Ok(false);
+                }
+            }
+        }
+        self.write_now(&copies)?;
+        Ok(true)
+    }
+
+    fn condemn(&self, name: &str) -> Result<()> {
+        self.gate.record(|stamp| {
+            self.remote
+                .put(&keys::condemned(name), Bytes::new(), false)?;
+            self.catalog
+                .lock()
+                .expect("catalog lock")
+                .condemn(name, None, Some(stamp));
+            Ok(())
+        })
+    }
+
+    fn delete_condemned(&self, now: Option<i64>, report: &mut SweepReport) -> Result<()> {
+        let due: Vec<Arc<str>> = {
+            let catalog = self.catalog.lock().expect("catalog lock");
+            catalog
+                .pack_names()
+                .into_iter()
+                .filter(|name| {
+                    let c = catalog.pack(name).and_then(|p| p.condemned);
+                    c.is_some_and(|c| {
+                        c.stamp.is_none_or(|s| self.gate.is_settled(s))
+                            && self.past_grace(c.at_ms, now)
+                    })
+                })
+                .collect()
+        };
+        for name in due {
+            let (needed, size) = {
+                let catalog = self.catalog.lock().expect("catalog lock");
+                let p = catalog.pack(&name).expect("listed");
+                let needed = p
+                    .chunks
+                    .iter()
+                    .any(|(_, i)| catalog.is_live(&i.id) && catalog.usable_home(&i.id).is_none());
+                (needed, p.size)
+            };
+            if needed {
+                tracing::info!("pack {name} is needed after all; its condemnation is lifted");
+                self.remote.delete(&keys::condemned(&name))?;
+                self.catalog.lock().expect("catalog lock").pardon(&name);
+                report.pardoned += 1;
+                continue;
+            }
+            self.remote.delete(&keys::pack(&name))?;
+            self.remote.delete(&keys::condemned(&name))?;
+            self.catalog.lock().expect("catalog lock").remove_pack(&name);
+            report.deleted += 1;
+            report.bytes_deleted += size;
+        }
+        Ok(())
+    }
+
+    /// Before a commit: copies every chunk of `manifest` whose only copies are condemned into
+    /// a new pack, so the block never depends on a pack about to go.
+    pub(crate) fn rescue(&self, manifest: &Manifest) -> Result<()> {
+        let missing: Vec<ChunkId> = {
+            let catalog = self.catalog.lock().expect("catalog lock");
+            let mut seen = HashSet::new();
+            manifest
+                .chunk_refs()
+                .filter(|c| seen.insert(**c) && catalog.usable_home(c).is_none())
+                .copied()
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut copies = Vec::with_capacity(missing.len());
+        for c in missing {
+            let got = self.read_chunk(&c).map_err(|e| match e {
+                Error::Corrupt(why) | Error::NotFound(why) => Error::Unavailable(format!(
+                    "chunk {c:?} was collected while this allocation ran; allocate again ({why})"
+                )),
+                other => other,
+            })?;
+            copies.push((got.info, got.payload));
+        }
+        self.write_now(&copies)
+    }
+}

@@ -1,0 +1,89 @@
+//! `verify`: every block's chunks accounted for, and with `read_data` every live chunk's bytes
+//! read back from the bucket and checked.
+
+use std::collections::{HashMap, HashSet};
+
+use aetherflow_store::{ChunkId, Damage, Error, Result};
+
+use crate::keys;
+use crate::pack;
+use crate::store::Inner;
+
+pub(crate) fn verify(inner: &Inner, read_data: bool, report: &mut dyn FnMut(Damage)) -> Result<()> {
+    inner.refresh_all()?;
+    let mut packs = Vec::new();
+    {
+        let catalog = inner.catalog.lock().expect("catalog lock");
+        for (id, why) in &catalog.damaged_blocks {
+            report(Damage::Block {
+                id: *id,
+                what: why.clone(),
+            });
+        }
+        for (name, why) in &catalog.bad_packs {
+            report(Damage::Index {
+                what: format!("pack {name}: {why}"),
+            });
+        }
+        for id in catalog.block_ids() {
+            let manifest = catalog.block(id).expect("listed");
+            let homeless = manifest
+                .chunk_refs()
+                .find(|c| !catalog.has_home(c))
+                .copied();
+            if let Some(c) = homeless {
+                report(Damage::Block {
+                    id,
+                    what: format!("refers to chunk {c:?}, which no pack in the bucket holds"),
+                });
+            }
+        }
+        if read_data {
+            for name in catalog.pack_names() {
+                let p = catalog.pack(&name).expect("listed");
+                let live: Vec<_> = p
+                    .chunks
+                    .iter()
+                    .filter(|(_, i)| catalog.is_live(&i.id))
+                    .copied()
+                    .collect();
+                if !live.is_empty() {
+                    packs.push((name, live));
+                }
+            }
+        }
+    }
+    let mut good: HashSet<ChunkId> = HashSet::new();
+    let mut bad: HashMap<ChunkId, String> = HashMap::new();
+    for (name, live) in packs {
+        let bytes = match inner.remote.get(&keys::pack(&name)) {
+            Ok(b) => b,
+            Err(Error::NotFound(_)) => {
+                for (_, info) in &live {
+                    bad.entry(info.id)
+                        .or_insert_with(|| format!("pack {name} is gone from the bucket"));
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for (offset, info) in live {
+            let end = (offset + pack::record_len(&info)).min(bytes.len() as u64);
+            let record = bytes.slice((offset as usize).min(end as usize)..end as usize);
+            match pack::check_record(&name, offset, record, &info) {
+                Ok(_) => {
+                    good.insert(info.id);
+                }
+                Err(e) => {
+                    bad.entry(info.id).or_insert_with(|| e.to_string());
+                }
+            }
+        }
+    }
+    for (id, what) in bad {
+        if !good.contains(&id) {
+            report(Damage::Chunk { id, what });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Damage and mistakes: objects altered or cut in the bucket, a missing bucket.
+
+use aetherflow_s3::remote::Remote;
+use aetherflow_s3::{S3Location, S3Store};
+use aetherflow_store::{BlockStore, Damage, Error};
+use bytes::Bytes;
+
+use crate::harness::{chunk, endpoint, fresh_location, open, put, quick_timeouts, single_writer};
+
+fn pack_names(remote: &Remote) -> Vec<String> {
+    remote
+        .list("packs/")
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect()
+}
+
+#[test]
+fn altered_and_cut_packs_are_corrupt_and_named() {
+    let location = fresh_location();
+    let store = open(&location, single_writer());
+    let remote = Remote::connect(&location, quick_timeouts()).unwrap();
+    let (a, b) = (chunk(1, 5000), chunk(2, 5000));
+    let block_a = put(&store, &[&a]);
+    let packs_before = pack_names(&remote);
+    let block_b = put(&store, &[&b]);
+    let pack_a = packs_before[0].clone();
+    let pack_b = pack_names(&remote)
+        .into_iter()
+        .find(|p| *p != pack_a)
+        .unwrap();
+
+    // One bit of a's payload flipped; b's pack cut in half.
+    let mut bytes = remote.get(&pack_a).unwrap().to_vec();
+    bytes[8 + 61 + 100] ^= 1;
+    remote.put(&pack_a, Bytes::from(bytes), false).unwrap();
+    let cut = remote.get(&pack_b).unwrap();
+    remote.put(&pack_b, cut.slice(..cut.len() / 2), false).unwrap();
+
+    for c in [&a, &b] {
+        let err = store.chunk(&c.id).unwrap_err();
+        assert!(err.is_corrupt(), "{err}");
+    }
+    let mut damage = Vec::new();
+    store.verify(true, &mut |d| damage.push(d)).unwrap();
+    for c in [&a, &b] {
+        assert!(
+            damage.iter().any(|d| matches!(d, Damage::Chunk { id, .. } if *id == c.id)),
+            "{damage:?}"
+        );
+    }
+
+    // A server opening the bucket now cannot read b's index at all: it names the pack, and
+    // the block that needs it.
+    let fresh = open(&location, single_writer());
+    let mut damage = Vec::new();
+    fresh.verify(false, &mut |d| damage.push(d)).unwrap();
+    assert!(
+        damage.iter().any(|d| matches!(d, Damage::Index { what } if what.contains(&pack_b[6..]))),
+        "{damage:?}"
+    );
+    assert!(
+        damage.iter().any(|d| matches!(d, Damage::Block { id, .. } if *id == block_b)),
+        "{damage:?}"
+    );
+    assert!(fresh.chunk(&b.id).unwrap_err().is_corrupt());
+    assert!(fresh.manifest(block_a).is_ok(), "the manifests themselves are fine");
+}
+
+#[test]
+fn an_altered_manifest_is_corrupt_and_stops_collection() {
+    let location = fresh_location();
+    let store = open(&location, single_writer());
+    let remote = Remote::connect(&location, quick_timeouts()).unwrap();
+    let c = chunk(3, 3000);
+    let id = put(&store, &[&c]);
+    let key = format!("blocks/{id}");
+    let mut body = remote.get(&key).unwrap().to_vec();
+    let last = body.len() - 1;
+    body[last] ^= 0xFF;
+    remote.put(&key, Bytes::from(body), false).unwrap();
+
+    assert!(store.manifest(id).unwrap_err().is_corrupt());
+    let fresh = open(&location, single_writer());
+    let mut damage = Vec::new();
+    fresh.verify(false, &mut |d| damage.push(d)).unwrap();
+    assert!(
+        damage.iter().any(|d| matches!(d, Damage::Block { id: b, .. } if *b == id)),
+        "{damage:?}"
+    );
+    let err = fresh.sweep().unwrap_err();
+    assert!(err.to_string().contains("cannot be read"), "{err}");
+    assert_eq!(fresh.sweep().unwrap_err().to_string(), err.to_string());
+    assert!(remote.get(&pack_names(&remote)[0]).is_ok(), "nothing was deleted");
+}
+
+#[test]
+fn a_missing_bucket_is_a_clear_error_at_open() {
+    let location: S3Location = format!("s3://no-such-bucket-{}/p?endpoint={}", uuid::Uuid::new_v4().simple(), endpoint())
+        .parse()
+        .unwrap();
+    let err = S3Store::open(&location, single_writer()).unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+#[test]
+fn an_unreachable_server_is_unavailable_not_missing() {
+    let location: S3Location = "s3://b/p?endpoint=http://127.0.0.1:9".parse().unwrap();
+    let err = S3Store::open(&location, single_writer()).unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+}

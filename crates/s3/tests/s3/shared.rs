@@ -1,0 +1,149 @@
+//! Several servers on one bucket: each sees the others' blocks, and garbage collection never
+//! deletes a chunk that another server's commit relies on.
+
+use std::time::Duration;
+
+use aetherflow_store::{BlockId, BlockStore, Error};
+
+use crate::harness::{chunk, clean, fresh_location, manifest_of, open, put, shared_options, single_writer};
+
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Long enough for a pack or a mark to be a grace period old in the bucket's clock, which
+/// keeps whole seconds.
+fn wait_out_grace() {
+    std::thread::sleep(GRACE + Duration::from_millis(1300));
+}
+
+#[test]
+fn servers_see_each_others_blocks_and_share_chunks() {
+    let location = fresh_location();
+    let a = open(&location, shared_options(GRACE));
+    let b = open(&location, shared_options(GRACE));
+    assert_eq!(a.domain_salt(), b.domain_salt(), "one dedup domain per bucket prefix");
+    let c = chunk(1, 5000);
+    let id = put(&a, &[&c]);
+    assert_eq!(b.manifest(id).unwrap(), manifest_of(&[&c], 0));
+    assert_eq!(b.chunk(&c.id).unwrap().payload, c.payload);
+
+    b.refresh().unwrap();
+    assert_eq!(b.totals().blocks, 1);
+    assert_eq!(b.find_chunks(&[c.id]).unwrap(), vec![Some(c.info())], "dedup across servers");
+    let again = put(&b, &[&c]);
+    b.refresh().unwrap();
+    assert_eq!(b.totals().chunks, 1, "the second server stored no second copy");
+
+    let mut listed = Vec::new();
+    a.refresh().unwrap();
+    a.blocks(&mut |s| {
+        listed.push(s.id);
+        true
+    })
+    .unwrap();
+    let mut both = vec![id, again];
+    both.sort();
+    assert_eq!(listed, both);
+
+    b.free_block(id).unwrap();
+    assert!(matches!(a.manifest(id), Err(Error::NotFound(_))));
+    assert!(matches!(a.free_block(id), Err(Error::NotFound(_))));
+    assert_eq!(a.chunk(&c.id).unwrap().payload, c.payload, "still used by the other block");
+    clean(&a);
+    clean(&b);
+}
+
+#[test]
+fn a_commit_that_saw_no_mark_gets_the_pack_pardoned() {
+    let location = fresh_location();
+    let collector = open(&location, shared_options(GRACE));
+    let writer = open(&location, shared_options(GRACE));
+    let c = chunk(2, 4000);
+    let old = put(&collector, &[&c]);
+    wait_out_grace();
+
+    // The writer finds the chunk and looks at the marks: there are none yet.
+    let pin = writer.pin();
+    writer.refresh().unwrap();
+    assert!(writer.find_chunks(&[c.id]).unwrap()[0].is_some());
+    // The last block using it goes, and the collector condemns its pack...
+    collector.free_block(old).unwrap();
+    let first = collector.sweep().unwrap();
+    assert_eq!(first.condemned, 1, "{first:?}");
+    // ...while the writer commits on its view, which is younger than a quarter of the grace.
+    let id = BlockId::random();
+    writer
+        .commit_block(id, &manifest_of(&[&c], 0), Vec::new())
+        .unwrap();
+    drop(pin);
+
+    wait_out_grace();
+    let second = collector.sweep().unwrap();
+    assert_eq!((second.deleted, second.pardoned), (0, 1), "{second:?}");
+    assert_eq!(collector.chunk(&c.id).unwrap().payload, c.payload);
+    assert_eq!(writer.chunk(&c.id).unwrap().payload, c.payload);
+    clean(&collector);
+}
+
+#[test]
+fn a_commit_that_sees_a_mark_copies_the_chunk_first() {
+    let location = fresh_location();
+    let collector = open(&location, shared_options(GRACE));
+    let writer = open(&location, shared_options(GRACE));
+    let c = chunk(3, 4000);
+    let old = put(&collector, &[&c]);
+    wait_out_grace();
+
+    let pin = writer.pin();
+    writer.refresh().unwrap();
+    assert!(writer.find_chunks(&[c.id]).unwrap()[0].is_some());
+    collector.free_block(old).unwrap();
+    assert_eq!(collector.sweep().unwrap().condemned, 1);
+    // The writer's view of the marks is now older than a quarter of the grace period, so
+    // its commit looks again, sees the mark, and copies the chunk out of the doomed pack.
+    std::thread::sleep(GRACE / 4 + Duration::from_millis(100));
+    let id = BlockId::random();
+    writer
+        .commit_block(id, &manifest_of(&[&c], 0), Vec::new())
+        .unwrap();
+    drop(pin);
+
+    wait_out_grace();
+    let second = collector.sweep().unwrap();
+    assert_eq!((second.deleted, second.pardoned), (1, 0), "{second:?}");
+    assert_eq!(collector.chunk(&c.id).unwrap().payload, c.payload);
+    assert_eq!(writer.manifest(id).unwrap(), manifest_of(&[&c], 0));
+    clean(&collector);
+}
+
+#[test]
+fn young_packs_and_fresh_marks_are_left_alone() {
+    let location = fresh_location();
+    let a = open(&location, shared_options(GRACE));
+    let c = chunk(4, 3000);
+    let id = put(&a, &[&c]);
+    a.free_block(id).unwrap();
+    let report = a.sweep().unwrap();
+    assert_eq!(report.condemned, 0, "a pack younger than the grace period may still be committed to");
+    wait_out_grace();
+    assert_eq!(a.sweep().unwrap().condemned, 1);
+    assert_eq!(a.sweep().unwrap().deleted, 0, "the mark is not yet a grace period old");
+    wait_out_grace();
+    let report = a.sweep().unwrap();
+    assert_eq!(report.deleted, 1, "{report:?}");
+    assert!(a.totals().physical < 1000, "{:?}", a.totals());
+}
+
+#[test]
+fn mostly_dead_packs_are_compacted() {
+    let store = open(&fresh_location(), single_writer());
+    let (big, small) = (chunk(5, 60_000), chunk(6, 2_000));
+    let both = put(&store, &[&big, &small]);
+    let keep = put(&store, &[&small]);
+    let before = store.totals().physical;
+    store.free_block(both).unwrap();
+    let after = store.totals().physical;
+    assert!(after < before / 4, "compaction gave the space back: {before} -> {after}");
+    assert_eq!(store.chunk(&small.id).unwrap().payload, small.payload);
+    assert_eq!(store.manifest(keep).unwrap(), manifest_of(&[&small], 0));
+    clean(&store);
+}
