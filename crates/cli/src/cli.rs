@@ -178,7 +178,12 @@ pub struct MemoryInfoArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The store's data directory.
-    #[arg(long, value_name = "DIR", default_value = "aetherflow-data", conflicts_with = "store")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "aetherflow-data",
+        conflicts_with = "store"
+    )]
     pub data_dir: PathBuf,
     /// A store by URL instead: s3://BUCKET/PREFIX?endpoint=http://HOST:PORT.
     #[arg(long, value_name = "URL")]

@@ -450,3 +450,6 @@ mod store_commands;
 
 #[path = "cli/serve.rs"]
 mod serve;
+
+#[path = "cli/s3.rs"]
+mod s3;

@@ -422,7 +422,10 @@ mod tests {
         c.add_pack("mine", 10, None, vec![(8, info(2))], Some(0));
         c.confirm_packs(&HashSet::new(), listing);
         assert!(c.pack("mine").is_some(), "written after the listing began");
-        assert!(c.pack("old").is_none(), "gone from a listing that began after it");
+        assert!(
+            c.pack("old").is_none(),
+            "gone from a listing that began after it"
+        );
         assert!(generation < listing);
     }
 

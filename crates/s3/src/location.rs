@@ -67,13 +67,17 @@ impl FromStr for S3Location {
                     location.allow_http = match &*value {
                         "true" | "1" => true,
                         "false" | "0" => false,
-                        other => return Err(format!("store URL: allow_http={other:?}: expected true or false")),
+                        other => {
+                            return Err(format!(
+                                "store URL: allow_http={other:?}: expected true or false"
+                            ))
+                        }
                     }
                 }
                 other => {
                     return Err(format!(
-                        "store URL: unknown parameter {other:?} (known: endpoint, region, allow_http)"
-                    ))
+                    "store URL: unknown parameter {other:?} (known: endpoint, region, allow_http)"
+                ))
                 }
             }
         }
@@ -89,7 +93,11 @@ impl FromStr for S3Location {
                          use https, or add allow_http=true to the URL if the network is trusted"
                     ))
                 }
-                other => return Err(format!("store URL: endpoint scheme {other:?}: expected http or https")),
+                other => {
+                    return Err(format!(
+                        "store URL: endpoint scheme {other:?}: expected http or https"
+                    ))
+                }
             }
         }
         Ok(location)

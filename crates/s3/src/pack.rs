@@ -124,7 +124,9 @@ pub fn parse_index(name: &str, size: u64, tail: &[u8]) -> Result<Vec<(u64, Chunk
     let index = &tail[tail.len() - span..];
     let (entries, trailer) = index.split_at(span - TRAILER_LEN);
     if blake3::hash(entries).as_bytes()[..16] != trailer[4..20] {
-        return Err(Error::Corrupt(format!("pack {name}: index checksum mismatch")));
+        return Err(Error::Corrupt(format!(
+            "pack {name}: index checksum mismatch"
+        )));
     }
     let index_start = size - span as u64;
     entries
@@ -163,7 +165,8 @@ pub fn check_record(name: &str, offset: u64, bytes: Bytes, expect: &ChunkInfo) -
         )));
     }
     let header: &[u8; RECORD_HEADER_LEN] = bytes[..RECORD_HEADER_LEN].try_into().expect("length");
-    let info = parse_record_header(header).map_err(|e| Error::Corrupt(format!("{}: {e}", here())))?;
+    let info =
+        parse_record_header(header).map_err(|e| Error::Corrupt(format!("{}: {e}", here())))?;
     if info != *expect {
         return Err(Error::Corrupt(format!(
             "{}: record holds chunk {:?}, not {:?}",
@@ -229,6 +232,9 @@ mod tests {
         flipped[offset as usize + RECORD_HEADER_LEN + 10] ^= 1;
         let rec = Bytes::from(flipped).slice(offset as usize..(offset + record_len(&i)) as usize);
         let err = check_record("p", offset, rec, &i).unwrap_err();
-        assert!(err.is_corrupt() && err.to_string().contains("checksum"), "{err}");
+        assert!(
+            err.is_corrupt() && err.to_string().contains("checksum"),
+            "{err}"
+        );
     }
 }

@@ -55,8 +55,7 @@ impl Inner {
             for l in &listed {
                 let name = &l.key[keys::PACKS.len()..];
                 names.insert(name);
-                if !catalog.saw_pack(name, l.modified_ms) && !catalog.bad_packs.contains_key(name)
-                {
+                if !catalog.saw_pack(name, l.modified_ms) && !catalog.bad_packs.contains_key(name) {
                     new.push(l);
                 }
             }

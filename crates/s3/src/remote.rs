@@ -291,7 +291,10 @@ impl Remote {
     /// The one mapping from object store failures to store errors.
     fn error(&self, doing: &str, key: &str, e: object_store::Error) -> Error {
         use object_store::Error as E;
-        let what = format!("{doing} {}{key} in bucket {}", self.prefix, self.location.bucket);
+        let what = format!(
+            "{doing} {}{key} in bucket {}",
+            self.prefix, self.location.bucket
+        );
         let text = e.to_string();
         if text.contains("NoSuchBucket") {
             return Error::Unavailable(format!(

@@ -97,8 +97,11 @@ pub(crate) struct Inner {
 #[derive(Debug)]
 pub struct S3Store {
     inner: Arc<Inner>,
-    sweeper: Option<(Arc<(Mutex<bool>, Condvar)>, JoinHandle<()>)>,
+    sweeper: Option<Sweeper>,
 }
+
+/// The background collector: a stop flag it waits on, and its thread.
+type Sweeper = (Arc<(Mutex<bool>, Condvar)>, JoinHandle<()>);
 
 impl S3Store {
     /// Opens the store at `location`, creating it if the prefix holds none. Fails at once, with
@@ -156,10 +159,7 @@ impl Drop for S3Store {
     }
 }
 
-fn start_sweeper(
-    inner: Weak<Inner>,
-    every: Duration,
-) -> (Arc<(Mutex<bool>, Condvar)>, JoinHandle<()>) {
+fn start_sweeper(inner: Weak<Inner>, every: Duration) -> Sweeper {
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let theirs = Arc::clone(&stop);
     let handle = std::thread::Builder::new()
@@ -406,7 +406,9 @@ impl BlockStore for S3Store {
         let body = manifest.encode();
         let len = body.len() as u64;
         match inner.remote.put(&keys::block(id), Bytes::from(body), true) {
-            Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(format!("block {id}"))),
+            Err(Error::AlreadyExists(_)) => {
+                return Err(Error::AlreadyExists(format!("block {id}")))
+            }
             other => other?,
         }
         inner
@@ -491,7 +493,12 @@ impl BlockStore for S3Store {
 
     fn add_accesses(&self, counts: &[(BlockId, u64)]) -> Result<()> {
         for &(id, n) in counts {
-            let known = self.inner.catalog.lock().expect("catalog lock").has_block(id);
+            let known = self
+                .inner
+                .catalog
+                .lock()
+                .expect("catalog lock")
+                .has_block(id);
             if !known {
                 match self.manifest(id) {
                     Ok(_) => {}

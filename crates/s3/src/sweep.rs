@@ -69,7 +69,12 @@ impl Inner {
             fresh.all = Some(started);
             fresh.condemned = Some(started);
         }
-        let damaged = self.catalog.lock().expect("catalog lock").damaged_blocks.len();
+        let damaged = self
+            .catalog
+            .lock()
+            .expect("catalog lock")
+            .damaged_blocks
+            .len();
         if damaged > 0 {
             return Err(Error::Corrupt(format!(
                 "{damaged} block manifests cannot be read; nothing is collected until `check` \
@@ -211,7 +216,10 @@ impl Inner {
             }
             self.remote.delete(&keys::pack(&name))?;
             self.remote.delete(&keys::condemned(&name))?;
-            self.catalog.lock().expect("catalog lock").remove_pack(&name);
+            self.catalog
+                .lock()
+                .expect("catalog lock")
+                .remove_pack(&name);
             report.deleted += 1;
             report.bytes_deleted += size;
         }

@@ -29,7 +29,9 @@ pub struct PackSlot {
 
 impl std::fmt::Debug for PackSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PackSlot").field("name", &self.name).finish()
+        f.debug_struct("PackSlot")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

@@ -28,8 +28,8 @@ pub use local::LocalStore;
 pub use manifest::{Checksum, Extent, Manifest, SeedBinding};
 pub use memory::MemoryStore;
 pub use types::{
-    BlockId, BlockSummary, ChunkId, ChunkInfo, Codec, Damage, NewChunk, RequestCounts,
-    StagedChunk, StoredChunk, Totals,
+    BlockId, BlockSummary, ChunkId, ChunkInfo, Codec, Damage, NewChunk, RequestCounts, StagedChunk,
+    StoredChunk, Totals,
 };
 
 /// The self-describing chunk record that pack files (local or remote) are made of.

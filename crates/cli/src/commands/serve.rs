@@ -29,7 +29,10 @@ fn backend(args: &ServeArgs) -> anyhow::Result<Backend> {
                 ..S3Options::default()
             };
             if args.gc_grace.is_zero() {
-                return Ok(Backend::S3(crate::store_url::s3(url)?, S3Options::single_writer()));
+                return Ok(Backend::S3(
+                    crate::store_url::s3(url)?,
+                    S3Options::single_writer(),
+                ));
             }
             Ok(Backend::S3(crate::store_url::s3(url)?, options))
         }
@@ -91,7 +94,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
             Backend::Memory => "in memory (lost when the server stops)".to_string(),
             Backend::Local(dir) => format!("{} (durable)", dir.display()),
             Backend::S3(location, options) => {
-                format!("{location} (shared; gc grace {})", humantime::format_duration(options.grace))
+                format!(
+                    "{location} (shared; gc grace {})",
+                    humantime::format_duration(options.grace)
+                )
             }
         };
         eprintln!(

@@ -36,7 +36,9 @@ fn altered_and_cut_packs_are_corrupt_and_named() {
     bytes[8 + 61 + 100] ^= 1;
     remote.put(&pack_a, Bytes::from(bytes), false).unwrap();
     let cut = remote.get(&pack_b).unwrap();
-    remote.put(&pack_b, cut.slice(..cut.len() / 2), false).unwrap();
+    remote
+        .put(&pack_b, cut.slice(..cut.len() / 2), false)
+        .unwrap();
 
     for c in [&a, &b] {
         let err = store.chunk(&c.id).unwrap_err();
@@ -46,7 +48,9 @@ fn altered_and_cut_packs_are_corrupt_and_named() {
     store.verify(true, &mut |d| damage.push(d)).unwrap();
     for c in [&a, &b] {
         assert!(
-            damage.iter().any(|d| matches!(d, Damage::Chunk { id, .. } if *id == c.id)),
+            damage
+                .iter()
+                .any(|d| matches!(d, Damage::Chunk { id, .. } if *id == c.id)),
             "{damage:?}"
         );
     }
@@ -57,15 +61,22 @@ fn altered_and_cut_packs_are_corrupt_and_named() {
     let mut damage = Vec::new();
     fresh.verify(false, &mut |d| damage.push(d)).unwrap();
     assert!(
-        damage.iter().any(|d| matches!(d, Damage::Index { what } if what.contains(&pack_b[6..]))),
+        damage
+            .iter()
+            .any(|d| matches!(d, Damage::Index { what } if what.contains(&pack_b[6..]))),
         "{damage:?}"
     );
     assert!(
-        damage.iter().any(|d| matches!(d, Damage::Block { id, .. } if *id == block_b)),
+        damage
+            .iter()
+            .any(|d| matches!(d, Damage::Block { id, .. } if *id == block_b)),
         "{damage:?}"
     );
     assert!(fresh.chunk(&b.id).unwrap_err().is_corrupt());
-    assert!(fresh.manifest(block_a).is_ok(), "the manifests themselves are fine");
+    assert!(
+        fresh.manifest(block_a).is_ok(),
+        "the manifests themselves are fine"
+    );
 }
 
 #[test]
@@ -86,20 +97,29 @@ fn an_altered_manifest_is_corrupt_and_stops_collection() {
     let mut damage = Vec::new();
     fresh.verify(false, &mut |d| damage.push(d)).unwrap();
     assert!(
-        damage.iter().any(|d| matches!(d, Damage::Block { id: b, .. } if *b == id)),
+        damage
+            .iter()
+            .any(|d| matches!(d, Damage::Block { id: b, .. } if *b == id)),
         "{damage:?}"
     );
     let err = fresh.sweep().unwrap_err();
     assert!(err.to_string().contains("cannot be read"), "{err}");
     assert_eq!(fresh.sweep().unwrap_err().to_string(), err.to_string());
-    assert!(remote.get(&pack_names(&remote)[0]).is_ok(), "nothing was deleted");
+    assert!(
+        remote.get(&pack_names(&remote)[0]).is_ok(),
+        "nothing was deleted"
+    );
 }
 
 #[test]
 fn a_missing_bucket_is_a_clear_error_at_open() {
-    let location: S3Location = format!("s3://no-such-bucket-{}/p?endpoint={}", uuid::Uuid::new_v4().simple(), endpoint())
-        .parse()
-        .unwrap();
+    let location: S3Location = format!(
+        "s3://no-such-bucket-{}/p?endpoint={}",
+        uuid::Uuid::new_v4().simple(),
+        endpoint()
+    )
+    .parse()
+    .unwrap();
     let err = S3Store::open(&location, single_writer()).unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");

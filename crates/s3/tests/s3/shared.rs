@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use aetherflow_store::{BlockId, BlockStore, Error};
 
-use crate::harness::{chunk, clean, fresh_location, manifest_of, open, put, shared_options, single_writer};
+use crate::harness::{
+    chunk, clean, fresh_location, manifest_of, open, put, shared_options, single_writer,
+};
 
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -20,7 +22,11 @@ fn servers_see_each_others_blocks_and_share_chunks() {
     let location = fresh_location();
     let a = open(&location, shared_options(GRACE));
     let b = open(&location, shared_options(GRACE));
-    assert_eq!(a.domain_salt(), b.domain_salt(), "one dedup domain per bucket prefix");
+    assert_eq!(
+        a.domain_salt(),
+        b.domain_salt(),
+        "one dedup domain per bucket prefix"
+    );
     let c = chunk(1, 5000);
     let id = put(&a, &[&c]);
     assert_eq!(b.manifest(id).unwrap(), manifest_of(&[&c], 0));
@@ -28,10 +34,18 @@ fn servers_see_each_others_blocks_and_share_chunks() {
 
     b.refresh().unwrap();
     assert_eq!(b.totals().blocks, 1);
-    assert_eq!(b.find_chunks(&[c.id]).unwrap(), vec![Some(c.info())], "dedup across servers");
+    assert_eq!(
+        b.find_chunks(&[c.id]).unwrap(),
+        vec![Some(c.info())],
+        "dedup across servers"
+    );
     let again = put(&b, &[&c]);
     b.refresh().unwrap();
-    assert_eq!(b.totals().chunks, 1, "the second server stored no second copy");
+    assert_eq!(
+        b.totals().chunks,
+        1,
+        "the second server stored no second copy"
+    );
 
     let mut listed = Vec::new();
     a.refresh().unwrap();
@@ -47,7 +61,11 @@ fn servers_see_each_others_blocks_and_share_chunks() {
     b.free_block(id).unwrap();
     assert!(matches!(a.manifest(id), Err(Error::NotFound(_))));
     assert!(matches!(a.free_block(id), Err(Error::NotFound(_))));
-    assert_eq!(a.chunk(&c.id).unwrap().payload, c.payload, "still used by the other block");
+    assert_eq!(
+        a.chunk(&c.id).unwrap().payload,
+        c.payload,
+        "still used by the other block"
+    );
     clean(&a);
     clean(&b);
 }
@@ -123,10 +141,17 @@ fn young_packs_and_fresh_marks_are_left_alone() {
     let id = put(&a, &[&c]);
     a.free_block(id).unwrap();
     let report = a.sweep().unwrap();
-    assert_eq!(report.condemned, 0, "a pack younger than the grace period may still be committed to");
+    assert_eq!(
+        report.condemned, 0,
+        "a pack younger than the grace period may still be committed to"
+    );
     wait_out_grace();
     assert_eq!(a.sweep().unwrap().condemned, 1);
-    assert_eq!(a.sweep().unwrap().deleted, 0, "the mark is not yet a grace period old");
+    assert_eq!(
+        a.sweep().unwrap().deleted,
+        0,
+        "the mark is not yet a grace period old"
+    );
     wait_out_grace();
     let report = a.sweep().unwrap();
     assert_eq!(report.deleted, 1, "{report:?}");
@@ -142,7 +167,10 @@ fn mostly_dead_packs_are_compacted() {
     let before = store.totals().physical;
     store.free_block(both).unwrap();
     let after = store.totals().physical;
-    assert!(after < before / 4, "compaction gave the space back: {before} -> {after}");
+    assert!(
+        after < before / 4,
+        "compaction gave the space back: {before} -> {after}"
+    );
     assert_eq!(store.chunk(&small.id).unwrap().payload, small.payload);
     assert_eq!(store.manifest(keep).unwrap(), manifest_of(&[&small], 0));
     clean(&store);

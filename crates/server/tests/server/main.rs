@@ -2,6 +2,7 @@
 
 mod dashboard;
 mod endpoints;
+mod s3;
 mod security;
 
 use std::net::SocketAddr;
