@@ -200,7 +200,10 @@ impl Inner {
         for name in due {
             let (needed, size) = {
                 let catalog = self.catalog.lock().expect("catalog lock");
-                let p = catalog.pack(&name).expect("listed");
+                // Another server's sweep may have deleted it since (a refresh forgot it).
+                let Some(p) = catalog.pack(&name) else {
+                    continue;
+                };
                 let needed = p
                     .chunks
                     .iter()

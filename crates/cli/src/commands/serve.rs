@@ -19,6 +19,14 @@ fn backend(args: &ServeArgs) -> anyhow::Result<Backend> {
         None => Ok(Backend::Local(args.data_dir.clone())),
         Some("memory://") => Ok(Backend::Memory),
         Some(url) if url.starts_with("s3://") => {
+            let grace = args.gc_grace;
+            if !grace.is_zero() && grace < std::time::Duration::from_secs(60) {
+                return Err(UsageError(format!(
+                    "--gc-grace {}: at least 1m (every commit on every server must finish within                      it, and requests may take tens of seconds), or 0 for a bucket only this                      server writes",
+                    humantime::format_duration(grace)
+                ))
+                .into());
+            }
             let options = S3Options {
                 grace: args.gc_grace,
                 // Collect a few times per grace period (at least every 10 s, at most every 5 min).
