@@ -2,11 +2,11 @@
 # Figures of the REST server (issue: server under load), in one run, each scenario on a fresh
 # server (`aetherflow serve --data-dir`, a scratch dir under target/bench) on a loopback port:
 #   - 64 connections for 30 s mixing JSON allocate (64 KiB-1 MiB), read and stats: errors,
-#     p50/p99 per route, peak RSS against cache size + 128 MiB          -> benches/load.rs mixed
+#     p50/p99 per route, peak RSS against cache size + 128 MiB          -> benches/load mixed
 #   - raw allocate of a 2 GiB stream (Silesia, each copy stamped so copies do not dedup):
 #     RSS growth, and throughput against `aetherflow compress - -` on the same bytes
-#   - cache-hit read of a 64 KiB block under 64 connections: p99       -> benches/load.rs hit
-#   - JSON allocate of 1 MiB blocks against the raw route              -> benches/load.rs json-vs-raw
+#   - cache-hit read of a 64 KiB block under 64 connections: p99       -> benches/load hit
+#   - JSON allocate of 1 MiB blocks against the raw route              -> benches/load json-vs-raw
 #
 #   bash bench/server.sh
 #   CACHE=50MiB STREAM_MIB=2048 MIXED_SECS=30 HIT_SECS=10 JVR_MIB=192 BACKEND=disk|memory bash bench/server.sh
@@ -25,6 +25,7 @@ mkdir -p "$scratch"
 cd "$top"
 
 source "$top/bench/silesia_tar.sh"
+source "$top/bench/serve_helpers.sh"
 tar_file=$(silesia_tar "$scratch" "$corpus")
 
 cargo build --release --quiet -p aetherflow
@@ -53,16 +54,8 @@ stop_sampler() {
 
 stop_server() {
   stop_sampler
-  if [[ -n $server_pid ]]; then
-    kill -TERM "$server_pid" 2>/dev/null || true
-    for _ in $(seq 1 350); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$server_pid" 2>/dev/null; then
-      echo "server $server_pid did not stop on SIGTERM; killing it" >&2
-      kill -KILL "$server_pid" 2>/dev/null || true
-    fi
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
-  fi
+  serve_stop "$server_pid"
+  server_pid=
 }
 
 cleanup() {
@@ -80,23 +73,9 @@ start_server() {
   local name=$1 store
   rm -rf "$work/data"
   if [[ $backend == memory ]]; then store=(--memory); else store=(--data-dir "$work/data"); fi
-  AF_LOG=${AF_LOG:-info} "$bin" serve --listen 127.0.0.1:0 "${store[@]}" --cache-size "$cache" \
-    --max-body 4GiB 2> "$work/server-$name.log" &
-  server_pid=$!
-  url=
-  for _ in $(seq 1 100); do
-    url=$(sed -n 's/.*listening on \(http:\/\/127\.0\.0\.1:[0-9]*\).*/\1/p' "$work/server-$name.log" | head -n 1)
-    [[ -n $url ]] && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$work/server-$name.log" >&2; exit 1; }
-    sleep 0.1
-  done
-  [[ -n $url ]] || { echo "the server did not say where it listens" >&2; exit 1; }
-  for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "$url/healthz" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$url/healthz did not answer" >&2
-  exit 1
+  serve_start "$work/server-$name.log" "${store[@]}" --cache-size "$cache" --max-body 4GiB
+  server_pid=$serve_pid
+  url=$serve_url
 }
 
 # Samples the server's VmRSS (KiB) every 100 ms into $1 until stopped.

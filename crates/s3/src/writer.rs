@@ -134,8 +134,9 @@ impl PackSlot {
         }
     }
 
-    /// Makes entry `entry` say `info`, the commit's description of the chunk. A pack already
-    /// sealed can no longer change: there the descriptions must agree.
+    /// Makes entry `entry` say `info`, the commit's description of the chunk, so that reads
+    /// check the stored bytes against what the committer vouched for. A pack already sealed
+    /// keeps the description given when the chunk was staged.
     pub fn restate(&self, entry: usize, info: &ChunkInfo) -> Result<()> {
         let mut state = self.state.lock().expect("slot lock");
         match &mut *state {

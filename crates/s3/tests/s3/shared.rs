@@ -216,7 +216,10 @@ fn concurrent_allocations_frees_and_sweeps_on_two_servers_lose_nothing() {
                 })
             })
             .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
     });
     // Let every mark made during the run come due, and collect twice more.
     let mut deleted = 0;
