@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aetherflow_store::{BlockId, ChunkId, ChunkInfo, Extent, Manifest, Totals};
 
@@ -48,6 +49,8 @@ struct KnownBlock {
     manifest: Arc<Manifest>,
     encoded_len: u64,
     seen: u64,
+    /// When the bucket last showed the block (a GET or a listing).
+    confirmed: Instant,
 }
 
 /// The catalog itself; the store keeps it behind one mutex.
@@ -95,6 +98,15 @@ impl Catalog {
         self.blocks.get(&id).map(|b| Arc::clone(&b.manifest))
     }
 
+    /// The manifest, if the bucket showed the block within `within`: recent enough to answer
+    /// without asking again.
+    pub fn confirmed_block(&self, id: BlockId, within: Duration) -> Option<Arc<Manifest>> {
+        self.blocks
+            .get(&id)
+            .filter(|b| b.confirmed.elapsed() < within)
+            .map(|b| Arc::clone(&b.manifest))
+    }
+
     pub fn has_block(&self, id: BlockId) -> bool {
         self.blocks.contains_key(&id)
     }
@@ -108,6 +120,7 @@ impl Catalog {
         self.damaged_blocks.remove(&id);
         if let Some(b) = self.blocks.get_mut(&id) {
             b.seen = self.generation;
+            b.confirmed = Instant::now();
             return false;
         }
         for (chunk, raw, stored) in distinct_chunks(&manifest) {
@@ -129,6 +142,7 @@ impl Catalog {
                 manifest,
                 encoded_len,
                 seen: self.generation,
+                confirmed: Instant::now(),
             },
         );
         true
@@ -175,6 +189,7 @@ impl Catalog {
         match self.blocks.get_mut(&id) {
             Some(b) => {
                 b.seen = self.generation;
+                b.confirmed = Instant::now();
                 true
             }
             None => false,

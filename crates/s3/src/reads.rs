@@ -26,38 +26,81 @@ fn sum_by_writer<'a>(
     sums
 }
 
+/// This server's count of one block: what its object in the bucket says, and reads since.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ReadCount {
+    written: u64,
+    pending: u64,
+}
+
 impl Inner {
     pub(crate) fn reads_of(&self, id: BlockId) -> Result<u64> {
         let listed = self.remote.list(&keys::reads_of(id))?;
         let sums = sum_by_writer(listed.iter().filter_map(|l| keys::parse_reads(&l.key)));
-        Ok(sums.get(&id).copied().unwrap_or(0))
+        let pending = self.pending_reads(id);
+        Ok(sums.get(&id).copied().unwrap_or(0) + pending)
     }
 
     pub(crate) fn all_reads(&self) -> Result<HashMap<BlockId, u64>> {
         let listed = self.remote.list(keys::READS)?;
-        Ok(sum_by_writer(
-            listed.iter().filter_map(|l| keys::parse_reads(&l.key)),
-        ))
+        let mut sums = sum_by_writer(listed.iter().filter_map(|l| keys::parse_reads(&l.key)));
+        for (id, c) in self.reads.lock().expect("reads lock").iter() {
+            *sums.entry(*id).or_default() += c.pending;
+        }
+        Ok(sums)
     }
 
-    /// Adds `n` reads to this server's count of block `id`: the new key first, then the old
-    /// one goes, so a crash in between never loses counts.
-    pub(crate) fn add_reads(&self, id: BlockId, n: u64) -> Result<()> {
-        let mut reads = self.reads.lock().expect("reads lock");
-        let old = reads.get(&id).copied().unwrap_or(0);
-        let new = old + n;
+    fn pending_reads(&self, id: BlockId) -> u64 {
+        self.reads
+            .lock()
+            .expect("reads lock")
+            .get(&id)
+            .map_or(0, |c| c.pending)
+    }
+
+    /// Counts `n` more reads of block `id`; they reach the bucket with the next flush.
+    pub(crate) fn add_reads(&self, id: BlockId, n: u64) {
+        self.reads
+            .lock()
+            .expect("reads lock")
+            .entry(id)
+            .or_default()
+            .pending += n;
+    }
+
+    /// Writes the counts that changed since the last flush: for each block, the new key first,
+    /// then the old one goes, so a crash in between never loses counts. Runs in the background
+    /// (and when the store closes), so no client's read waits for it.
+    pub(crate) fn flush_reads(&self) -> Result<()> {
+        let due: Vec<(BlockId, ReadCount)> = self
+            .reads
+            .lock()
+            .expect("reads lock")
+            .iter()
+            .filter(|(_, c)| c.pending > 0)
+            .map(|(id, c)| (*id, *c))
+            .collect();
         let writer = &self.writer.writer_id;
-        self.remote
-            .put(&keys::reads(id, writer, new), Bytes::new(), false)?;
-        if old > 0 {
-            self.remote.delete(&keys::reads(id, writer, old))?;
+        for (id, c) in due {
+            let new = c.written + c.pending;
+            self.remote
+                .put(&keys::reads(id, writer, new), Bytes::new(), false)?;
+            if c.written > 0 {
+                self.remote.delete(&keys::reads(id, writer, c.written))?;
+            }
+            let mut reads = self.reads.lock().expect("reads lock");
+            // The block may have been freed meanwhile: then its entry is gone and stays gone.
+            if let Some(entry) = reads.get_mut(&id) {
+                entry.written = new;
+                entry.pending -= c.pending;
+            }
         }
-        reads.insert(id, new);
         Ok(())
     }
 
     /// Deletes every server's read counts of a freed block.
     pub(crate) fn forget_reads(&self, id: BlockId) -> Result<()> {
+        self.reads.lock().expect("reads lock").remove(&id);
         for l in self.remote.list(&keys::reads_of(id))? {
             self.remote.delete(&l.key)?;
         }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use aetherflow_store::{BlockId, ChunkInfo, Error, Manifest, Result};
+use bytes::Bytes;
 use std::sync::Arc;
 
 use crate::keys;
@@ -16,6 +17,21 @@ impl Inner {
     pub(crate) fn refresh_if_stale(&self, max_age: Duration) -> Result<()> {
         let mut fresh = self.fresh.lock().expect("freshness lock");
         if fresh.all.is_some_and(|t| t.elapsed() < max_age) && !max_age.is_zero() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.refresh_all()?;
+        fresh.all = Some(started);
+        fresh.condemned = Some(started);
+        Ok(())
+    }
+
+    /// Like [`Inner::refresh_if_stale`], but returns at once if another thread is refreshing.
+    pub(crate) fn refresh_in_passing(&self, max_age: Duration) -> Result<()> {
+        let Ok(mut fresh) = self.fresh.try_lock() else {
+            return Ok(());
+        };
+        if fresh.all.is_some_and(|t| t.elapsed() < max_age) {
             return Ok(());
         }
         let started = Instant::now();
@@ -60,9 +76,13 @@ impl Inner {
                 }
             }
         }
-        for l in new {
+        let tails = self.remote.get_many_tails(
+            &new.iter().map(|l| l.key.clone()).collect::<Vec<_>>(),
+            pack::TAIL_GUESS,
+        );
+        for (l, tail) in new.into_iter().zip(tails) {
             let name = &l.key[keys::PACKS.len()..];
-            match self.read_index(name, l.size) {
+            match tail.and_then(|tail| self.read_index(name, l.size, tail)) {
                 Ok(entries) => self.catalog.lock().expect("catalog lock").add_pack(
                     name,
                     l.size,
@@ -90,10 +110,14 @@ impl Inner {
         Ok(())
     }
 
-    /// A pack's entries, from its tail.
-    pub(crate) fn read_index(&self, name: &str, size: u64) -> Result<Vec<(u64, ChunkInfo)>> {
+    /// A pack's entries, from its tail (`TAIL_GUESS` bytes of it, read already).
+    fn read_index(
+        &self,
+        name: &str,
+        size: u64,
+        (mut tail, size_now): (Bytes, u64),
+    ) -> Result<Vec<(u64, ChunkInfo)>> {
         let key = keys::pack(name);
-        let (mut tail, size_now) = self.remote.get_tail(&key, pack::TAIL_GUESS)?;
         if size_now != size {
             return Err(Error::Corrupt(format!(
                 "pack {name} changed size from {size} to {size_now} bytes"

@@ -178,22 +178,6 @@ impl Remote {
         self.get_opts(key, Some(GetRange::Bounded(range)))
     }
 
-    /// The last `n` bytes of an object (all of it if shorter), with the object's size.
-    pub fn get_tail(&self, key: &str, n: u64) -> Result<(Bytes, u64)> {
-        self.counts.get.fetch_add(1, Ordering::Relaxed);
-        let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
-        let options = GetOptions {
-            range: Some(GetRange::Suffix(n)),
-            ..GetOptions::default()
-        };
-        let r = self.run(async move {
-            let got = bucket.get_opts(&path, options).await?;
-            let size = got.meta.size;
-            Ok::<_, object_store::Error>((got.bytes().await?, size))
-        });
-        r.map_err(|e| self.error("reading", key, e))
-    }
-
     fn get_opts(&self, key: &str, range: Option<GetRange>) -> Result<Bytes> {
         self.counts.get.fetch_add(1, Ordering::Relaxed);
         let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
@@ -207,6 +191,18 @@ impl Remote {
 
     /// Many whole objects, up to 32 requests in flight; results in the order of `keys`.
     pub fn get_many(&self, keys: &[String]) -> Vec<Result<Bytes>> {
+        self.get_many_opts(keys, None)
+            .into_iter()
+            .map(|r| r.map(|(bytes, _)| bytes))
+            .collect()
+    }
+
+    /// The last `n` bytes of many objects, with their sizes, as [`Remote::get_many`].
+    pub fn get_many_tails(&self, keys: &[String], n: u64) -> Vec<Result<(Bytes, u64)>> {
+        self.get_many_opts(keys, Some(GetRange::Suffix(n)))
+    }
+
+    fn get_many_opts(&self, keys: &[String], range: Option<GetRange>) -> Vec<Result<(Bytes, u64)>> {
         if keys.is_empty() {
             return Vec::new();
         }
@@ -219,7 +215,15 @@ impl Remote {
             futures_util::stream::iter(paths)
                 .map(|path| {
                     let bucket = Arc::clone(&bucket);
-                    async move { bucket.get(&path).await?.bytes().await }
+                    let options = GetOptions {
+                        range: range.clone(),
+                        ..GetOptions::default()
+                    };
+                    async move {
+                        let got = bucket.get_opts(&path, options).await?;
+                        let size = got.meta.size;
+                        Ok::<_, object_store::Error>((got.bytes().await?, size))
+                    }
                 })
                 .buffered(32)
                 .collect::<Vec<_>>()

@@ -87,8 +87,8 @@ pub(crate) struct Inner {
     pub writer: Writer,
     pub catalog: Mutex<Catalog>,
     pub fresh: Mutex<Freshness>,
-    /// Read counts this process has written, per block (its own objects under `reads/`).
-    pub reads: Mutex<HashMap<BlockId, u64>>,
+    /// Read counts of this process, per block (its own objects under `reads/`).
+    pub reads: Mutex<HashMap<BlockId, crate::reads::ReadCount>>,
     /// One sweep at a time in this process.
     pub sweeping: Mutex<()>,
 }
@@ -97,11 +97,16 @@ pub(crate) struct Inner {
 #[derive(Debug)]
 pub struct S3Store {
     inner: Arc<Inner>,
-    sweeper: Option<Sweeper>,
+    housekeeper: Option<Housekeeper>,
 }
 
-/// The background collector: a stop flag it waits on, and its thread.
-type Sweeper = (Arc<(Mutex<bool>, Condvar)>, JoinHandle<()>);
+/// The background thread (refreshes, read counts, garbage collection): a stop flag it waits
+/// on, and its handle.
+type Housekeeper = (Arc<(Mutex<bool>, Condvar)>, JoinHandle<()>);
+
+/// How often the housekeeper wakes, and how often read counts are written.
+const TICK: Duration = Duration::from_millis(500);
+const FLUSH_READS_EVERY: Duration = Duration::from_secs(10);
 
 impl S3Store {
     /// Opens the store at `location`, creating it if the prefix holds none. Fails at once, with
@@ -124,10 +129,8 @@ impl S3Store {
             sweeping: Mutex::default(),
         });
         inner.refresh_if_stale(Duration::ZERO)?;
-        let sweeper = options
-            .sweep_every
-            .map(|every| start_sweeper(Arc::downgrade(&inner), every));
-        Ok(S3Store { inner, sweeper })
+        let housekeeper = Some(start_housekeeper(Arc::downgrade(&inner)));
+        Ok(S3Store { inner, housekeeper })
     }
 
     /// One garbage collection pass now (see `docs/design.md`): deletes condemned packs whose
@@ -151,38 +154,67 @@ impl S3Store {
 
 impl Drop for S3Store {
     fn drop(&mut self) {
-        if let Some((stop, handle)) = self.sweeper.take() {
-            *stop.0.lock().expect("sweeper lock") = true;
+        if let Some((stop, handle)) = self.housekeeper.take() {
+            *stop.0.lock().expect("housekeeper lock") = true;
             stop.1.notify_all();
             let _ = handle.join();
+        }
+        if let Err(e) = self.inner.flush_reads() {
+            tracing::warn!("read counts of the last seconds are lost: {e}");
         }
     }
 }
 
-fn start_sweeper(inner: Weak<Inner>, every: Duration) -> Sweeper {
+/// Keeps the catalog fresh (so allocations rarely refresh it themselves), writes read counts,
+/// and collects garbage every [`S3Options::sweep_every`].
+fn start_housekeeper(inner: Weak<Inner>) -> Housekeeper {
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let theirs = Arc::clone(&stop);
     let handle = std::thread::Builder::new()
-        .name("aetherflow-sweep".into())
-        .spawn(move || loop {
-            let stopped = theirs.0.lock().expect("sweeper lock");
-            let (stopped, _) = theirs
-                .1
-                .wait_timeout_while(stopped, every, |s| !*s)
-                .expect("sweeper lock");
-            if *stopped {
-                return;
-            }
-            drop(stopped);
-            let Some(inner) = inner.upgrade() else { return };
-            match inner.sweep() {
-                Ok(r) => tracing::debug!(?r, "sweep done"),
-                Err(e) => tracing::warn!("sweep aborted: {e}"),
+        .name("aetherflow-s3-housekeeper".into())
+        .spawn(move || {
+            let (mut flushed, mut swept) = (Instant::now(), Instant::now());
+            loop {
+                let stopped = theirs.0.lock().expect("housekeeper lock");
+                let (stopped, _) = theirs
+                    .1
+                    .wait_timeout_while(stopped, TICK, |s| !*s)
+                    .expect("housekeeper lock");
+                if *stopped {
+                    return;
+                }
+                drop(stopped);
+                let Some(inner) = inner.upgrade() else { return };
+                // A little ahead of the allocations' own deadline, so they rarely meet it.
+                let early = inner.options.refresh_every.mul_f64(0.8);
+                if let Err(e) = inner.refresh_in_passing(early) {
+                    tracing::warn!("refreshing the view of the bucket: {e}");
+                }
+                if flushed.elapsed() >= FLUSH_READS_EVERY {
+                    flushed = Instant::now();
+                    if let Err(e) = inner.flush_reads() {
+                        tracing::warn!("writing read counts (kept for the next try): {e}");
+                    }
+                }
+                if inner
+                    .options
+                    .sweep_every
+                    .is_some_and(|every| swept.elapsed() >= every)
+                {
+                    match inner.sweep() {
+                        Ok(r) => tracing::debug!(?r, "sweep done"),
+                        Err(e) => tracing::warn!("sweep aborted: {e}"),
+                    }
+                    swept = Instant::now();
+                }
             }
         })
-        .expect("spawning the sweeper thread");
+        .expect("spawning the housekeeper thread");
     (stop, handle)
 }
+
+/// How long the bucket's word that a block exists is taken without asking again.
+const MANIFEST_TRUST: Duration = Duration::from_secs(1);
 
 const META_MAGIC: [u8; 8] = *b"AFS3META";
 const META_VERSION: u8 = 1;
@@ -344,7 +376,8 @@ impl BlockStore for S3Store {
 
     fn find_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkInfo>>> {
         let inner = &self.inner;
-        inner.refresh_if_stale(inner.options.refresh_every)?;
+        // Dedup is best effort: an allocation never waits for another thread's refresh.
+        inner.refresh_in_passing(inner.options.refresh_every)?;
         let catalog = inner.catalog.lock().expect("catalog lock");
         Ok(ids.iter().map(|id| catalog.find(id)).collect())
     }
@@ -421,7 +454,16 @@ impl BlockStore for S3Store {
 
     fn manifest(&self, id: BlockId) -> Result<Manifest> {
         let inner = &self.inner;
-        // Always asked of the bucket: another server may have freed the block.
+        // Asked of the bucket unless it showed the block a moment ago: another server may have
+        // freed it (one read asks for its manifest several times within that moment).
+        let recent = inner
+            .catalog
+            .lock()
+            .expect("catalog lock")
+            .confirmed_block(id, MANIFEST_TRUST);
+        if let Some(m) = recent {
+            return Ok((*m).clone());
+        }
         let body = match inner.remote.get(&keys::block(id)) {
             Err(Error::NotFound(_)) => {
                 inner.catalog.lock().expect("catalog lock").remove_block(id);
@@ -450,7 +492,6 @@ impl BlockStore for S3Store {
         let manifest = self.manifest(id)?;
         inner.remote.delete(&keys::block(id))?;
         inner.catalog.lock().expect("catalog lock").remove_block(id);
-        inner.reads.lock().expect("reads lock").remove(&id);
         if let Err(e) = inner.forget_reads(id) {
             tracing::warn!("block {id} freed; its read counts stay behind: {e}");
         }
@@ -506,7 +547,7 @@ impl BlockStore for S3Store {
                     Err(e) => return Err(e),
                 }
             }
-            self.inner.add_reads(id, n)?;
+            self.inner.add_reads(id, n);
         }
         Ok(())
     }

@@ -92,6 +92,8 @@ fn an_altered_manifest_is_corrupt_and_stops_collection() {
     body[last] ^= 0xFF;
     remote.put(&key, Bytes::from(body), false).unwrap();
 
+    // Once the store's second of trust in what it read is over, it reads the damage.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     assert!(store.manifest(id).unwrap_err().is_corrupt());
     let fresh = open(&location, single_writer());
     let mut damage = Vec::new();
