@@ -568,6 +568,16 @@ impl BlockStore for S3Store {
         crate::verify::verify(&self.inner, read_data, report)
     }
 
+    /// From the catalog, so within [`S3Options::refresh_every`] of another server's free.
+    fn known_gone(&self, id: BlockId) -> bool {
+        !self
+            .inner
+            .catalog
+            .lock()
+            .expect("catalog lock")
+            .has_block(id)
+    }
+
     fn remote_requests(&self) -> Option<RequestCounts> {
         Some(self.inner.remote.counts())
     }

@@ -114,6 +114,13 @@ pub trait BlockStore: Send + Sync + std::fmt::Debug {
     /// Reports each damaged thing to `report`; an `Err` means the check itself could not run.
     fn verify(&self, read_data: bool, report: &mut dyn FnMut(Damage)) -> Result<()>;
 
+    /// True when this process knows, without asking anyone, that the block no longer exists:
+    /// another process sharing the store freed it. Lets a reader drop what it cached of the
+    /// block. Backends only this process writes never need to say so.
+    fn known_gone(&self, _id: BlockId) -> bool {
+        false
+    }
+
     /// Requests made to a remote backend, for metrics; `None` for local backends.
     fn remote_requests(&self) -> Option<RequestCounts> {
         None

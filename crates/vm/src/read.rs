@@ -42,7 +42,10 @@ impl VirtualMemory {
     /// The block's bytes, verified. A hit in the cache returns shared bytes without decompressing;
     /// the seed is checked on hits too.
     pub fn read(&self, id: BlockId, seed: Option<&Seed>) -> Result<Bytes> {
-        if let Some(hit) = self.cache.get(&id) {
+        if self.store.known_gone(id) {
+            // Freed by another server sharing the store: nothing cached of it may be served.
+            self.cache.remove(&id);
+        } else if let Some(hit) = self.cache.get(&id) {
             self.authorize(id, hit.seed.as_ref(), seed)?;
             self.count_access(id);
             return Ok(hit.data);
@@ -136,6 +139,11 @@ impl VirtualMemory {
     /// a thread that may block. Seeds are checked exactly as [`VirtualMemory::read`] does.
     pub fn read_if_cached(&self, id: BlockId, seed: Option<&Seed>) -> Option<Result<Bytes>> {
         let hit = self.cache.peek(&id)?;
+        if self.store.known_gone(id) {
+            // Freed by another server sharing the store.
+            self.cache.remove(&id);
+            return None;
+        }
         if let Some(binding) = &hit.seed {
             let Some(seed) = seed else {
                 return Some(Err(Error::SeedRequired(id)));

@@ -80,6 +80,7 @@ fn two_servers_share_one_bucket() {
         data,
         "B reads what A allocated"
     );
+    assert_eq!(read(&a.url, &on_a).0, 200, "now in A's read cache too");
 
     std::thread::sleep(Duration::from_millis(400)); // B's view of A's chunks refreshes
     let (status, body) = allocate(&b.url, &data);
@@ -117,7 +118,16 @@ fn two_servers_share_one_bucket() {
             .unwrap(),
     );
     assert_eq!(status, 200);
+    // A trusts the bucket's word that a block exists for a second, and its cache until its
+    // view of the bucket refreshes (300 ms here).
+    std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(read(&a.url, &on_a).0, 404, "freed by B, gone for A");
+    let raw = client()
+        .get(format!("{}/api/memory/read/{on_a}", a.url))
+        .header("Accept", "application/octet-stream")
+        .call()
+        .unwrap();
+    assert_eq!(raw.status(), 404, "not even from A's read cache");
     assert_eq!(read(&a.url, &on_b).0, 200, "the shared chunks stay");
 
     let metrics = client()
