@@ -16,13 +16,12 @@ impl Inner {
     /// Refreshes everything if the last full refresh is older than `max_age`.
     pub(crate) fn refresh_if_stale(&self, max_age: Duration) -> Result<()> {
         let mut fresh = self.fresh.lock().expect("freshness lock");
-        if fresh.all.is_some_and(|t| t.elapsed() < max_age) && !max_age.is_zero() {
+        if fresh.is_some_and(|t| t.elapsed() < max_age) && !max_age.is_zero() {
             return Ok(());
         }
         let started = Instant::now();
         self.refresh_all()?;
-        fresh.all = Some(started);
-        fresh.condemned = Some(started);
+        *fresh = Some(started);
         Ok(())
     }
 
@@ -31,25 +30,25 @@ impl Inner {
         let Ok(mut fresh) = self.fresh.try_lock() else {
             return Ok(());
         };
-        if fresh.all.is_some_and(|t| t.elapsed() < max_age) {
+        if fresh.is_some_and(|t| t.elapsed() < max_age) {
             return Ok(());
         }
         let started = Instant::now();
         self.refresh_all()?;
-        fresh.all = Some(started);
-        fresh.condemned = Some(started);
+        *fresh = Some(started);
         Ok(())
     }
 
-    /// Refreshes the condemnation marks if their view is older than `max_age`.
+    /// Refreshes the condemnation marks if their view is older than `max_age`. It has a lock
+    /// of its own: a commit never waits for a full refresh, only for one listing of marks.
     pub(crate) fn refresh_condemned_if_stale(&self, max_age: Duration) -> Result<()> {
-        let mut fresh = self.fresh.lock().expect("freshness lock");
-        if fresh.condemned.is_some_and(|t| t.elapsed() < max_age) {
+        let mut fresh = self.marks_fresh.lock().expect("freshness lock");
+        if fresh.is_some_and(|t| t.elapsed() < max_age) {
             return Ok(());
         }
         let started = Instant::now();
         self.refresh_condemned()?;
-        fresh.condemned = Some(started);
+        *fresh = Some(started);
         Ok(())
     }
 
@@ -57,7 +56,7 @@ impl Inner {
     pub(crate) fn refresh_all(&self) -> Result<()> {
         self.refresh_packs()?;
         self.refresh_blocks()?;
-        self.refresh_condemned()
+        self.refresh_condemned_if_stale(Duration::ZERO)
     }
 
     /// Learns new packs (one ranged GET of each one's index) and forgets deleted ones.

@@ -70,12 +70,6 @@ impl S3Options {
     }
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Freshness {
-    pub all: Option<Instant>,
-    pub condemned: Option<Instant>,
-}
-
 /// Everything the store and its background sweeper share.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -86,7 +80,10 @@ pub(crate) struct Inner {
     pub gate: Arc<EpochGate>,
     pub writer: Writer,
     pub catalog: Mutex<Catalog>,
-    pub fresh: Mutex<Freshness>,
+    /// When the last full refresh began; held while one runs.
+    pub fresh: Mutex<Option<Instant>>,
+    /// When the last listing of condemnation marks began; held while one runs.
+    pub marks_fresh: Mutex<Option<Instant>>,
     /// Read counts of this process, per block (its own objects under `reads/`).
     pub reads: Mutex<HashMap<BlockId, crate::reads::ReadCount>>,
     /// One sweep at a time in this process.
@@ -125,6 +122,7 @@ impl S3Store {
             writer: Writer::new(writer_id, options.pack_size),
             catalog: Mutex::default(),
             fresh: Mutex::default(),
+            marks_fresh: Mutex::default(),
             reads: Mutex::default(),
             sweeping: Mutex::default(),
         });

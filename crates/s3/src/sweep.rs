@@ -66,8 +66,7 @@ impl Inner {
             let mut fresh = self.fresh.lock().expect("freshness lock");
             let started = Instant::now();
             self.refresh_all()?;
-            fresh.all = Some(started);
-            fresh.condemned = Some(started);
+            *fresh = Some(started);
         }
         let damaged = self
             .catalog
