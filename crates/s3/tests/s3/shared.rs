@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use aetherflow_store::{BlockId, BlockStore, Error};
+use aetherflow_s3::S3Store;
+use aetherflow_store::{BlockId, BlockStore, Error, NewChunk, Pin};
 
 use crate::harness::{
     chunk, clean, fresh_location, manifest_of, open, put, shared_options, single_writer,
@@ -72,24 +73,29 @@ fn servers_see_each_others_blocks_and_share_chunks() {
     clean(&b);
 }
 
-#[test]
-fn a_commit_that_saw_no_mark_gets_the_pack_pardoned() {
+/// Two servers, and a chunk in a pack a grace period old: the writer finds the chunk (its view
+/// of the marks fresh, and empty), then the collector frees the last block using it and
+/// condemns the pack. Returns the writer's pin, still held as by a running allocation.
+fn found_then_condemned(seed: u8) -> (S3Store, S3Store, NewChunk, Pin) {
     let location = fresh_location();
     let collector = open(&location, shared_options(GRACE));
     let writer = open(&location, shared_options(GRACE));
-    let c = chunk(2, 4000);
+    let c = chunk(seed, 4000);
     let old = put(&collector, &[&c]);
     wait_out_grace();
-
-    // The writer finds the chunk and looks at the marks: there are none yet.
     let pin = writer.pin();
     writer.refresh().unwrap();
     assert!(writer.find_chunks(&[c.id]).unwrap()[0].is_some());
-    // The last block using it goes, and the collector condemns its pack...
     collector.free_block(old).unwrap();
-    let first = collector.sweep().unwrap();
-    assert_eq!(first.condemned, 1, "{first:?}");
-    // ...while the writer commits on its view, which is younger than a quarter of the grace.
+    let report = collector.sweep().unwrap();
+    assert_eq!(report.condemned, 1, "{report:?}");
+    (collector, writer, c, pin)
+}
+
+#[test]
+fn a_commit_that_saw_no_mark_gets_the_pack_pardoned() {
+    let (collector, writer, c, pin) = found_then_condemned(2);
+    // The writer commits on its view, which is younger than a quarter of the grace period.
     let id = BlockId::random();
     writer
         .commit_block(id, &manifest_of(&[&c], 0), Vec::new())
@@ -106,18 +112,7 @@ fn a_commit_that_saw_no_mark_gets_the_pack_pardoned() {
 
 #[test]
 fn a_commit_that_sees_a_mark_copies_the_chunk_first() {
-    let location = fresh_location();
-    let collector = open(&location, shared_options(GRACE));
-    let writer = open(&location, shared_options(GRACE));
-    let c = chunk(3, 4000);
-    let old = put(&collector, &[&c]);
-    wait_out_grace();
-
-    let pin = writer.pin();
-    writer.refresh().unwrap();
-    assert!(writer.find_chunks(&[c.id]).unwrap()[0].is_some());
-    collector.free_block(old).unwrap();
-    assert_eq!(collector.sweep().unwrap().condemned, 1);
+    let (collector, writer, c, pin) = found_then_condemned(3);
     // The writer's view of the marks is now older than a quarter of the grace period, so
     // its commit looks again, sees the mark, and copies the chunk out of the doomed pack.
     std::thread::sleep(GRACE / 4 + Duration::from_millis(100));
@@ -180,7 +175,6 @@ fn mostly_dead_packs_are_compacted() {
 
 #[test]
 fn concurrent_allocations_frees_and_sweeps_on_two_servers_lose_nothing() {
-    use aetherflow_store::NewChunk;
     use std::sync::Arc;
     use std::time::Instant;
 
