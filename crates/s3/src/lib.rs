@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod keys;
 pub mod location;
 pub mod pack;
+mod prefetch;
 mod reads;
 mod refresh;
 pub mod remote;

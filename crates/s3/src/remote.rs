@@ -178,6 +178,34 @@ impl Remote {
         self.get_opts(key, Some(GetRange::Bounded(range)))
     }
 
+    /// Starts a ranged GET and returns at once; `done` receives the bytes (on the runtime's
+    /// thread: it must not block).
+    pub fn spawn_get_range(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        done: impl FnOnce(Result<Bytes>) + Send + 'static,
+    ) {
+        self.counts.get.fetch_add(1, Ordering::Relaxed);
+        let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
+        let context = RemoteError {
+            prefix: self.prefix.clone(),
+            location: self.location.clone(),
+            key: key.to_string(),
+        };
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            ..GetOptions::default()
+        };
+        self.runtime
+            .as_ref()
+            .expect("runtime lives as long as the remote")
+            .spawn(async move {
+                let got = async { bucket.get_opts(&path, options).await?.bytes().await }.await;
+                done(got.map_err(|e| context.error("reading", e)));
+            });
+    }
+
     fn get_opts(&self, key: &str, range: Option<GetRange>) -> Result<Bytes> {
         self.counts.get.fetch_add(1, Ordering::Relaxed);
         let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
@@ -292,9 +320,28 @@ impl Remote {
         Ok(out)
     }
 
-    /// The one mapping from object store failures to store errors.
     fn error(&self, doing: &str, key: &str, e: object_store::Error) -> Error {
+        RemoteError {
+            prefix: self.prefix.clone(),
+            location: self.location.clone(),
+            key: key.to_string(),
+        }
+        .error(doing, e)
+    }
+}
+
+/// What a failed request was about, to say so in its error.
+struct RemoteError {
+    prefix: String,
+    location: S3Location,
+    key: String,
+}
+
+impl RemoteError {
+    /// The one mapping from object store failures to store errors.
+    fn error(&self, doing: &str, e: object_store::Error) -> Error {
         use object_store::Error as E;
+        let key = &self.key;
         let what = format!(
             "{doing} {}{key} in bucket {}",
             self.prefix, self.location.bucket

@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     pub marks_fresh: Mutex<Option<Instant>>,
     /// Read counts of this process, per block (its own objects under `reads/`).
     pub reads: Mutex<HashMap<BlockId, crate::reads::ReadCount>>,
+    /// Chunks fetched ahead for readers.
+    pub prefetched: crate::prefetch::Prefetched,
     /// One sweep at a time in this process.
     pub sweeping: Mutex<()>,
 }
@@ -124,6 +126,7 @@ impl S3Store {
             fresh: Mutex::default(),
             marks_fresh: Mutex::default(),
             reads: Mutex::default(),
+            prefetched: Default::default(),
             sweeping: Mutex::default(),
         });
         inner.refresh_if_stale(Duration::ZERO)?;
@@ -482,7 +485,14 @@ impl BlockStore for S3Store {
         if !self.inner.catalog.lock().expect("catalog lock").is_live(id) {
             return Err(Error::NotFound(format!("chunk {id:?}")));
         }
+        if let Some(chunk) = self.inner.take_prefetched(id) {
+            return Ok(chunk);
+        }
         self.inner.read_chunk(id)
+    }
+
+    fn prefetch(&self, ids: &[ChunkId]) {
+        self.inner.prefetch(ids);
     }
 
     fn free_block(&self, id: BlockId) -> Result<Manifest> {

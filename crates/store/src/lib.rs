@@ -121,6 +121,11 @@ pub trait BlockStore: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Says which chunks [`BlockStore::chunk`] will be asked for next, so that a remote backend
+    /// can fetch them at once instead of one round trip at a time. A hint: nothing changes if
+    /// the chunks are never asked for. Local backends ignore it.
+    fn prefetch(&self, _ids: &[ChunkId]) {}
+
     /// Requests made to a remote backend, for metrics; `None` for local backends.
     fn remote_requests(&self) -> Option<RequestCounts> {
         None

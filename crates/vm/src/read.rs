@@ -71,6 +71,9 @@ impl VirtualMemory {
             rest = tail;
         }
         let wave_len = rayon::current_num_threads().max(2);
+        // A remote store fetches them all at once while the waves decode.
+        self.store
+            .prefetch(&manifest.chunk_refs().copied().collect::<Vec<_>>());
         let mut sha = Sha256::new();
         // Waves are [previous_start, start) (decoded, to hash) and [start, start + wave_end).
         let (mut previous_start, mut start) = (0, 0);
@@ -208,7 +211,20 @@ impl VirtualMemory {
         }
         let zeros = vec![0u8; 1 << 20];
         let mut written = 0u64;
-        for batch in wanted.chunks(STREAM_BATCH) {
+        let ids_of = |batch: &[(Extent, Range<usize>)]| -> Vec<ChunkId> {
+            batch
+                .iter()
+                .filter_map(|(e, _)| match e {
+                    Extent::Chunk { id, .. } => Some(*id),
+                    Extent::Zero { .. } => None,
+                })
+                .collect()
+        };
+        let batches: Vec<&[(Extent, Range<usize>)]> = wanted.chunks(STREAM_BATCH).collect();
+        for (i, batch) in batches.iter().enumerate() {
+            // A remote store fetches this batch and the next while this one decodes.
+            let ahead = batches[i..batches.len().min(i + 2)].concat();
+            self.store.prefetch(&ids_of(&ahead));
             let decoded: Vec<Option<Vec<u8>>> = batch
                 .par_iter()
                 .map_init(

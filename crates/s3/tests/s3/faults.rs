@@ -133,3 +133,32 @@ fn an_unreachable_server_is_unavailable_not_missing() {
     let err = S3Store::open(&location, single_writer()).unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
 }
+
+#[test]
+fn prefetched_chunks_are_fetched_once_and_checked_like_any_read() {
+    let location = fresh_location();
+    let store = open(&location, single_writer());
+    let chunks: Vec<_> = (0..6u8).map(|i| chunk(50 + i, 20_000)).collect();
+    put(&store, &chunks.iter().collect::<Vec<_>>());
+    let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
+
+    let gets = || store.remote_requests().unwrap().get;
+    let before = gets();
+    store.prefetch(&ids);
+    for c in &chunks {
+        assert_eq!(store.chunk(&c.id).unwrap().payload, c.payload);
+    }
+    assert_eq!(gets() - before, 6, "one GET per chunk, all started at once");
+
+    // The first chunk's payload damaged: prefetched or not, it is corrupt, never returned.
+    let remote = Remote::connect(&location, quick_timeouts()).unwrap();
+    let pack = pack_names(&remote)[0].clone();
+    let mut bytes = remote.get(&pack).unwrap().to_vec();
+    bytes[8 + 61 + 10] ^= 1;
+    remote.put(&pack, Bytes::from(bytes), false).unwrap();
+    store.prefetch(&ids);
+    assert!(store.chunk(&ids[0]).unwrap_err().is_corrupt());
+    for c in &chunks[1..] {
+        assert_eq!(store.chunk(&c.id).unwrap().payload, c.payload);
+    }
+}

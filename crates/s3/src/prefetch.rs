@@ -1,0 +1,98 @@
+//! Read-ahead: the chunks a reader is about to ask for, fetched many at once.
+//!
+//! A reader decodes a block's chunks a few at a time on a small thread pool; against object
+//! storage each of those reads is a round trip, so at most a few would be in flight. Told what
+//! comes next ([`aetherflow_store::BlockStore::prefetch`]), the store starts ranged GETs for all
+//! of it on its own runtime and hands each chunk over when it is asked for, checked like any
+//! other read. Bounded: at most [`BUDGET`] bytes are fetched ahead, and what nobody asked for
+//! within [`FORGET_AFTER`] is dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use aetherflow_store::{ChunkId, Result, StoredChunk};
+
+use crate::keys;
+use crate::pack;
+use crate::store::Inner;
+
+/// Stored bytes fetched ahead at most, per store.
+pub const BUDGET: u64 = 64 << 20;
+/// A fetched chunk nobody asked for is dropped after this.
+pub const FORGET_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct Slot {
+    result: Mutex<Option<Result<StoredChunk>>>,
+    ready: Condvar,
+    started: Instant,
+    len: u64,
+}
+
+/// Chunks being fetched or fetched, by identity.
+#[derive(Debug, Default)]
+pub(crate) struct Prefetched {
+    slots: Mutex<HashMap<ChunkId, Arc<Slot>>>,
+}
+
+impl Inner {
+    /// Starts fetching the chunks of `ids` that are live, known, not being fetched already,
+    /// and within the budget. Returns at once.
+    pub(crate) fn prefetch(&self, ids: &[ChunkId]) {
+        let mut slots = self.prefetched.slots.lock().expect("prefetch lock");
+        slots.retain(|_, s| s.started.elapsed() < FORGET_AFTER);
+        let mut held: u64 = slots.values().map(|s| s.len).sum();
+        let catalog = self.catalog.lock().expect("catalog lock");
+        for id in ids {
+            if slots.contains_key(id) || !catalog.is_live(id) {
+                continue;
+            }
+            let Some(home) = catalog.usable_home(id).cloned() else {
+                continue;
+            };
+            let len = pack::record_len(&home.info);
+            if held + len > BUDGET {
+                break;
+            }
+            held += len;
+            let slot = Arc::new(Slot {
+                result: Mutex::new(None),
+                ready: Condvar::new(),
+                started: Instant::now(),
+                len,
+            });
+            slots.insert(*id, Arc::clone(&slot));
+            let key = keys::pack(&home.pack);
+            self.remote
+                .spawn_get_range(&key, home.offset..home.offset + len, move |got| {
+                    let result = got.and_then(|bytes| {
+                        let payload =
+                            pack::check_record(&home.pack, home.offset, bytes, &home.info)?;
+                        Ok(StoredChunk {
+                            info: home.info,
+                            payload,
+                        })
+                    });
+                    *slot.result.lock().expect("prefetch slot lock") = Some(result);
+                    slot.ready.notify_all();
+                });
+        }
+    }
+
+    /// The chunk, if it was prefetched (waiting for its fetch to end). A failed fetch gives
+    /// `None` too: the caller reads the chunk the ordinary way, which retries and says why.
+    pub(crate) fn take_prefetched(&self, id: &ChunkId) -> Option<StoredChunk> {
+        let slot = self
+            .prefetched
+            .slots
+            .lock()
+            .expect("prefetch lock")
+            .remove(id)?;
+        let mut result = slot.result.lock().expect("prefetch slot lock");
+        while result.is_none() {
+            result = slot.ready.wait(result).expect("prefetch slot lock");
+        }
+        result.take().and_then(|r| r.ok())
+    }
+}
