@@ -11,13 +11,16 @@
 //! | `refresh`, `reads` | keeping the catalog and read counts in step with the bucket |
 //! | [`sweep`] | garbage collection that is safe against other servers' commits |
 //! | [`store`] | [`S3Store`]: the `BlockStore` contract |
+//! | `meta`, `housekeeper` | the store's identity object; its background thread |
 //!
 //! How the pieces fit, and why concurrent servers never lose a live chunk, is in
 //! `docs/design.md` ("Object storage").
 
 pub mod catalog;
+mod housekeeper;
 pub mod keys;
 pub mod location;
+mod meta;
 pub mod pack;
 mod prefetch;
 mod reads;

@@ -1,8 +1,7 @@
 //! [`S3Store`]: the [`BlockStore`] contract on a bucket that several servers share.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Condvar, Mutex, Weak};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aetherflow_store::epoch::EpochGate;
@@ -13,8 +12,10 @@ use aetherflow_store::{
 use bytes::Bytes;
 
 use crate::catalog::{Catalog, Home};
+use crate::housekeeper::{start_housekeeper, Housekeeper};
 use crate::keys;
 use crate::location::S3Location;
+use crate::meta::open_or_create_meta;
 use crate::pack;
 use crate::remote::{Remote, Timeouts};
 use crate::writer::{PackSlot, Sealed, StagedNote, Writer};
@@ -99,14 +100,6 @@ pub struct S3Store {
     housekeeper: Option<Housekeeper>,
 }
 
-/// The background thread (refreshes, read counts, garbage collection): a stop flag it waits
-/// on, and its handle.
-type Housekeeper = (Arc<(Mutex<bool>, Condvar)>, JoinHandle<()>);
-
-/// How often the housekeeper wakes, and how often read counts are written.
-const TICK: Duration = Duration::from_millis(500);
-const FLUSH_READS_EVERY: Duration = Duration::from_secs(10);
-
 impl S3Store {
     /// Opens the store at `location`, creating it if the prefix holds none. Fails at once, with
     /// a message that says what to fix, when the bucket is missing, the credentials are wrong
@@ -166,102 +159,8 @@ impl Drop for S3Store {
     }
 }
 
-/// Keeps the catalog fresh (so allocations rarely refresh it themselves), writes read counts,
-/// and collects garbage every [`S3Options::sweep_every`].
-fn start_housekeeper(inner: Weak<Inner>) -> Housekeeper {
-    let stop = Arc::new((Mutex::new(false), Condvar::new()));
-    let theirs = Arc::clone(&stop);
-    let handle = std::thread::Builder::new()
-        .name("aetherflow-s3-housekeeper".into())
-        .spawn(move || {
-            let (mut flushed, mut swept) = (Instant::now(), Instant::now());
-            loop {
-                let stopped = theirs.0.lock().expect("housekeeper lock");
-                let (stopped, _) = theirs
-                    .1
-                    .wait_timeout_while(stopped, TICK, |s| !*s)
-                    .expect("housekeeper lock");
-                if *stopped {
-                    return;
-                }
-                drop(stopped);
-                let Some(inner) = inner.upgrade() else { return };
-                // A little ahead of the allocations' own deadline, so they rarely meet it.
-                let early = inner.options.refresh_every.mul_f64(0.8);
-                if let Err(e) = inner.refresh_in_passing(early) {
-                    tracing::warn!("refreshing the view of the bucket: {e}");
-                }
-                if flushed.elapsed() >= FLUSH_READS_EVERY {
-                    flushed = Instant::now();
-                    if let Err(e) = inner.flush_reads() {
-                        tracing::warn!("writing read counts (kept for the next try): {e}");
-                    }
-                }
-                if inner
-                    .options
-                    .sweep_every
-                    .is_some_and(|every| swept.elapsed() >= every)
-                {
-                    match inner.sweep() {
-                        Ok(r) => tracing::debug!(?r, "sweep done"),
-                        Err(e) => tracing::warn!("sweep aborted: {e}"),
-                    }
-                    swept = Instant::now();
-                }
-            }
-        })
-        .expect("spawning the housekeeper thread");
-    (stop, handle)
-}
-
 /// How long the bucket's word that a block exists is taken without asking again.
 const MANIFEST_TRUST: Duration = Duration::from_secs(1);
-
-const META_MAGIC: [u8; 8] = *b"AFS3META";
-const META_VERSION: u8 = 1;
-
-/// Reads the store's identity object, or creates it (create-if-absent, so two servers starting
-/// on an empty prefix agree on one salt).
-fn open_or_create_meta(remote: &Remote) -> Result<([u8; 16], u64)> {
-    // A missing bucket and wrong credentials fail this first request, with their own errors.
-    let exists = match remote.get(keys::META) {
-        Ok(_) => true,
-        Err(Error::NotFound(_)) => false,
-        Err(e) => return Err(e),
-    };
-    if !exists {
-        let salt = aetherflow_store::types::random_salt()?;
-        let mut body = META_MAGIC.to_vec();
-        body.push(META_VERSION);
-        body.extend_from_slice(&salt);
-        body.extend_from_slice(&blake3::hash(&body).as_bytes()[..4]);
-        match remote.put(keys::META, Bytes::from(body), true) {
-            Ok(()) | Err(Error::AlreadyExists(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let body = remote.get(keys::META)?;
-    let what = || {
-        Error::Corrupt(format!(
-            "{}: not an AetherFlow store object (or damaged)",
-            keys::META
-        ))
-    };
-    if body.len() != 8 + 1 + 16 + 4 || body[..8] != META_MAGIC {
-        return Err(what());
-    }
-    if blake3::hash(&body[..25]).as_bytes()[..4] != body[25..] {
-        return Err(what());
-    }
-    if body[8] != META_VERSION {
-        return Err(Error::Corrupt(format!(
-            "{}: store version {} is not supported by this build",
-            keys::META,
-            body[8]
-        )));
-    }
-    Ok((body[9..25].try_into().expect("16 bytes"), body.len() as u64))
-}
 
 impl Inner {
     /// Uploads a sealed pack and makes its chunks findable; wakes the commits waiting for it.
