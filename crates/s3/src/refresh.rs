@@ -16,20 +16,19 @@ impl Inner {
     /// Refreshes everything if the last full refresh is older than `max_age`.
     pub(crate) fn refresh_if_stale(&self, max_age: Duration) -> Result<()> {
         let mut fresh = self.fresh.lock().expect("freshness lock");
-        if fresh.is_some_and(|t| t.elapsed() < max_age) && !max_age.is_zero() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        self.refresh_all()?;
-        *fresh = Some(started);
-        Ok(())
+        self.refresh_holding(&mut fresh, max_age)
     }
 
     /// Like [`Inner::refresh_if_stale`], but returns at once if another thread is refreshing.
     pub(crate) fn refresh_in_passing(&self, max_age: Duration) -> Result<()> {
-        let Ok(mut fresh) = self.fresh.try_lock() else {
-            return Ok(());
-        };
+        match self.fresh.try_lock() {
+            Ok(mut fresh) => self.refresh_holding(&mut fresh, max_age),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The refresh itself, under the freshness lock (`fresh` is what it guards).
+    fn refresh_holding(&self, fresh: &mut Option<Instant>, max_age: Duration) -> Result<()> {
         if fresh.is_some_and(|t| t.elapsed() < max_age) {
             return Ok(());
         }

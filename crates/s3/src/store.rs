@@ -312,7 +312,7 @@ impl BlockStore for S3Store {
         let mut slots: Vec<Arc<PackSlot>> = Vec::new();
         for s in &staged {
             let note = note_of(s)?;
-            note.slot.restate(note.entry, &s.info)?;
+            note.slot.restate(note.entry, &s.info);
             staged_ids.insert(s.info.id);
             if !slots.iter().any(|x| Arc::ptr_eq(x, &note.slot)) {
                 slots.push(Arc::clone(&note.slot));

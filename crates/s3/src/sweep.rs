@@ -23,7 +23,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use aetherflow_store::{ChunkId, ChunkInfo, Error, Manifest, Result};
 use bytes::Bytes;
@@ -62,12 +62,7 @@ impl Inner {
         } else {
             Some(self.bucket_now()?)
         };
-        {
-            let mut fresh = self.fresh.lock().expect("freshness lock");
-            let started = Instant::now();
-            self.refresh_all()?;
-            *fresh = Some(started);
-        }
+        self.refresh_if_stale(Duration::ZERO)?;
         let damaged = self
             .catalog
             .lock()

@@ -137,16 +137,11 @@ impl PackSlot {
     /// Makes entry `entry` say `info`, the commit's description of the chunk, so that reads
     /// check the stored bytes against what the committer vouched for. A pack already sealed
     /// keeps the description given when the chunk was staged.
-    pub fn restate(&self, entry: usize, info: &ChunkInfo) -> Result<()> {
-        let mut state = self.state.lock().expect("slot lock");
-        match &mut *state {
-            SlotState::Open(builder) => {
-                if builder.entry(entry).1 != *info {
-                    builder.restate(entry, info);
-                }
-                Ok(())
+    pub fn restate(&self, entry: usize, info: &ChunkInfo) {
+        if let SlotState::Open(builder) = &mut *self.state.lock().expect("slot lock") {
+            if builder.entry(entry).1 != *info {
+                builder.restate(entry, info);
             }
-            _ => Ok(()),
         }
     }
 
