@@ -49,7 +49,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 Vm::Store(
                     aetherflow_vm::StoreError::Io(_)
                     | aetherflow_vm::StoreError::Locked(_)
-                    | aetherflow_vm::StoreError::Unavailable(_),
+                    | aetherflow_vm::StoreError::Unavailable(_)
+                    | aetherflow_vm::StoreError::Denied(_)
+                    | aetherflow_vm::StoreError::NotFound(_),
                 ) => IO,
                 Vm::Corrupt { .. } | Vm::Store(aetherflow_vm::StoreError::Corrupt(_)) => CORRUPT,
                 Vm::SeedRequired(_) | Vm::WrongSeed(_) => SEED,

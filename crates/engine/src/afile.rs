@@ -78,6 +78,8 @@ pub struct AfInfo {
     pub ratio: f64,
     /// Hex SHA-256 of the content; `None` for an encrypted file opened without its seed.
     pub sha256: Option<String>,
+    /// Whether that SHA-256 counts the holes (as zeros): then it is the original file's.
+    pub holes_hashed: bool,
     /// Number of index entries (records); `None` when the index is sealed and no seed was given.
     pub records: Option<u64>,
 }
@@ -223,6 +225,7 @@ impl AfFile {
                 totals.logical_bytes as f64 / self.file_bytes as f64
             },
             sha256,
+            holes_hashed: self.header.holes_hashed,
             records: self.index.as_ref().map(|i| i.entries.len() as u64),
         })
     }

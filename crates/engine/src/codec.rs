@@ -10,7 +10,7 @@ use std::sync::Arc;
 use zstd::bulk::{Compressor, Decompressor};
 use zstd::zstd_safe::CParameter;
 
-use crate::crypto::{ChunkId, Keys};
+use crate::crypto::{ChunkId, Keys, NonceSource};
 use crate::error::{Error, Result};
 use crate::format::record::{Codec, Record};
 
@@ -80,6 +80,8 @@ const INCOMPRESSIBLE_BITS_PER_BYTE: f64 = 7.95;
 pub struct ChunkEncoder {
     compressor: Compressor<'static>,
     keys: Option<Arc<Keys>>,
+    /// Where the nonce of each sealed chunk comes from (see [`NonceSource`]).
+    nonce: NonceSource,
     scratch: Vec<u8>,
 }
 
@@ -92,7 +94,13 @@ impl std::fmt::Debug for ChunkEncoder {
 }
 
 impl ChunkEncoder {
+    /// An encoder for `.af` files, whose sealed chunks take their identity as nonce.
     pub fn new(level: i32, keys: Option<Arc<Keys>>) -> Result<Self> {
+        ChunkEncoder::with_nonce(level, keys, NonceSource::Identity)
+    }
+
+    /// An encoder whose sealed chunks take their nonce from `nonce`.
+    pub fn with_nonce(level: i32, keys: Option<Arc<Keys>>, nonce: NonceSource) -> Result<Self> {
         let mut compressor = Compressor::new(level).map_err(Error::Io)?;
         // Each chunk is compressed on its own and so starts without history. At the default level
         // a hash table one step larger than zstd's level-3 default wins back that loss (measured
@@ -109,6 +117,7 @@ impl ChunkEncoder {
         Ok(ChunkEncoder {
             compressor,
             keys,
+            nonce,
             scratch: Vec::new(),
         })
     }
@@ -139,7 +148,7 @@ impl ChunkEncoder {
             Codec::Raw => data.to_vec(),
         };
         if let Some(keys) = &self.keys {
-            keys.seal_chunk(&id, &aad(codec, raw_len), &mut payload);
+            keys.seal_chunk(&id, self.nonce, &aad(codec, raw_len), &mut payload);
         }
         Ok(EncodedChunk {
             payload_check: payload_check(codec, self.keys.is_some(), &payload),
@@ -184,9 +193,19 @@ impl ChunkDecoder {
         })
     }
 
-    /// Restores a chunk's plaintext and checks it against `id`. The output is never larger than
-    /// `raw_len`, which the record reader has already bounded.
-    pub fn decode(&mut self, record: &Record, mut payload: Vec<u8>) -> Result<Vec<u8>> {
+    /// Restores a chunk of an `.af` file and checks it against `id`. The output is never larger
+    /// than `raw_len`, which the record reader has already bounded.
+    pub fn decode(&mut self, record: &Record, payload: Vec<u8>) -> Result<Vec<u8>> {
+        self.decode_sealed(record, payload, NonceSource::Identity)
+    }
+
+    /// [`ChunkDecoder::decode`] for a chunk sealed with its nonce from `nonce`.
+    pub fn decode_sealed(
+        &mut self,
+        record: &Record,
+        mut payload: Vec<u8>,
+        nonce: NonceSource,
+    ) -> Result<Vec<u8>> {
         let Record::Data {
             codec,
             raw_len,
@@ -201,7 +220,7 @@ impl ChunkDecoder {
             return Err(Error::corrupt("chunk payload checksum mismatch"));
         }
         if let Some(keys) = &self.keys {
-            keys.open_chunk(&id, &aad(codec, raw_len), &mut payload)?;
+            keys.open_chunk(&id, nonce, &aad(codec, raw_len), &mut payload)?;
         }
         let plain = match codec {
             Codec::Raw => payload,

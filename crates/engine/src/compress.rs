@@ -111,7 +111,8 @@ pub struct CompressSummary {
     pub totals: Totals,
     /// Bytes of the `.af` file.
     pub file_bytes: u64,
-    /// SHA-256 of the content (hole extents excluded).
+    /// SHA-256 of the content: the input file's own, unless its holes were too large to hash
+    /// (then hole extents are excluded; the header's `holes_hashed` says which).
     #[serde(serialize_with = "crate::hex::serialize")]
     pub sha256: [u8; 32],
     pub encrypted: bool,
@@ -143,33 +144,33 @@ pub(crate) fn compress_keyed<'s>(
         )));
     }
     let threads = options.threads.clamp(1, 256);
-    let (keys, header) = match options.seed {
+    let (keys, salt) = match options.seed {
         Some(seed) => {
             let salt = match options.salt {
                 Some(salt) => salt,
                 None => random_salt()?,
             };
-            let keys = Keys::derive(seed, &salt, options.kdf)?;
-            let header = Header::new(
-                options.level as i8,
-                options.archive,
-                options.chunking,
-                Some((&keys, salt, options.kdf)),
-            );
-            (Some(Arc::new(keys)), header)
+            (
+                Some(Arc::new(Keys::derive(seed, &salt, options.kdf)?)),
+                salt,
+            )
         }
-        None => (
-            None,
-            Header::new(options.level as i8, options.archive, options.chunking, None),
-        ),
+        None => (None, [0; crate::crypto::SALT_LEN]),
     };
+    let source = Input::of(source(keys.clone())?)?;
+    let header = Header::with_hashed_holes(
+        options.level as i8,
+        options.archive,
+        source.hashes_holes(),
+        options.chunking,
+        keys.as_deref().map(|k| (k, salt, options.kdf)),
+    );
     let gear_seed = keys.as_ref().map_or(0, |k| k.gear_seed());
     let encoders = (0..threads)
         .map(|_| ChunkEncoder::new(options.level, keys.clone()))
         .collect::<Result<Vec<_>>>()?;
 
-    let source = source(keys.clone())?;
-    let mut writer = RecordWriter::new(out, keys.as_deref());
+    let mut writer = RecordWriter::new(out, keys.as_deref(), header.holes_hashed);
     writer.write_raw(&header.encode())?;
 
     let claims = Mutex::new(HashMap::<ChunkId, u64>::new());
@@ -196,6 +197,47 @@ pub(crate) fn compress_keyed<'s>(
     writer.finish()
 }
 
+/// Holes up to this many bytes in all are hashed as the zeros they read as, so that the SHA-256
+/// an `.af` file carries is the input file's own: about a second of SHA-256 at most. Beyond it
+/// (a 15 TiB sparse file) holes stay out of the digest, and `stats` says so.
+pub const HASHED_HOLES_MAX: u64 = 1 << 30;
+
+/// A [`Source`] ready to be read: a file's extents are found first, because whether its holes
+/// are hashed is written in the header, before any record.
+enum Input<'a> {
+    File(File, Vec<Extent>),
+    Other(Source<'a>),
+}
+
+impl<'a> Input<'a> {
+    fn of(source: Source<'a>) -> Result<Input<'a>> {
+        Ok(match source {
+            Source::File(file) => {
+                let len = file.metadata()?.len();
+                let found = extents(&file, len)?;
+                Input::File(file, found)
+            }
+            other => Input::Other(other),
+        })
+    }
+
+    /// Whether the holes are few enough to hash (files only: a directory archive's content is
+    /// no file a user could hash).
+    fn hashes_holes(&self) -> bool {
+        let Input::File(_, found) = self else {
+            return false;
+        };
+        let holes: u64 = found
+            .iter()
+            .map(|e| match e {
+                Extent::Hole { len } => *len,
+                Extent::Data { .. } => 0,
+            })
+            .sum();
+        holes > 0 && holes <= HASHED_HOLES_MAX
+    }
+}
+
 /// What the reader hands to the workers.
 enum Piece {
     Data(Vec<u8>),
@@ -211,7 +253,7 @@ enum Done {
 }
 
 fn read_pieces(
-    source: Source<'_>,
+    source: Input<'_>,
     chunking: ChunkParams,
     gear_seed: u64,
     progress: &dyn Progress,
@@ -233,10 +275,10 @@ fn read_pieces(
         Ok(true)
     };
     match source {
-        Source::Stream(mut reader) => {
+        Input::Other(Source::Stream(mut reader)) => {
             chunk_all(&mut reader, &mut send)?;
         }
-        Source::Stretches(mut stretches) => {
+        Input::Other(Source::Stretches(mut stretches)) => {
             while let Some(stretch) = stretches.next_stretch()? {
                 let more = match stretch {
                     Stretch::Hole(0) => true,
@@ -248,10 +290,10 @@ fn read_pieces(
                 }
             }
         }
-        Source::File(mut file) => {
-            let len = file.metadata()?.len();
-            progress.set_total(len);
-            for extent in extents(&file, len)? {
+        Input::Other(Source::File(_)) => unreachable!("files become Input::File"),
+        Input::File(mut file, found) => {
+            progress.set_total(file.metadata()?.len());
+            for extent in found {
                 let more = match extent {
                     Extent::Hole { len } => send(Piece::Hole(len)),
                     Extent::Data { offset, len } => {
@@ -315,13 +357,16 @@ struct RecordWriter<'w, W: Write> {
     index: Index,
     totals: Totals,
     sha: ContentHasher,
+    /// Holes go into the SHA-256 as zeros (the header says so).
+    hash_holes: bool,
 }
 
 impl<'w, W: Write> RecordWriter<'w, W> {
-    fn new(out: &'w mut W, keys: Option<&'w Keys>) -> Self {
+    fn new(out: &'w mut W, keys: Option<&'w Keys>, hash_holes: bool) -> Self {
         RecordWriter {
             out,
             keys,
+            hash_holes,
             offset: 0,
             logical: 0,
             run: None,
@@ -363,7 +408,12 @@ impl<'w, W: Write> RecordWriter<'w, W> {
 
     fn accept(&mut self, done: Done) -> Result<()> {
         match done {
-            Done::Hole(len) => self.extend_run(true, len),
+            Done::Hole(len) => {
+                if self.hash_holes {
+                    self.sha.zeros(len);
+                }
+                self.extend_run(true, len)
+            }
             Done::Zero(plain) => {
                 self.sha.zeros(plain.len() as u64);
                 self.extend_run(false, plain.len() as u64)

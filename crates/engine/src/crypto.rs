@@ -9,7 +9,15 @@
 //!                                      --> meta key   (index MAC and sealed content digest)
 //!                                      --> check key  (header key check: wrong seed refused up front)
 //!                                      --> gear seed  (keyed content-defined chunk boundaries)
+//!                                      --> nonce key  (synthetic chunk nonces, stores only)
 //! ```
+//!
+//! A nonce under one key must never meet two different payloads. Where chunks are sealed decides
+//! where their nonce comes from ([`NonceSource`]): an `.af` file has keys of its own (a fresh
+//! salt per file) and stores each identity once, so the identity can serve as the nonce; a block
+//! store keeps one key per seed domain for ever and may store one plaintext twice (two servers
+//! that have not seen each other's chunks, a new zstd version), so there the nonce is derived
+//! from the payload itself and stored in front of it.
 //!
 //! Secrets live in [`Zeroizing`] buffers, are wiped on drop, and have no `Debug` that prints
 //! them, no `Clone` and no `Default`.
@@ -28,6 +36,22 @@ pub const TAG_LEN: usize = 16;
 
 /// Bytes of random salt stored in the header of an encrypted file.
 pub const SALT_LEN: usize = 16;
+
+/// Bytes of an XChaCha20-Poly1305 nonce.
+pub const NONCE_LEN: usize = 24;
+
+/// Where the nonce of an encrypted chunk comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceSource {
+    /// The first 24 bytes of the chunk's identity, stored nowhere. Safe only where one key never
+    /// seals two different payloads of one identity: an `.af` file (fresh keys per file, each
+    /// identity stored once). Format-1 stores sealed their chunks this way; they still read.
+    Identity,
+    /// Synthetic, SIV-style: keyed BLAKE3 of the associated data and the payload, stored as the
+    /// payload's first 24 bytes. A nonce repeats only with an identical payload, whoever seals
+    /// it and whenever: what a store whose key lives as long as its seed needs.
+    Stored,
+}
 
 /// A user's secret. Never printed, never stored; wiped from memory on drop.
 pub struct Seed(Zeroizing<Vec<u8>>);
@@ -112,6 +136,7 @@ pub struct Keys {
     chunk_key: Zeroizing<[u8; 32]>,
     meta_key: Zeroizing<[u8; 32]>,
     check_key: Zeroizing<[u8; 32]>,
+    nonce_key: Zeroizing<[u8; 32]>,
     gear_seed: u64,
 }
 
@@ -143,6 +168,7 @@ impl Keys {
             chunk_key: sub("aetherflow v1 chunk encryption"),
             meta_key: sub("aetherflow v1 metadata authentication"),
             check_key: sub("aetherflow v1 seed check"),
+            nonce_key: sub("aetherflow v2 chunk nonce"),
             gear_seed: u64::from_le_bytes(gear[..8].try_into().expect("8 bytes")),
         }
     }
@@ -168,16 +194,51 @@ impl Keys {
         blake3::Hasher::new_keyed(&self.meta_key)
     }
 
-    /// Encrypts `buf` in place and appends the tag. The nonce comes from the chunk id, which is
-    /// a keyed hash of the plaintext: equal plaintexts give equal ciphertexts (what dedup needs),
-    /// and a nonce repeats only together with its plaintext.
-    pub fn seal_chunk(&self, id: &ChunkId, aad: &[u8], buf: &mut Vec<u8>) {
-        seal(&self.chunk_key, &id.0[..24], aad, buf)
+    /// Encrypts `buf` in place and appends the tag; with [`NonceSource::Stored`] the nonce goes
+    /// in front. Equal plaintexts give equal ciphertexts either way (what dedup needs).
+    pub fn seal_chunk(&self, id: &ChunkId, source: NonceSource, aad: &[u8], buf: &mut Vec<u8>) {
+        match source {
+            NonceSource::Identity => seal(&self.chunk_key, &id.0[..NONCE_LEN], aad, buf),
+            NonceSource::Stored => {
+                let nonce = self.synthetic_nonce(aad, buf);
+                seal(&self.chunk_key, &nonce, aad, buf);
+                buf.splice(0..0, nonce);
+            }
+        }
     }
 
-    /// Checks the tag and decrypts in place; a bad tag is corruption (the seed was checked first).
-    pub fn open_chunk(&self, id: &ChunkId, aad: &[u8], buf: &mut Vec<u8>) -> Result<()> {
-        open(&self.chunk_key, &id.0[..24], aad, buf)
+    /// Checks the tag and decrypts in place (dropping a stored nonce); a bad tag is corruption
+    /// (the seed was checked first).
+    pub fn open_chunk(
+        &self,
+        id: &ChunkId,
+        source: NonceSource,
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        match source {
+            NonceSource::Identity => open(&self.chunk_key, &id.0[..NONCE_LEN], aad, buf),
+            NonceSource::Stored => {
+                if buf.len() < NONCE_LEN {
+                    return Err(Error::corrupt("encrypted payload shorter than its nonce"));
+                }
+                let nonce: [u8; NONCE_LEN] = buf[..NONCE_LEN].try_into().expect("24 bytes");
+                buf.drain(..NONCE_LEN);
+                open(&self.chunk_key, &nonce, aad, buf)
+            }
+        }
+    }
+
+    /// The nonce [`NonceSource::Stored`] seals `payload` under: a keyed hash of everything the
+    /// ciphertext depends on besides the key.
+    fn synthetic_nonce(&self, aad: &[u8], payload: &[u8]) -> [u8; NONCE_LEN] {
+        let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
+        h.update(&(aad.len() as u64).to_le_bytes());
+        h.update(aad);
+        h.update(payload);
+        h.finalize().as_bytes()[..NONCE_LEN]
+            .try_into()
+            .expect("24 bytes")
     }
 
     /// Seals a small metadata value (the content digest) under the metadata key.
@@ -275,15 +336,38 @@ mod tests {
     fn chunk_round_trip_and_tamper() {
         let k = keys("alpha");
         let id = k.chunk_id(b"hello");
-        let mut buf = b"hello".to_vec();
-        k.seal_chunk(&id, b"aad", &mut buf);
-        assert_ne!(&buf[..5], b"hello");
-        let mut tampered = buf.clone();
-        tampered[2] ^= 1;
-        assert!(k.open_chunk(&id, b"aad", &mut tampered).is_err());
-        assert!(k.open_chunk(&id, b"other", &mut buf.clone()).is_err());
-        k.open_chunk(&id, b"aad", &mut buf).unwrap();
-        assert_eq!(buf, b"hello");
+        for source in [NonceSource::Identity, NonceSource::Stored] {
+            let mut buf = b"hello".to_vec();
+            k.seal_chunk(&id, source, b"aad", &mut buf);
+            assert!(!buf.windows(5).any(|w| w == b"hello"));
+            for at in 0..buf.len() {
+                let mut tampered = buf.clone();
+                tampered[at] ^= 1;
+                assert!(k.open_chunk(&id, source, b"aad", &mut tampered).is_err());
+            }
+            assert!(k
+                .open_chunk(&id, source, b"other", &mut buf.clone())
+                .is_err());
+            k.open_chunk(&id, source, b"aad", &mut buf).unwrap();
+            assert_eq!(buf, b"hello");
+        }
+    }
+
+    #[test]
+    fn stored_nonces_differ_with_the_payload_and_repeat_with_it() {
+        let k = keys("alpha");
+        let id = k.chunk_id(b"one identity");
+        let sealed = |payload: &[u8], aad: &[u8]| {
+            let mut buf = payload.to_vec();
+            k.seal_chunk(&id, NonceSource::Stored, aad, &mut buf);
+            buf[..NONCE_LEN].to_vec()
+        };
+        // Two encodings of one plaintext (say two zstd versions) under one identity and key:
+        // their nonces must differ, or their XOR and the Poly1305 key would leak.
+        assert_ne!(sealed(b"frame A", b"aad"), sealed(b"frame B", b"aad"));
+        assert_ne!(sealed(b"frame A", b"aad"), sealed(b"frame A", b"dda"));
+        assert_eq!(sealed(b"frame A", b"aad"), sealed(b"frame A", b"aad"));
+        assert_ne!(sealed(b"frame A", b"aad"), id.0[..NONCE_LEN].to_vec());
     }
 
     #[test]

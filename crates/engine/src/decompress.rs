@@ -155,7 +155,13 @@ pub fn decompress(
         .map(|_| ChunkDecoder::new(keys.clone()))
         .collect::<Result<Vec<_>>>()?;
     let resolver = Resolver::new(&sink, reread, &header, keys.clone())?;
-    let mut writer = ContentWriter::new(sink, resolver, keys.clone(), expected_logical);
+    let mut writer = ContentWriter::new(
+        sink,
+        resolver,
+        keys.clone(),
+        expected_logical,
+        header.holes_hashed,
+    );
     let tag_len = if keys.is_some() { TAG_LEN } else { 0 };
     let max_chunk = header.chunking.max;
     let limits = options.limits;

@@ -4,6 +4,8 @@
 //! the writer's thread it made the writer the pipeline's bottleneck. As a stage of its own it
 //! runs beside the writes. The channel is bounded, so at most a few chunks wait for it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
@@ -18,6 +20,9 @@ enum Job {
 pub(crate) struct ContentHasher {
     tx: Option<Sender<Job>>,
     handle: Option<JoinHandle<[u8; 32]>>,
+    /// Set when the hasher is dropped unfinished (the pipeline failed): a long zero run being
+    /// hashed (a hostile file may claim an exabyte) stops within 64 KiB instead of running on.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for ContentHasher {
@@ -31,13 +36,15 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 impl ContentHasher {
     pub(crate) fn new() -> ContentHasher {
         let (tx, rx) = bounded::<Job>(4);
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&abandoned);
         let handle = std::thread::spawn(move || {
             let mut sha = Sha256::new();
             for job in rx {
                 match job {
                     Job::Bytes(bytes) => sha.update(&bytes),
                     Job::Zeros(mut left) => {
-                        while left > 0 {
+                        while left > 0 && !stop.load(Ordering::Relaxed) {
                             let n = left.min(ZEROS.len() as u64) as usize;
                             sha.update(&ZEROS[..n]);
                             left -= n as u64;
@@ -50,6 +57,7 @@ impl ContentHasher {
         ContentHasher {
             tx: Some(tx),
             handle: Some(handle),
+            abandoned,
         }
     }
 
@@ -58,6 +66,7 @@ impl ContentHasher {
         ContentHasher {
             tx: None,
             handle: None,
+            abandoned: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -87,7 +96,9 @@ impl ContentHasher {
 }
 
 impl Drop for ContentHasher {
+    /// Only an unfinished hasher is dropped with its thread alive: its digest is not wanted.
     fn drop(&mut self) {
+        self.abandoned.store(true, Ordering::Relaxed);
         drop(self.tx.take());
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
@@ -112,5 +123,14 @@ mod tests {
             .finalize()
             .into();
         assert_eq!(hasher.finish(), expected);
+    }
+
+    #[test]
+    fn an_abandoned_hasher_stops_at_once() {
+        let hasher = ContentHasher::new();
+        hasher.zeros(u64::MAX); // about 2^53 blocks: hashing them would never end
+        let started = std::time::Instant::now();
+        drop(hasher);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 }

@@ -253,6 +253,8 @@ fn sparse_file_holes_are_not_read_and_come_back_as_holes() {
     assert_eq!(summary.totals.logical_bytes, 2 << 40);
     assert!(summary.totals.hole_bytes > (2 << 40) - (1 << 20));
     assert!(af.len() < 4096, "{} bytes", af.len());
+    // Two terabytes of holes are too many to hash: they stay out of the digest.
+    assert_eq!(af[10] & 4, 0);
 
     let mut input = tempfile::tempfile().unwrap();
     input.write_all(&af).unwrap();
@@ -273,6 +275,50 @@ fn sparse_file_holes_are_not_read_and_come_back_as_holes() {
     let mut probe = vec![0u8; 32];
     std::os::unix::fs::FileExt::read_exact_at(&output, &mut probe, 1 << 40).unwrap();
     assert_eq!(&probe, b"data in the middle of a terabyte");
+}
+
+#[test]
+fn a_sparse_file_with_small_holes_has_the_files_own_sha256() {
+    use sha2::Digest;
+    // 64 MiB with holes between three stretches of data: small enough to hash the holes.
+    let mut file = tempfile::tempfile().unwrap();
+    let mut whole = vec![0u8; 64 << 20];
+    for at in [0usize, 20 << 20, 60 << 20] {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 ^ 7).collect();
+        file.seek(SeekFrom::Start(at as u64)).unwrap();
+        file.write_all(&data).unwrap();
+        whole[at..at + data.len()].copy_from_slice(&data);
+    }
+    file.set_len(64 << 20).unwrap();
+    let mut af = Vec::new();
+    let summary = compress(
+        Source::File(file),
+        &mut af,
+        &CompressOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(summary.totals.hole_bytes > 60 << 20, "the holes were found");
+    let expected: [u8; 32] = sha2::Sha256::digest(&whole).into();
+    assert_eq!(
+        summary.sha256, expected,
+        "what sha256sum of the file prints"
+    );
+    // The restore checks the same digest, holes included, and keeps the holes.
+    let mut input = tempfile::tempfile().unwrap();
+    input.write_all(&af).unwrap();
+    let output = tempfile::tempfile().unwrap();
+    let restored = decompress(
+        AfSource::File(input),
+        Sink::File(&output),
+        &DecompressOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(restored.sha256, expected);
+    // So does a streamed restore, where the holes come out as zeros.
+    assert_eq!(unpack_stream(&af, None, 2).unwrap(), whole);
+    assert_ne!(af[10] & 4, 0, "the header says the holes are hashed");
 }
 
 #[test]

@@ -53,20 +53,20 @@ struct KnownBlock {
     confirmed: Instant,
 }
 
-/// The catalog itself; the store keeps it behind one mutex.
+/// The catalog itself; the store keeps it behind one lock (`crate::view`).
 #[derive(Debug, Default)]
 pub struct Catalog {
     generation: u64,
     blocks: BTreeMap<BlockId, KnownBlock>,
     /// Blocks whose manifest object could not be decoded: their chunks are unknown, so nothing
     /// may be deleted while one exists.
-    pub damaged_blocks: BTreeMap<BlockId, String>,
+    damaged_blocks: BTreeMap<BlockId, String>,
     /// Number of blocks referring to each chunk (each block counted once).
     refs: HashMap<ChunkId, u32>,
     homes: HashMap<ChunkId, Vec<Home>>,
     packs: BTreeMap<Arc<str>, PackEntry>,
     /// Packs whose index could not be read, with why.
-    pub bad_packs: BTreeMap<String, String>,
+    bad_packs: BTreeMap<String, String>,
     live: Totals,
     manifest_bytes: u64,
     pack_bytes: u64,
@@ -184,6 +184,16 @@ impl Catalog {
         self.damaged_blocks.retain(|id, _| listed.contains(id));
     }
 
+    /// Notes a block whose manifest cannot be decoded (until it is freed or listed no more).
+    pub fn note_damaged_block(&mut self, id: BlockId, why: String) {
+        self.damaged_blocks.insert(id, why);
+    }
+
+    /// Blocks whose manifest cannot be decoded, with why.
+    pub fn damaged_blocks(&self) -> impl Iterator<Item = (&BlockId, &String)> {
+        self.damaged_blocks.iter()
+    }
+
     /// Marks a listed block as still there.
     pub fn saw_block(&mut self, id: BlockId) -> bool {
         match self.blocks.get_mut(&id) {
@@ -248,6 +258,20 @@ impl Catalog {
     }
 
     // ----- packs -----
+
+    /// Notes a pack whose index cannot be read, so that it is not fetched again and again.
+    pub fn note_bad_pack(&mut self, name: &str, why: String) {
+        self.bad_packs.insert(name.to_string(), why);
+    }
+
+    pub fn is_bad_pack(&self, name: &str) -> bool {
+        self.bad_packs.contains_key(name)
+    }
+
+    /// Packs whose index cannot be read, with why.
+    pub fn bad_packs(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.bad_packs.iter()
+    }
 
     pub fn pack(&self, name: &str) -> Option<&PackEntry> {
         self.packs.get(name)
@@ -324,7 +348,7 @@ impl Catalog {
     }
 
     /// After a complete listing of packs started at `generation`: forgets packs that are gone.
-    pub fn confirm_packs(&mut self, listed: &HashSet<&str>, generation: u64) {
+    pub fn confirm_packs(&mut self, listed: &HashSet<String>, generation: u64) {
         let gone: Vec<Arc<str>> = self
             .packs
             .iter()
@@ -334,7 +358,7 @@ impl Catalog {
         for name in gone {
             self.remove_pack(&name);
         }
-        self.bad_packs.retain(|n, _| listed.contains(n.as_str()));
+        self.bad_packs.retain(|n, _| listed.contains(n));
     }
 
     pub fn condemn(&mut self, name: &str, at_ms: Option<i64>, stamp: Option<u64>) {
@@ -365,7 +389,7 @@ impl Catalog {
     }
 
     /// After a complete listing of condemnation marks started at `generation`.
-    pub fn confirm_condemned(&mut self, listed: &HashSet<&str>, generation: u64) {
+    pub fn confirm_condemned(&mut self, listed: &HashSet<String>, generation: u64) {
         for (name, p) in self.packs.iter_mut() {
             if p.condemned.is_some_and(|c| c.seen < generation) && !listed.contains(&**name) {
                 p.condemned = None;
@@ -393,6 +417,7 @@ mod tests {
         ChunkInfo {
             id: ChunkId::plain(&[n]),
             codec: Codec::Raw,
+            nonce_stored: false,
             raw_len: 100,
             stored_len: 100,
             check: [0; 16],

@@ -7,30 +7,36 @@
 //! | [`keys`] | the layout of objects in the bucket |
 //! | [`pack`] | pack objects: many chunks, their index at the end |
 //! | [`catalog`] | what this server knows of the bucket: blocks, packs, references |
-//! | [`writer`] | the open pack that concurrent allocations stage into |
-//! | `refresh`, `reads` | keeping the catalog and read counts in step with the bucket |
+//! | `view` | the catalog behind its lock, and the listings that refresh it |
+//! | [`writer`], `packs` | the open pack that concurrent allocations stage into; uploads |
+//! | `chunks`, `prefetch` | reading chunks back, and fetching them ahead |
+//! | `reads` | read counts in the bucket |
 //! | [`sweep`] | garbage collection that is safe against other servers' commits |
-//! | [`store`] | [`S3Store`]: the `BlockStore` contract |
-//! | `meta`, `housekeeper` | the store's identity object; its background thread |
+//! | [`store`] | [`S3Store`]: the `BlockStore` contract, its parts and their lock order |
+//! | [`meta`], `housekeeper` | the store's identity object; its background thread |
+//! | `sync` | locks that outlive a panic; work run once for all who want it |
 //!
 //! How the pieces fit, and why concurrent servers never lose a live chunk, is in
 //! `docs/design.md` ("Object storage").
 
 pub mod catalog;
+mod chunks;
 mod housekeeper;
 pub mod keys;
 pub mod location;
-mod meta;
+pub mod meta;
 pub mod pack;
+mod packs;
 mod prefetch;
 mod reads;
-mod refresh;
 pub mod remote;
 pub mod store;
 pub mod sweep;
+mod sync;
 mod verify;
+mod view;
 pub mod writer;
 
 pub use location::S3Location;
-pub use remote::Timeouts;
+pub use remote::{s3_bucket, Timeouts};
 pub use store::{S3Options, S3Store};

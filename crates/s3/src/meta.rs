@@ -1,53 +1,109 @@
 //! The store's identity object: format version and the salt of its dedup domains.
 
-use aetherflow_store::{Error, Result};
+use aetherflow_store::{Error, Result, What};
 use bytes::Bytes;
 
 use crate::keys;
 use crate::remote::Remote;
 
 const META_MAGIC: [u8; 8] = *b"AFS3META";
-const META_VERSION: u8 = 1;
+/// 2: sealed chunks carry their own nonce, seeded manifests a random checksum nonce (as the
+/// local store's format 2). A version-1 store is upgraded on its first writable open, so that
+/// builds that know only version 1 refuse it instead of misreading new chunks.
+pub const META_VERSION: u8 = 2;
+const UPGRADABLE_VERSIONS: &[u8] = &[1];
+const META_LEN: usize = 8 + 1 + 16 + 4;
 
-/// Reads the store's identity object, or creates it (create-if-absent, so two servers starting
-/// on an empty prefix agree on one salt).
-pub(crate) fn open_or_create_meta(remote: &Remote) -> Result<([u8; 16], u64)> {
-    // A missing bucket and wrong credentials fail this first request, with their own errors.
-    let exists = match remote.get(keys::META) {
-        Ok(_) => true,
-        Err(Error::NotFound(_)) => false,
-        Err(e) => return Err(e),
-    };
-    if !exists {
-        let salt = aetherflow_store::types::random_salt()?;
-        let mut body = META_MAGIC.to_vec();
-        body.push(META_VERSION);
-        body.extend_from_slice(&salt);
-        body.extend_from_slice(&blake3::hash(&body).as_bytes()[..4]);
-        match remote.put(keys::META, Bytes::from(body), true) {
-            Ok(()) | Err(Error::AlreadyExists(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let body = remote.get(keys::META)?;
-    let what = || {
-        Error::Corrupt(format!(
+/// What the identity object says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Identity {
+    pub salt: [u8; 16],
+    pub bytes: u64,
+}
+
+/// An identity object's bytes.
+pub fn encode_identity(version: u8, salt: &[u8; 16]) -> Bytes {
+    let mut body = META_MAGIC.to_vec();
+    body.push(version);
+    body.extend_from_slice(salt);
+    body.extend_from_slice(&blake3::hash(&body).as_bytes()[..4]);
+    Bytes::from(body)
+}
+
+/// The version and salt of an identity object, checked.
+pub fn decode_identity(body: &[u8]) -> Result<(u8, [u8; 16])> {
+    if body.len() != META_LEN
+        || body[..8] != META_MAGIC
+        || blake3::hash(&body[..25]).as_bytes()[..4] != body[25..]
+    {
+        return Err(Error::Corrupt(format!(
             "{}: not an AetherFlow store object (or damaged)",
             keys::META
-        ))
-    };
-    if body.len() != 8 + 1 + 16 + 4 || body[..8] != META_MAGIC {
-        return Err(what());
-    }
-    if blake3::hash(&body[..25]).as_bytes()[..4] != body[25..] {
-        return Err(what());
-    }
-    if body[8] != META_VERSION {
-        return Err(Error::Corrupt(format!(
-            "{}: store version {} is not supported by this build",
-            keys::META,
-            body[8]
         )));
     }
-    Ok((body[9..25].try_into().expect("16 bytes"), body.len() as u64))
+    Ok((body[8], body[9..25].try_into().expect("16 bytes")))
+}
+
+/// Reads the store's identity object. A prefix without one is [`Error::NotFound`] (the bucket
+/// missing too, said so); with `create`, it is created instead (create-if-absent, so two
+/// servers starting on an empty prefix agree on one salt), and a version-1 object is upgraded.
+/// Without `create` nothing is ever written.
+pub(crate) fn open_identity(remote: &Remote, create: bool) -> Result<Identity> {
+    let body = match remote.get(keys::META) {
+        Ok(body) => body,
+        Err(Error::NotFound(_)) if !remote.bucket_listable() => {
+            return Err(Error::NotFound(What::Bucket {
+                name: remote.location.bucket.clone(),
+                endpoint: remote
+                    .location
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| "AWS".into()),
+            }))
+        }
+        Err(Error::NotFound(_)) if !create => {
+            return Err(Error::NotFound(What::Store(remote.location.to_string())))
+        }
+        Err(Error::NotFound(_)) => {
+            let salt = aetherflow_store::types::random_salt()?;
+            match remote.put(keys::META, encode_identity(META_VERSION, &salt), true) {
+                Ok(()) | Err(Error::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+            remote.get(keys::META)?
+        }
+        Err(e) => return Err(e),
+    };
+    let (version, salt) = decode_identity(&body)?;
+    if version != META_VERSION && !UPGRADABLE_VERSIONS.contains(&version) {
+        return Err(Error::Corrupt(format!(
+            "{}: store version {version} is not supported by this build (it reads up to \
+             {META_VERSION})",
+            keys::META
+        )));
+    }
+    if version != META_VERSION && create {
+        remote.put(keys::META, encode_identity(META_VERSION, &salt), false)?;
+    }
+    Ok(Identity {
+        salt,
+        bytes: body.len() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_round_trips_and_damage_is_refused() {
+        let body = encode_identity(META_VERSION, &[7; 16]);
+        assert_eq!(decode_identity(&body).unwrap(), (META_VERSION, [7; 16]));
+        for at in 0..body.len() {
+            let mut bad = body.to_vec();
+            bad[at] ^= 1;
+            assert!(decode_identity(&bad).is_err(), "flip at {at}");
+        }
+        assert!(decode_identity(&body[..body.len() - 1]).is_err());
+    }
 }

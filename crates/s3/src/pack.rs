@@ -135,8 +135,9 @@ pub fn parse_index(name: &str, size: u64, tail: &[u8]) -> Result<Vec<(u64, Chunk
             let offset = u64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
             let info = parse_record_header(e[8..].try_into().expect("header length"))
                 .map_err(|err| Error::Corrupt(format!("pack {name}: index entry: {err}")))?;
-            let end = offset + RECORD_HEADER_LEN as u64 + u64::from(info.stored_len);
-            if offset < HEADER_LEN || end > index_start {
+            // The offset is untrusted: an entry claiming one near 2^64 must not wrap around.
+            let end = offset.checked_add(record_len(&info));
+            if offset < HEADER_LEN || end.is_none_or(|end| end > index_start) {
                 return Err(Error::Corrupt(format!(
                     "pack {name}: index entry at {offset} points outside the records"
                 )));
@@ -147,8 +148,18 @@ pub fn parse_index(name: &str, size: u64, tail: &[u8]) -> Result<Vec<(u64, Chunk
 }
 
 /// Length of the record of a chunk described by `info`.
+#[inline]
 pub fn record_len(info: &ChunkInfo) -> u64 {
     RECORD_HEADER_LEN as u64 + u64::from(info.stored_len)
+}
+
+/// The bytes of the record at `offset` of a whole pack object (fewer, or none, if the object
+/// is shorter than that: [`check_record`] then says so).
+pub fn record_at(pack: &Bytes, offset: u64, info: &ChunkInfo) -> Bytes {
+    let len = pack.len() as u64;
+    let start = offset.min(len);
+    let end = offset.saturating_add(record_len(info)).min(len);
+    pack.slice(start as usize..end as usize)
 }
 
 /// Checks one record read back (`bytes` from its offset, [`record_len`] long) against the chunk
@@ -195,6 +206,7 @@ mod tests {
         ChunkInfo {
             id: ChunkId::plain(&[n]),
             codec: Codec::Raw,
+            nonce_stored: false,
             raw_len: payload.len() as u32,
             stored_len: payload.len() as u32,
             check: aetherflow_store::types::payload_check(payload),

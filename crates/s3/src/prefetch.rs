@@ -13,9 +13,12 @@ use std::time::{Duration, Instant};
 
 use aetherflow_store::{ChunkId, Result, StoredChunk};
 
+use crate::catalog::Home;
 use crate::keys;
 use crate::pack;
-use crate::store::Inner;
+use crate::remote::Remote;
+use crate::sync::lock;
+use crate::view::View;
 
 /// Stored bytes fetched ahead at most, per store.
 pub const BUDGET: u64 = 64 << 20;
@@ -31,26 +34,38 @@ struct Slot {
 }
 
 /// Chunks being fetched or fetched, by identity.
-#[derive(Debug, Default)]
-pub(crate) struct Prefetched {
+#[derive(Debug)]
+pub(crate) struct Prefetcher {
+    remote: Arc<Remote>,
+    view: Arc<View>,
     slots: Mutex<HashMap<ChunkId, Arc<Slot>>>,
 }
 
-impl Inner {
+impl Prefetcher {
+    pub fn new(remote: Arc<Remote>, view: Arc<View>) -> Prefetcher {
+        Prefetcher {
+            remote,
+            view,
+            slots: Mutex::default(),
+        }
+    }
+
     /// Starts fetching the chunks of `ids` that are live, known, not being fetched already,
     /// and within the budget. Returns at once.
-    pub(crate) fn prefetch(&self, ids: &[ChunkId]) {
-        let mut slots = self.prefetched.slots.lock().expect("prefetch lock");
+    pub fn prefetch(&self, ids: &[ChunkId]) {
+        let homes: Vec<(ChunkId, Home)> = self.view.read(|c| {
+            ids.iter()
+                .filter(|id| c.is_live(id))
+                .filter_map(|id| Some((*id, c.usable_home(id)?.clone())))
+                .collect()
+        });
+        let mut slots = lock(&self.slots);
         slots.retain(|_, s| s.started.elapsed() < FORGET_AFTER);
         let mut held: u64 = slots.values().map(|s| s.len).sum();
-        let catalog = self.catalog.lock().expect("catalog lock");
-        for id in ids {
-            if slots.contains_key(id) || !catalog.is_live(id) {
+        for (id, home) in homes {
+            if slots.contains_key(&id) {
                 continue;
             }
-            let Some(home) = catalog.usable_home(id).cloned() else {
-                continue;
-            };
             let len = pack::record_len(&home.info);
             if held + len > BUDGET {
                 break;
@@ -62,7 +77,7 @@ impl Inner {
                 started: Instant::now(),
                 len,
             });
-            slots.insert(*id, Arc::clone(&slot));
+            slots.insert(id, Arc::clone(&slot));
             let key = keys::pack(&home.pack);
             self.remote
                 .spawn_get_range(&key, home.offset..home.offset + len, move |got| {
@@ -74,7 +89,7 @@ impl Inner {
                             payload,
                         })
                     });
-                    *slot.result.lock().expect("prefetch slot lock") = Some(result);
+                    *lock(&slot.result) = Some(result);
                     slot.ready.notify_all();
                 });
         }
@@ -82,16 +97,14 @@ impl Inner {
 
     /// The chunk, if it was prefetched (waiting for its fetch to end). A failed fetch gives
     /// `None` too: the caller reads the chunk the ordinary way, which retries and says why.
-    pub(crate) fn take_prefetched(&self, id: &ChunkId) -> Option<StoredChunk> {
-        let slot = self
-            .prefetched
-            .slots
-            .lock()
-            .expect("prefetch lock")
-            .remove(id)?;
-        let mut result = slot.result.lock().expect("prefetch slot lock");
+    pub fn take(&self, id: &ChunkId) -> Option<StoredChunk> {
+        let slot = lock(&self.slots).remove(id)?;
+        let mut result = lock(&slot.result);
         while result.is_none() {
-            result = slot.ready.wait(result).expect("prefetch slot lock");
+            result = slot
+                .ready
+                .wait(result)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
         result.take().and_then(|r| r.ok())
     }

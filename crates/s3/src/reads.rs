@@ -3,12 +3,14 @@
 //! counts, and one listing gives every block's total without reading any object.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use aetherflow_store::{BlockId, Result};
 use bytes::Bytes;
 
 use crate::keys;
-use crate::store::Inner;
+use crate::remote::Remote;
+use crate::sync::lock;
 
 /// Sums the highest count of each writer (an older key may linger if its delete failed).
 fn sum_by_writer<'a>(
@@ -28,69 +30,75 @@ fn sum_by_writer<'a>(
 
 /// This server's count of one block: what its object in the bucket says, and reads since.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ReadCount {
+struct ReadCount {
     written: u64,
     pending: u64,
 }
 
-impl Inner {
-    pub(crate) fn reads_of(&self, id: BlockId) -> Result<u64> {
+/// This server's read counts, and every server's as the bucket has them.
+#[derive(Debug)]
+pub(crate) struct ReadCounts {
+    remote: Arc<Remote>,
+    writer_id: String,
+    counts: Mutex<HashMap<BlockId, ReadCount>>,
+    /// A read-only store (a check) counts nothing and writes nothing.
+    read_only: bool,
+}
+
+impl ReadCounts {
+    pub fn new(remote: Arc<Remote>, writer_id: String, read_only: bool) -> ReadCounts {
+        ReadCounts {
+            remote,
+            writer_id,
+            counts: Mutex::default(),
+            read_only,
+        }
+    }
+
+    /// Every server's reads of block `id`.
+    pub fn of(&self, id: BlockId) -> Result<u64> {
         let listed = self.remote.list(&keys::reads_of(id))?;
         let sums = sum_by_writer(listed.iter().filter_map(|l| keys::parse_reads(&l.key)));
-        let pending = self.pending_reads(id);
+        let pending = lock(&self.counts).get(&id).map_or(0, |c| c.pending);
         Ok(sums.get(&id).copied().unwrap_or(0) + pending)
     }
 
-    pub(crate) fn all_reads(&self) -> Result<HashMap<BlockId, u64>> {
+    /// Every server's reads of every block.
+    pub fn all(&self) -> Result<HashMap<BlockId, u64>> {
         let listed = self.remote.list(keys::READS)?;
         let mut sums = sum_by_writer(listed.iter().filter_map(|l| keys::parse_reads(&l.key)));
-        for (id, c) in self.reads.lock().expect("reads lock").iter() {
+        for (id, c) in lock(&self.counts).iter() {
             *sums.entry(*id).or_default() += c.pending;
         }
         Ok(sums)
     }
 
-    fn pending_reads(&self, id: BlockId) -> u64 {
-        self.reads
-            .lock()
-            .expect("reads lock")
-            .get(&id)
-            .map_or(0, |c| c.pending)
-    }
-
     /// Counts `n` more reads of block `id`; they reach the bucket with the next flush.
-    pub(crate) fn add_reads(&self, id: BlockId, n: u64) {
-        self.reads
-            .lock()
-            .expect("reads lock")
-            .entry(id)
-            .or_default()
-            .pending += n;
+    pub fn add(&self, id: BlockId, n: u64) {
+        if !self.read_only {
+            lock(&self.counts).entry(id).or_default().pending += n;
+        }
     }
 
     /// Writes the counts that changed since the last flush: for each block, the new key first,
     /// then the old one goes, so a crash in between never loses counts. Runs in the background
     /// (and when the store closes), so no client's read waits for it.
-    pub(crate) fn flush_reads(&self) -> Result<()> {
-        let due: Vec<(BlockId, ReadCount)> = self
-            .reads
-            .lock()
-            .expect("reads lock")
+    pub fn flush(&self) -> Result<()> {
+        let due: Vec<(BlockId, ReadCount)> = lock(&self.counts)
             .iter()
             .filter(|(_, c)| c.pending > 0)
             .map(|(id, c)| (*id, *c))
             .collect();
-        let writer = &self.writer.writer_id;
         for (id, c) in due {
             let new = c.written + c.pending;
             self.remote
-                .put(&keys::reads(id, writer, new), Bytes::new(), false)?;
+                .put(&keys::reads(id, &self.writer_id, new), Bytes::new(), false)?;
             if c.written > 0 {
-                self.remote.delete(&keys::reads(id, writer, c.written))?;
+                self.remote
+                    .delete(&keys::reads(id, &self.writer_id, c.written))?;
             }
-            let mut reads = self.reads.lock().expect("reads lock");
             // The block may have been freed meanwhile: then its entry is gone and stays gone.
-            if let Some(entry) = reads.get_mut(&id) {
+            if let Some(entry) = lock(&self.counts).get_mut(&id) {
                 entry.written = new;
                 entry.pending -= c.pending;
             }
@@ -99,8 +107,8 @@ impl Inner {
     }
 
     /// Deletes every server's read counts of a freed block.
-    pub(crate) fn forget_reads(&self, id: BlockId) -> Result<()> {
-        self.reads.lock().expect("reads lock").remove(&id);
+    pub fn forget(&self, id: BlockId) -> Result<()> {
+        lock(&self.counts).remove(&id);
         for l in self.remote.list(&keys::reads_of(id))? {
             self.remote.delete(&l.key)?;
         }

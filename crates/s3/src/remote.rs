@@ -1,6 +1,9 @@
 //! The bucket, spoken to synchronously: `object_store` on a small runtime of its own, every
 //! request counted, every failure turned into a store error that says what to do.
 //!
+//! Any [`ObjectStore`] will do ([`Remote::new`]): S3 in production ([`Remote::connect`]), a
+//! wrapper that fails, delays or cuts responses in tests.
+//!
 //! The store's interface is synchronous (the memory manager calls it from worker threads), so
 //! each request is spawned onto this runtime and waited for over a channel. That works from any
 //! thread, including an async one, where `block_on` would panic.
@@ -11,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aetherflow_store::{Error, RequestCounts, Result};
+use aetherflow_store::{Error, RequestCounts, Result, What};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
@@ -71,36 +74,15 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// Connects (lazily: the first request tells whether the bucket answers).
+    /// Connects to the S3 server `location` names (lazily: the first request tells whether
+    /// the bucket answers).
     pub fn connect(location: &S3Location, timeouts: Timeouts) -> Result<Remote> {
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(&location.bucket)
-            .with_virtual_hosted_style_request(false)
-            .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .with_retry(RetryConfig {
-                max_retries: 4,
-                retry_timeout: timeouts.retry,
-                ..RetryConfig::default()
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(location.is_plain_http())
-                    .with_timeout(timeouts.request)
-                    .with_connect_timeout(Duration::from_secs(3)),
-            );
-        if let Some(endpoint) = &location.endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let region = location
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .unwrap_or_else(|| "us-east-1".into());
-        builder = builder.with_region(region);
-        let bucket = builder
-            .build()
-            .map_err(|e| Error::Unavailable(format!("configuring {location}: {e}")))?;
+        Remote::new(s3_bucket(location, timeouts)?, location)
+    }
+
+    /// Speaks to `bucket`, under `location`'s prefix (`location` also names the bucket in
+    /// messages).
+    pub fn new(bucket: Arc<dyn ObjectStore>, location: &S3Location) -> Result<Remote> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("aetherflow-s3")
@@ -112,12 +94,23 @@ impl Remote {
             format!("{}/", location.prefix)
         };
         Ok(Remote {
-            bucket: Arc::new(bucket),
+            bucket,
             prefix,
             runtime: Some(runtime),
             counts: Counts::default(),
             location: location.clone(),
         })
+    }
+
+    /// Whether the bucket can be listed: asked when an object the store must have is not
+    /// found, to tell an empty prefix (the listing succeeds) from a bucket that does not exist
+    /// or may not be listed (it fails).
+    pub fn bucket_listable(&self) -> bool {
+        self.counts.list.fetch_add(1, Ordering::Relaxed);
+        let (bucket, path) = (Arc::clone(&self.bucket), self.path(""));
+        let prefix = (!self.prefix.is_empty()).then_some(path);
+        self.run(async move { bucket.list_with_delimiter(prefix.as_ref()).await })
+            .is_ok()
     }
 
     /// Requests made so far.
@@ -210,11 +203,23 @@ impl Remote {
         self.counts.get.fetch_add(1, Ordering::Relaxed);
         let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
         let options = GetOptions {
-            range,
+            range: range.clone(),
             ..GetOptions::default()
         };
         let r = self.run(async move { bucket.get_opts(&path, options).await?.bytes().await });
-        r.map_err(|e| self.error("reading", key, e))
+        match (r, range) {
+            (Ok(bytes), _) => Ok(bytes),
+            // A range the object cannot satisfy: ask its size, so that an object shorter than
+            // what refers to it is named as damage, not as an outage.
+            (Err(e), Some(GetRange::Bounded(want))) if is_generic(&e) => match self.head(key) {
+                Ok(meta) if meta.size < want.end => Err(Error::Corrupt(format!(
+                    "object {}{key} is {} bytes, shorter than the {} its index says",
+                    self.prefix, meta.size, want.end
+                ))),
+                _ => Err(self.error("reading", key, e)),
+            },
+            (Err(e), _) => Err(self.error("reading", key, e)),
+        }
     }
 
     /// Many whole objects, up to 32 requests in flight; results in the order of `keys`.
@@ -330,6 +335,40 @@ impl Remote {
     }
 }
 
+/// The S3 bucket `location` names, with credentials from the environment (`AWS_*`), path-style
+/// requests, and `timeouts` for each request and all its retries.
+pub fn s3_bucket(location: &S3Location, timeouts: Timeouts) -> Result<Arc<dyn ObjectStore>> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(&location.bucket)
+        .with_virtual_hosted_style_request(false)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_retry(RetryConfig {
+            max_retries: 4,
+            retry_timeout: timeouts.retry,
+            ..RetryConfig::default()
+        })
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(location.is_plain_http())
+                .with_timeout(timeouts.request)
+                .with_connect_timeout(Duration::from_secs(3)),
+        );
+    if let Some(endpoint) = &location.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let region = location
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    builder = builder.with_region(region);
+    let bucket = builder
+        .build()
+        .map_err(|e| Error::Unavailable(format!("configuring {location}: {e}")))?;
+    Ok(Arc::new(bucket))
+}
+
 /// What a failed request was about, to say so in its error.
 struct RemoteError {
     prefix: String,
@@ -346,28 +385,23 @@ impl RemoteError {
             "{doing} {}{key} in bucket {}",
             self.prefix, self.location.bucket
         );
-        let text = e.to_string();
-        if text.contains("NoSuchBucket") {
-            return Error::Unavailable(format!(
-                "bucket {} does not exist at {}; create it first",
-                self.location.bucket,
-                self.location.endpoint.as_deref().unwrap_or("AWS")
-            ));
-        }
         match e {
-            E::NotFound { .. } => Error::NotFound(format!("object {}{key}", self.prefix)),
+            E::NotFound { .. } => Error::NotFound(What::Object(format!("{}{key}", self.prefix))),
             E::AlreadyExists { .. } | E::Precondition { .. } => {
-                Error::AlreadyExists(format!("object {}{key}", self.prefix))
+                Error::AlreadyExists(What::Object(format!("{}{key}", self.prefix)))
             }
-            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Unavailable(format!(
-                "{what}: access denied; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({e})"
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Denied(format!(
+                "{what}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY ({e})"
             )),
-            _ if text.contains("Range Not Satisfiable") || text.contains("InvalidRange") => {
-                Error::Corrupt(format!("{what}: the object is shorter than its index says"))
-            }
-            _ => Error::Unavailable(format!("{what}: {text}")),
+            _ => Error::Unavailable(format!("{what}: {e}")),
         }
     }
+}
+
+/// Failures object_store does not sort further (a status it has no variant for, a transport
+/// error): the ones where a short object may be the cause.
+fn is_generic(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::Generic { .. })
 }
 
 impl Drop for Remote {

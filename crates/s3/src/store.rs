@@ -1,24 +1,55 @@
 //! [`S3Store`]: the [`BlockStore`] contract on a bucket that several servers share.
+//!
+//! The store is made of parts that each own their state behind their own methods:
+//!
+//! | part | owns |
+//! |---|---|
+//! | [`Remote`] | the bucket connection and its request counts |
+//! | [`View`] | the catalog (blocks, packs, marks) and the listings that refresh it |
+//! | [`PackWriter`] | the open pack and the uploads of sealed ones |
+//! | [`ReadCounts`] | this server's read counts and their objects |
+//! | [`Prefetcher`] | chunks fetched ahead for readers |
+//! | [`Sweeper`] | garbage collection passes |
+//!
+//! **Lock order**, outermost first; a thread holding one lock takes only locks below it:
+//!
+//! 1. the sweeper's pass lock: held for a whole pass, requests included; no commit, read or
+//!    refresh takes it;
+//! 2. the epoch gate's event lock (`EpochGate::record`): its closures only change the view,
+//!    never make a request;
+//! 3. the writer's current-pack lock, then that pack slot's lock;
+//! 4. the view's catalog lock;
+//! 5. leaves: the epoch gate's pin table, read counts, prefetch slots, the refreshes'
+//!    single-flight states.
+//!
+//! No lock is held while a request is under way, except the sweeper's (1). Waiting for a
+//! listing another thread runs ([`crate::sync::SingleFlight`]) or for a pack another thread
+//! uploads holds no lock either.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use aetherflow_store::epoch::EpochGate;
 use aetherflow_store::{
     BlockId, BlockStore, BlockSummary, ChunkId, ChunkInfo, Damage, Error, Manifest, NewChunk, Pin,
-    RequestCounts, Result, StagedChunk, StoredChunk, Totals,
+    RequestCounts, Result, StagedChunk, StoredChunk, Totals, What,
 };
 use bytes::Bytes;
+use object_store::ObjectStore;
 
-use crate::catalog::{Catalog, Home};
+use crate::chunks::read_chunk;
 use crate::housekeeper::{start_housekeeper, Housekeeper};
 use crate::keys;
 use crate::location::S3Location;
-use crate::meta::open_or_create_meta;
-use crate::pack;
-use crate::remote::{Remote, Timeouts};
-use crate::writer::{PackSlot, Sealed, StagedNote, Writer};
+use crate::meta::{open_identity, Identity};
+use crate::packs::PackWriter;
+use crate::prefetch::Prefetcher;
+use crate::reads::ReadCounts;
+use crate::remote::{s3_bucket, Remote, Timeouts};
+use crate::sweep::{SweepReport, Sweeper};
+use crate::view::View;
+use crate::writer::{PackSlot, StagedNote, Writer};
 
 /// How a bucket store behaves; the defaults suit several servers on one bucket.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +70,9 @@ pub struct S3Options {
     /// Packs whose live bytes fall below this fraction are compacted.
     pub compact_below: f64,
     pub timeouts: Timeouts,
+    /// Open for reading only (a check): the store must exist, and nothing is ever written to
+    /// the bucket, not even read counts.
+    pub read_only: bool,
 }
 
 impl Default for S3Options {
@@ -50,6 +84,7 @@ impl Default for S3Options {
             sweep_every: Some(Duration::from_secs(5 * 60)),
             compact_below: 0.5,
             timeouts: Timeouts::default(),
+            read_only: false,
         }
     }
 }
@@ -64,6 +99,15 @@ impl S3Options {
         }
     }
 
+    /// Options for reading a store without changing it (`check`).
+    pub fn read_only() -> S3Options {
+        S3Options {
+            sweep_every: None,
+            read_only: true,
+            ..S3Options::default()
+        }
+    }
+
     /// How fresh the view of condemned packs must be when a commit relies on a chunk found
     /// earlier: a quarter of the grace period leaves the rest for the commit's own request.
     pub(crate) fn condemned_max_age(&self) -> Duration {
@@ -71,183 +115,113 @@ impl S3Options {
     }
 }
 
-/// Everything the store and its background sweeper share.
+/// The parts of a store, shared with its housekeeper.
 #[derive(Debug)]
-pub(crate) struct Inner {
-    pub remote: Remote,
+pub(crate) struct Parts {
+    pub remote: Arc<Remote>,
     pub options: S3Options,
-    pub salt: [u8; 16],
-    pub meta_bytes: u64,
+    pub identity: Identity,
     pub gate: Arc<EpochGate>,
-    pub writer: Writer,
-    pub catalog: Mutex<Catalog>,
-    /// When the last full refresh began; held while one runs.
-    pub fresh: Mutex<Option<Instant>>,
-    /// When the last listing of condemnation marks began; held while one runs.
-    pub marks_fresh: Mutex<Option<Instant>>,
-    /// Read counts of this process, per block (its own objects under `reads/`).
-    pub reads: Mutex<HashMap<BlockId, crate::reads::ReadCount>>,
-    /// Chunks fetched ahead for readers.
-    pub prefetched: crate::prefetch::Prefetched,
-    /// One sweep at a time in this process.
-    pub sweeping: Mutex<()>,
+    pub view: Arc<View>,
+    pub packs: Arc<PackWriter>,
+    pub reads: ReadCounts,
+    pub prefetch: Prefetcher,
+    pub sweeper: Sweeper,
 }
 
 /// A store on an S3-compatible bucket.
 #[derive(Debug)]
 pub struct S3Store {
-    inner: Arc<Inner>,
+    parts: Arc<Parts>,
     housekeeper: Option<Housekeeper>,
-}
-
-impl S3Store {
-    /// Opens the store at `location`, creating it if the prefix holds none. Fails at once, with
-    /// a message that says what to fix, when the bucket is missing, the credentials are wrong
-    /// or the server does not answer.
-    pub fn open(location: &S3Location, options: S3Options) -> Result<S3Store> {
-        let remote = Remote::connect(location, options.timeouts)?;
-        let (salt, meta_bytes) = open_or_create_meta(&remote)?;
-        let writer_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
-        let inner = Arc::new(Inner {
-            remote,
-            options,
-            salt,
-            meta_bytes,
-            gate: EpochGate::starting_at(0),
-            writer: Writer::new(writer_id, options.pack_size),
-            catalog: Mutex::default(),
-            fresh: Mutex::default(),
-            marks_fresh: Mutex::default(),
-            reads: Mutex::default(),
-            prefetched: Default::default(),
-            sweeping: Mutex::default(),
-        });
-        inner.refresh_if_stale(Duration::ZERO)?;
-        let housekeeper = Some(start_housekeeper(Arc::downgrade(&inner)));
-        Ok(S3Store { inner, housekeeper })
-    }
-
-    /// One garbage collection pass now (see `docs/design.md`): deletes condemned packs whose
-    /// grace period has passed and nothing needs, condemns packs without live chunks, compacts
-    /// mostly-dead ones. Any failure to list aborts the pass before it deletes anything more.
-    pub fn sweep(&self) -> Result<crate::sweep::SweepReport> {
-        self.inner.sweep()
-    }
-
-    /// Brings this server's view of the bucket (other servers' blocks, packs and marks) up to
-    /// date now, instead of within [`S3Options::refresh_every`].
-    pub fn refresh(&self) -> Result<()> {
-        self.inner.refresh_if_stale(Duration::ZERO)
-    }
-
-    /// Where the store is.
-    pub fn location(&self) -> &S3Location {
-        &self.inner.remote.location
-    }
-}
-
-impl Drop for S3Store {
-    fn drop(&mut self) {
-        if let Some((stop, handle)) = self.housekeeper.take() {
-            *stop.0.lock().expect("housekeeper lock") = true;
-            stop.1.notify_all();
-            let _ = handle.join();
-        }
-        if let Err(e) = self.inner.flush_reads() {
-            tracing::warn!("read counts of the last seconds are lost: {e}");
-        }
-    }
 }
 
 /// How long the bucket's word that a block exists is taken without asking again.
 const MANIFEST_TRUST: Duration = Duration::from_secs(1);
 
-impl Inner {
-    /// Uploads a sealed pack and makes its chunks findable; wakes the commits waiting for it.
-    pub(crate) fn upload(&self, slot: &PackSlot, sealed: Sealed) -> Result<()> {
-        let (bytes, entries) = sealed;
-        let size = bytes.len() as u64;
-        let result = self.remote.put(&keys::pack(&slot.name), bytes, false);
-        if result.is_ok() {
-            self.gate.record(|stamp| {
-                self.catalog.lock().expect("catalog lock").add_pack(
-                    &slot.name,
-                    size,
-                    None,
-                    entries,
-                    Some(stamp),
-                )
-            });
-        }
-        slot.finish_upload(&result);
-        result
+impl S3Store {
+    /// Opens the store at `location`, creating it if the prefix holds none (unless
+    /// [`S3Options::read_only`]). Fails at once, with a message that says what to fix, when
+    /// the bucket is missing, the credentials are wrong or the server does not answer.
+    pub fn open(location: &S3Location, options: S3Options) -> Result<S3Store> {
+        S3Store::open_on(s3_bucket(location, options.timeouts)?, location, options)
     }
 
-    /// Makes sure `slot`'s pack is in the bucket: uploads it if still open, else waits.
-    pub(crate) fn ensure_uploaded(&self, slot: &Arc<PackSlot>) -> Result<()> {
-        if let Some(sealed) = self.writer.seal(slot) {
-            self.upload(slot, sealed)?;
-        }
-        slot.wait_uploaded()
+    /// Opens the store in `bucket` (any object store: S3, or a wrapper that injects faults)
+    /// under `location`'s prefix.
+    pub fn open_on(
+        bucket: Arc<dyn ObjectStore>,
+        location: &S3Location,
+        options: S3Options,
+    ) -> Result<S3Store> {
+        let remote = Arc::new(Remote::new(bucket, location)?);
+        let identity = open_identity(&remote, !options.read_only)?;
+        let writer_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let gate = EpochGate::starting_at(0);
+        let view = Arc::new(View::new(Arc::clone(&remote), identity.bytes));
+        let packs = Arc::new(PackWriter::new(
+            Writer::new(writer_id.clone(), options.pack_size),
+            Arc::clone(&remote),
+            Arc::clone(&view),
+            Arc::clone(&gate),
+        ));
+        let parts = Arc::new(Parts {
+            reads: ReadCounts::new(Arc::clone(&remote), writer_id, options.read_only),
+            prefetch: Prefetcher::new(Arc::clone(&remote), Arc::clone(&view)),
+            sweeper: Sweeper::new(
+                Arc::clone(&remote),
+                Arc::clone(&view),
+                Arc::clone(&packs),
+                Arc::clone(&gate),
+                options,
+            ),
+            remote,
+            options,
+            identity,
+            gate,
+            view,
+            packs,
+        });
+        parts.view.refresh_if_stale(Duration::ZERO)?;
+        let housekeeper = Some(start_housekeeper(Arc::downgrade(&parts)));
+        Ok(S3Store { parts, housekeeper })
     }
 
-    /// Stages `chunks` and uploads their pack at once (compaction and rescues).
-    pub(crate) fn write_now(&self, chunks: &[(ChunkInfo, Bytes)]) -> Result<()> {
-        let records: Vec<(ChunkInfo, &[u8])> = chunks.iter().map(|(i, p)| (*i, &p[..])).collect();
-        let (notes, full) = self.writer.stage(&records);
-        if let Some((slot, sealed)) = full {
-            self.upload(&slot, sealed)?;
-        }
-        let mut done: Vec<*const PackSlot> = Vec::new();
-        for note in notes {
-            if !done.contains(&Arc::as_ptr(&note.slot)) {
-                done.push(Arc::as_ptr(&note.slot));
-                self.ensure_uploaded(&note.slot)?;
-            }
+    /// One garbage collection pass now (see `docs/design.md`): deletes condemned packs whose
+    /// grace period has passed and nothing needs, condemns packs without live chunks, compacts
+    /// mostly-dead ones. Any failure to list aborts the pass before it deletes anything more.
+    pub fn sweep(&self) -> Result<SweepReport> {
+        self.writable("collecting garbage")?;
+        self.parts.sweeper.sweep()
+    }
+
+    /// Brings this server's view of the bucket (other servers' blocks, packs and marks) up to
+    /// date now, instead of within [`S3Options::refresh_every`].
+    pub fn refresh(&self) -> Result<()> {
+        self.parts.view.refresh_if_stale(Duration::ZERO)
+    }
+
+    /// Where the store is.
+    pub fn location(&self) -> &S3Location {
+        &self.parts.remote.location
+    }
+
+    fn writable(&self, doing: &'static str) -> Result<()> {
+        if self.parts.options.read_only {
+            return Err(Error::ReadOnly(doing));
         }
         Ok(())
     }
+}
 
-    /// Reads one copy of a chunk, checked.
-    pub(crate) fn read_home(&self, home: &Home) -> Result<Bytes> {
-        let len = pack::record_len(&home.info);
-        let bytes = self
-            .remote
-            .get_range(&keys::pack(&home.pack), home.offset..home.offset + len)?;
-        pack::check_record(&home.pack, home.offset, bytes, &home.info)
-    }
-
-    /// A chunk's checked payload from any of its copies.
-    pub(crate) fn read_chunk(&self, id: &ChunkId) -> Result<StoredChunk> {
-        for attempt in 0..2 {
-            let homes = self.catalog.lock().expect("catalog lock").homes(id);
-            let mut failure = None;
-            for home in &homes {
-                match self.read_home(home) {
-                    Ok(payload) => {
-                        return Ok(StoredChunk {
-                            info: home.info,
-                            payload,
-                        })
-                    }
-                    Err(e @ Error::Unavailable(_)) => return Err(e),
-                    Err(e) => failure = Some(e),
-                }
-            }
-            if attempt == 0 {
-                // A copy may have moved (compaction by another server) or be new to us.
-                self.refresh_packs()?;
-                continue;
-            }
-            return Err(match failure {
-                Some(Error::NotFound(what)) => {
-                    Error::Corrupt(format!("chunk {id:?}: its pack is gone ({what})"))
-                }
-                Some(e) => e,
-                None => Error::Corrupt(format!("chunk {id:?}: no pack in the bucket holds it")),
-            });
+impl Drop for S3Store {
+    fn drop(&mut self) {
+        if let Some(housekeeper) = self.housekeeper.take() {
+            housekeeper.stop();
         }
-        unreachable!("the loop returns")
+        if let Err(e) = self.parts.reads.flush() {
+            tracing::warn!("read counts of the last seconds are lost: {e}");
+        }
     }
 }
 
@@ -267,32 +241,29 @@ impl BlockStore for S3Store {
     }
 
     fn domain_salt(&self) -> [u8; 16] {
-        self.inner.salt
+        self.parts.identity.salt
     }
 
     fn pin(&self) -> Pin {
-        self.inner.gate.pin()
+        self.parts.gate.pin()
     }
 
     fn find_chunks(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkInfo>>> {
-        let inner = &self.inner;
+        let p = &self.parts;
         // Dedup is best effort: an allocation never waits for another thread's refresh.
-        inner.refresh_in_passing(inner.options.refresh_every)?;
-        let catalog = inner.catalog.lock().expect("catalog lock");
-        Ok(ids.iter().map(|id| catalog.find(id)).collect())
+        p.view.refresh_in_passing(p.options.refresh_every)?;
+        Ok(p.view.read(|c| ids.iter().map(|id| c.find(id)).collect()))
     }
 
     fn stage_chunks(&self, chunks: &[NewChunk]) -> Result<Vec<StagedChunk>> {
+        self.writable("allocating")?;
         let infos: Vec<ChunkInfo> = chunks.iter().map(NewChunk::info).collect();
         let records: Vec<(ChunkInfo, &[u8])> = infos
             .iter()
             .zip(chunks)
             .map(|(i, c)| (*i, &c.payload[..]))
             .collect();
-        let (notes, full) = self.inner.writer.stage(&records);
-        if let Some((slot, sealed)) = full {
-            self.inner.upload(&slot, sealed)?;
-        }
+        let notes = self.parts.packs.stage(&records)?;
         Ok(infos
             .into_iter()
             .zip(notes)
@@ -306,7 +277,8 @@ impl BlockStore for S3Store {
         manifest: &Manifest,
         staged: Vec<StagedChunk>,
     ) -> Result<()> {
-        let inner = &self.inner;
+        self.writable("allocating")?;
+        let p = &self.parts;
         manifest.validate()?;
         let mut staged_ids = HashSet::new();
         let mut slots: Vec<Arc<PackSlot>> = Vec::new();
@@ -318,92 +290,82 @@ impl BlockStore for S3Store {
                 slots.push(Arc::clone(&note.slot));
             }
         }
-        {
-            let catalog = inner.catalog.lock().expect("catalog lock");
-            if let Some(c) = manifest
+        let homeless = p.view.read(|c| {
+            manifest
                 .chunk_refs()
-                .find(|c| !staged_ids.contains(c) && !catalog.has_home(c))
-            {
-                return Err(Error::Corrupt(format!(
-                    "block {id} refers to chunk {c:?}, which was neither staged nor stored"
-                )));
-            }
+                .find(|chunk| !staged_ids.contains(chunk) && !c.has_home(chunk))
+                .copied()
+        });
+        if let Some(chunk) = homeless {
+            return Err(Error::Corrupt(format!(
+                "block {id} refers to chunk {chunk:?}, which was neither staged nor stored"
+            )));
         }
         for slot in &slots {
-            inner.ensure_uploaded(slot)?;
+            p.packs.ensure_uploaded(slot)?;
         }
-        if !inner.options.grace.is_zero() {
-            inner.refresh_condemned_if_stale(inner.options.condemned_max_age())?;
+        if !p.options.grace.is_zero() {
+            p.view
+                .refresh_marks_if_stale(p.options.condemned_max_age())?;
         }
-        inner.rescue(manifest)?;
+        p.sweeper.rescue(manifest)?;
         let body = manifest.encode();
         let len = body.len() as u64;
-        match inner.remote.put(&keys::block(id), Bytes::from(body), true) {
-            Err(Error::AlreadyExists(_)) => {
-                return Err(Error::AlreadyExists(format!("block {id}")))
-            }
+        match p.remote.put(&keys::block(id), Bytes::from(body), true) {
+            Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(What::Block(id))),
             other => other?,
         }
-        inner
-            .catalog
-            .lock()
-            .expect("catalog lock")
-            .add_block(id, Arc::new(manifest.clone()), len);
+        p.view
+            .change(|c| c.add_block(id, Arc::new(manifest.clone()), len));
         Ok(())
     }
 
     fn manifest(&self, id: BlockId) -> Result<Manifest> {
-        let inner = &self.inner;
+        let p = &self.parts;
         // Asked of the bucket unless it showed the block a moment ago: another server may have
         // freed it (one read asks for its manifest several times within that moment).
-        let recent = inner
-            .catalog
-            .lock()
-            .expect("catalog lock")
-            .confirmed_block(id, MANIFEST_TRUST);
-        if let Some(m) = recent {
+        if let Some(m) = p.view.read(|c| c.confirmed_block(id, MANIFEST_TRUST)) {
             return Ok((*m).clone());
         }
-        let body = match inner.remote.get(&keys::block(id)) {
+        let body = match p.remote.get(&keys::block(id)) {
             Err(Error::NotFound(_)) => {
-                inner.catalog.lock().expect("catalog lock").remove_block(id);
-                return Err(Error::NotFound(format!("block {id}")));
+                p.view.change(|c| c.remove_block(id));
+                return Err(Error::NotFound(What::Block(id)));
             }
             other => other?,
         };
         let manifest = Manifest::decode(&body, &format_args!("block {id}"))?;
-        inner.catalog.lock().expect("catalog lock").add_block(
-            id,
-            Arc::new(manifest.clone()),
-            body.len() as u64,
-        );
+        p.view
+            .change(|c| c.add_block(id, Arc::new(manifest.clone()), body.len() as u64));
         Ok(manifest)
     }
 
     fn chunk(&self, id: &ChunkId) -> Result<StoredChunk> {
-        if !self.inner.catalog.lock().expect("catalog lock").is_live(id) {
-            return Err(Error::NotFound(format!("chunk {id:?}")));
+        let p = &self.parts;
+        if !p.view.read(|c| c.is_live(id)) {
+            return Err(Error::NotFound(What::Chunk(*id)));
         }
-        if let Some(chunk) = self.inner.take_prefetched(id) {
+        if let Some(chunk) = p.prefetch.take(id) {
             return Ok(chunk);
         }
-        self.inner.read_chunk(id)
+        read_chunk(&p.remote, &p.view, id)
     }
 
     fn prefetch(&self, ids: &[ChunkId]) {
-        self.inner.prefetch(ids);
+        self.parts.prefetch.prefetch(ids);
     }
 
     fn free_block(&self, id: BlockId) -> Result<Manifest> {
-        let inner = &self.inner;
+        self.writable("freeing")?;
+        let p = &self.parts;
         let manifest = self.manifest(id)?;
-        inner.remote.delete(&keys::block(id))?;
-        inner.catalog.lock().expect("catalog lock").remove_block(id);
-        if let Err(e) = inner.forget_reads(id) {
+        p.remote.delete(&keys::block(id))?;
+        p.view.change(|c| c.remove_block(id));
+        if let Err(e) = p.reads.forget(id) {
             tracing::warn!("block {id} freed; its read counts stay behind: {e}");
         }
-        if inner.options.grace.is_zero() {
-            if let Err(e) = inner.sweep() {
+        if p.options.grace.is_zero() {
+            if let Err(e) = p.sweeper.sweep() {
                 tracing::warn!("block {id} freed; collecting its chunks failed: {e}");
             }
         }
@@ -411,12 +373,11 @@ impl BlockStore for S3Store {
     }
 
     fn blocks(&self, visit: &mut dyn FnMut(BlockSummary) -> bool) -> Result<()> {
-        let inner = &self.inner;
-        inner.refresh_if_stale(inner.options.refresh_every)?;
-        let reads = inner.all_reads()?;
-        let ids = inner.catalog.lock().expect("catalog lock").block_ids();
-        for id in ids {
-            let Some(manifest) = inner.catalog.lock().expect("catalog lock").block(id) else {
+        let p = &self.parts;
+        p.view.refresh_if_stale(p.options.refresh_every)?;
+        let reads = p.reads.all()?;
+        for id in p.view.read(|c| c.block_ids()) {
+            let Some(manifest) = p.view.read(|c| c.block(id)) else {
                 continue;
             };
             let summary = BlockSummary {
@@ -432,60 +393,42 @@ impl BlockStore for S3Store {
     }
 
     fn accesses(&self, id: BlockId) -> Result<u64> {
-        let inner = &self.inner;
-        if !inner.catalog.lock().expect("catalog lock").has_block(id) {
+        if !self.parts.view.read(|c| c.has_block(id)) {
             self.manifest(id)?;
         }
-        inner.reads_of(id)
+        self.parts.reads.of(id)
     }
 
     fn add_accesses(&self, counts: &[(BlockId, u64)]) -> Result<()> {
         for &(id, n) in counts {
-            let known = self
-                .inner
-                .catalog
-                .lock()
-                .expect("catalog lock")
-                .has_block(id);
-            if !known {
+            if !self.parts.view.read(|c| c.has_block(id)) {
                 match self.manifest(id) {
                     Ok(_) => {}
                     Err(Error::NotFound(_)) => continue,
                     Err(e) => return Err(e),
                 }
             }
-            self.inner.add_reads(id, n);
+            self.parts.reads.add(id, n);
         }
         Ok(())
     }
 
+    /// From the view as it is: the housekeeper keeps it within [`S3Options::refresh_every`],
+    /// and no caller (an allocation checking capacity) waits for a listing.
     fn totals(&self) -> Totals {
-        let inner = &self.inner;
-        if let Err(e) = inner.refresh_if_stale(inner.options.refresh_every) {
-            tracing::warn!("figures from the last good listing: {e}");
-        }
-        inner
-            .catalog
-            .lock()
-            .expect("catalog lock")
-            .totals(inner.meta_bytes)
+        self.parts.view.totals()
     }
 
     fn verify(&self, read_data: bool, report: &mut dyn FnMut(Damage)) -> Result<()> {
-        crate::verify::verify(&self.inner, read_data, report)
+        crate::verify::verify(&self.parts.remote, &self.parts.view, read_data, report)
     }
 
     /// From the catalog, so within [`S3Options::refresh_every`] of another server's free.
     fn known_gone(&self, id: BlockId) -> bool {
-        !self
-            .inner
-            .catalog
-            .lock()
-            .expect("catalog lock")
-            .has_block(id)
+        !self.parts.view.read(|c| c.has_block(id))
     }
 
     fn remote_requests(&self) -> Option<RequestCounts> {
-        Some(self.inner.remote.counts())
+        Some(self.parts.remote.counts())
     }
 }

@@ -22,15 +22,21 @@
 //! unknown.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aetherflow_store::epoch::EpochGate;
 use aetherflow_store::{ChunkId, ChunkInfo, Error, Manifest, Result};
 use bytes::Bytes;
 
+use crate::chunks::read_chunk;
 use crate::keys;
 use crate::pack;
-use crate::store::Inner;
+use crate::packs::PackWriter;
+use crate::remote::Remote;
+use crate::store::S3Options;
+use crate::sync::lock;
+use crate::view::View;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +58,38 @@ enum Verdict {
     Compact(Vec<(u64, ChunkInfo)>),
 }
 
-impl Inner {
-    pub(crate) fn sweep(&self) -> Result<SweepReport> {
-        let _one = self.sweeping.lock().expect("sweep lock");
+/// Garbage collection for one store; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct Sweeper {
+    remote: Arc<Remote>,
+    view: Arc<View>,
+    packs: Arc<PackWriter>,
+    gate: Arc<EpochGate>,
+    options: S3Options,
+    /// One pass at a time in this process. Held across requests: no commit or read takes it.
+    running: Mutex<()>,
+}
+
+impl Sweeper {
+    pub fn new(
+        remote: Arc<Remote>,
+        view: Arc<View>,
+        packs: Arc<PackWriter>,
+        gate: Arc<EpochGate>,
+        options: S3Options,
+    ) -> Sweeper {
+        Sweeper {
+            remote,
+            view,
+            packs,
+            gate,
+            options,
+            running: Mutex::default(),
+        }
+    }
+
+    pub fn sweep(&self) -> Result<SweepReport> {
+        let _one = lock(&self.running);
         // The clock is read before the listings, so a listing used to delete always began
         // after the grace period of what it deletes ran out.
         let now = if self.options.grace.is_zero() {
@@ -62,13 +97,8 @@ impl Inner {
         } else {
             Some(self.bucket_now()?)
         };
-        self.refresh_if_stale(Duration::ZERO)?;
-        let damaged = self
-            .catalog
-            .lock()
-            .expect("catalog lock")
-            .damaged_blocks
-            .len();
+        self.view.refresh_if_stale(Duration::ZERO)?;
+        let damaged = self.view.read(|c| c.damaged_blocks().count());
         if damaged > 0 {
             return Err(Error::Corrupt(format!(
                 "{damaged} block manifests cannot be read; nothing is collected until `check` \
@@ -91,15 +121,14 @@ impl Inner {
 
     /// The bucket's clock: the modification time of an object written now.
     fn bucket_now(&self) -> Result<i64> {
-        let key = keys::clock(&self.writer.writer_id);
+        let key = keys::clock(self.packs.writer_id());
         self.remote.put(&key, Bytes::new(), false)?;
         Ok(self.remote.head(&key)?.modified_ms)
     }
 
     fn condemn_garbage(&self, now: Option<i64>, report: &mut SweepReport) -> Result<()> {
-        let mut verdicts = Vec::new();
-        {
-            let catalog = self.catalog.lock().expect("catalog lock");
+        let verdicts = self.view.read(|catalog| {
+            let mut verdicts = Vec::new();
             for name in catalog.pack_names() {
                 let p = catalog.pack(&name).expect("listed");
                 if p.condemned.is_some()
@@ -126,7 +155,8 @@ impl Inner {
                     verdicts.push((name, Verdict::Compact(live)));
                 }
             }
-        }
+            verdicts
+        });
         for (name, verdict) in verdicts {
             if let Verdict::Compact(live) = verdict {
                 if !self.copy_out(&name, &live)? {
@@ -150,8 +180,9 @@ impl Inner {
         };
         let mut copies = Vec::with_capacity(live.len());
         for (offset, info) in live {
-            let end = (*offset + pack::record_len(info)).min(bytes.len() as u64);
-            let record = bytes.slice(*offset as usize..end as usize);
+            // Lengths come from the pack's index and the object from the bucket: either may
+            // be damaged, so the record is cut out of what is really there.
+            let record = pack::record_at(&bytes, *offset, info);
             match pack::check_record(name, *offset, record, info) {
                 Ok(payload) => copies.push((*info, payload)),
                 Err(e) => {
@@ -160,25 +191,24 @@ impl Inner {
                 }
             }
         }
-        self.write_now(&copies)?;
+        self.packs.write_now(&copies)?;
         Ok(true)
     }
 
+    /// Marks a pack condemned: the mark goes to the bucket first, then into this server's view
+    /// under the epoch gate (no request is made under the gate). Allocations that found the
+    /// pack's chunks before the view changed are older than the stamp, and the pack outlives
+    /// them.
     fn condemn(&self, name: &str) -> Result<()> {
-        self.gate.record(|stamp| {
-            self.remote
-                .put(&keys::condemned(name), Bytes::new(), false)?;
-            self.catalog
-                .lock()
-                .expect("catalog lock")
-                .condemn(name, None, Some(stamp));
-            Ok(())
-        })
+        self.remote
+            .put(&keys::condemned(name), Bytes::new(), false)?;
+        self.gate
+            .record(|stamp| self.view.change(|c| c.condemn(name, None, Some(stamp))));
+        Ok(())
     }
 
     fn delete_condemned(&self, now: Option<i64>, report: &mut SweepReport) -> Result<()> {
-        let due: Vec<Arc<str>> = {
-            let catalog = self.catalog.lock().expect("catalog lock");
+        let due: Vec<Arc<str>> = self.view.read(|catalog| {
             catalog
                 .pack_names()
                 .into_iter()
@@ -190,33 +220,30 @@ impl Inner {
                     })
                 })
                 .collect()
-        };
+        });
         for name in due {
-            let (needed, size) = {
-                let catalog = self.catalog.lock().expect("catalog lock");
+            let state = self.view.read(|catalog| {
                 // Another server's sweep may have deleted it since (a refresh forgot it).
-                let Some(p) = catalog.pack(&name) else {
-                    continue;
-                };
+                let p = catalog.pack(&name)?;
                 let needed = p
                     .chunks
                     .iter()
                     .any(|(_, i)| catalog.is_live(&i.id) && catalog.usable_home(&i.id).is_none());
-                (needed, p.size)
+                Some((needed, p.size))
+            });
+            let Some((needed, size)) = state else {
+                continue;
             };
             if needed {
                 tracing::info!("pack {name} is needed after all; its condemnation is lifted");
                 self.remote.delete(&keys::condemned(&name))?;
-                self.catalog.lock().expect("catalog lock").pardon(&name);
+                self.view.change(|c| c.pardon(&name));
                 report.pardoned += 1;
                 continue;
             }
             self.remote.delete(&keys::pack(&name))?;
             self.remote.delete(&keys::condemned(&name))?;
-            self.catalog
-                .lock()
-                .expect("catalog lock")
-                .remove_pack(&name);
+            self.view.change(|c| c.remove_pack(&name));
             report.deleted += 1;
             report.bytes_deleted += size;
         }
@@ -225,29 +252,28 @@ impl Inner {
 
     /// Before a commit: copies every chunk of `manifest` whose only copies are condemned into
     /// a new pack, so the block never depends on a pack about to go.
-    pub(crate) fn rescue(&self, manifest: &Manifest) -> Result<()> {
-        let missing: Vec<ChunkId> = {
-            let catalog = self.catalog.lock().expect("catalog lock");
+    pub fn rescue(&self, manifest: &Manifest) -> Result<()> {
+        let missing: Vec<ChunkId> = self.view.read(|catalog| {
             let mut seen = HashSet::new();
             manifest
                 .chunk_refs()
                 .filter(|c| seen.insert(**c) && catalog.usable_home(c).is_none())
                 .copied()
                 .collect()
-        };
+        });
         if missing.is_empty() {
             return Ok(());
         }
         let mut copies = Vec::with_capacity(missing.len());
         for c in missing {
-            let got = self.read_chunk(&c).map_err(|e| match e {
-                Error::Corrupt(why) | Error::NotFound(why) => Error::Unavailable(format!(
-                    "chunk {c:?} was collected while this allocation ran; allocate again ({why})"
+            let got = read_chunk(&self.remote, &self.view, &c).map_err(|e| match e {
+                Error::Corrupt(_) | Error::NotFound(_) => Error::Unavailable(format!(
+                    "chunk {c:?} was collected while this allocation ran; allocate again ({e})"
                 )),
                 other => other,
             })?;
             copies.push((got.info, got.payload));
         }
-        self.write_now(&copies)
+        self.packs.write_now(&copies)
     }
 }

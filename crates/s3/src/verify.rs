@@ -7,20 +7,25 @@ use aetherflow_store::{ChunkId, Damage, Error, Result};
 
 use crate::keys;
 use crate::pack;
-use crate::store::Inner;
+use crate::remote::Remote;
+use crate::view::View;
 
-pub(crate) fn verify(inner: &Inner, read_data: bool, report: &mut dyn FnMut(Damage)) -> Result<()> {
-    inner.refresh_all()?;
+pub(crate) fn verify(
+    remote: &Remote,
+    view: &View,
+    read_data: bool,
+    report: &mut dyn FnMut(Damage),
+) -> Result<()> {
+    view.refresh_if_stale(std::time::Duration::ZERO)?;
     let mut packs = Vec::new();
-    {
-        let catalog = inner.catalog.lock().expect("catalog lock");
-        for (id, why) in &catalog.damaged_blocks {
+    view.read(|catalog| {
+        for (id, why) in catalog.damaged_blocks() {
             report(Damage::Block {
                 id: *id,
                 what: why.clone(),
             });
         }
-        for (name, why) in &catalog.bad_packs {
+        for (name, why) in catalog.bad_packs() {
             report(Damage::Index {
                 what: format!("pack {name}: {why}"),
             });
@@ -52,11 +57,11 @@ pub(crate) fn verify(inner: &Inner, read_data: bool, report: &mut dyn FnMut(Dama
                 }
             }
         }
-    }
+    });
     let mut good: HashSet<ChunkId> = HashSet::new();
     let mut bad: HashMap<ChunkId, String> = HashMap::new();
     for (name, live) in packs {
-        let bytes = match inner.remote.get(&keys::pack(&name)) {
+        let bytes = match remote.get(&keys::pack(&name)) {
             Ok(b) => b,
             Err(Error::NotFound(_)) => {
                 for (_, info) in &live {
@@ -68,8 +73,7 @@ pub(crate) fn verify(inner: &Inner, read_data: bool, report: &mut dyn FnMut(Dama
             Err(e) => return Err(e),
         };
         for (offset, info) in live {
-            let end = (offset + pack::record_len(&info)).min(bytes.len() as u64);
-            let record = bytes.slice((offset as usize).min(end as usize)..end as usize);
+            let record = pack::record_at(&bytes, offset, &info);
             match pack::check_record(&name, offset, record, &info) {
                 Ok(_) => {
                     good.insert(info.id);

@@ -79,10 +79,11 @@ impl ApiError {
                 "BLOCK_TOO_LARGE",
                 format!("{e}: request it with 'Accept: application/octet-stream'"),
             ),
-            VmError::InvalidArgument(m) if m.contains("already exists") => {
-                ApiError::new(S::CONFLICT, "ALREADY_EXISTS", m)
+            VmError::AlreadyExists(_) => {
+                ApiError::new(S::CONFLICT, "ALREADY_EXISTS", e.to_string())
             }
             VmError::InvalidArgument(m) => ApiError::bad_request("INVALID_ARGUMENT", m),
+            VmError::Internal(why) => ApiError::internal("the request", why),
             VmError::Corrupt { block, what } => {
                 tracing::error!("block {block}: stored data is corrupt: {what}");
                 ApiError::new(
@@ -105,7 +106,7 @@ impl ApiError {
                     ),
                 )
             }
-            VmError::Store(StoreError::Unavailable(why)) => {
+            VmError::Store(StoreError::Unavailable(why) | StoreError::Denied(why)) => {
                 tracing::error!("store unavailable: {why}");
                 ApiError::new(
                     S::SERVICE_UNAVAILABLE,
@@ -139,5 +140,57 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aetherflow_vm::BlockId;
+
+    #[test]
+    fn each_kind_of_failure_gets_its_status() {
+        let id = BlockId::random();
+        let cases: Vec<(VmError, StatusCode, &str)> = vec![
+            (VmError::NotFound(id), StatusCode::NOT_FOUND, "NOT_FOUND"),
+            (
+                VmError::AlreadyExists(id),
+                StatusCode::CONFLICT,
+                "ALREADY_EXISTS",
+            ),
+            (
+                VmError::WrongSeed(id),
+                StatusCode::UNAUTHORIZED,
+                "WRONG_SEED",
+            ),
+            (
+                VmError::Internal("no zstd context".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+            ),
+            (
+                VmError::Corrupt {
+                    block: id,
+                    what: "chunk missing".into(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "DATA_CORRUPT",
+            ),
+            (
+                VmError::Store(StoreError::Unavailable("down".into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+            ),
+            (
+                VmError::Store(StoreError::Io(std::io::ErrorKind::StorageFull.into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let what = e.to_string();
+            let api = ApiError::from_vm(e);
+            assert_eq!((api.status, api.code), (status, code), "{what}");
+        }
     }
 }

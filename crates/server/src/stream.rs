@@ -35,15 +35,57 @@ impl std::fmt::Display for BodyStalled {
 
 impl std::error::Error for BodyStalled {}
 
-/// Whether `e` (as returned through the manager) came from a body over the limit / a stall.
-pub fn body_error_kind(e: &io::Error) -> Option<&'static str> {
-    let inner = e.get_ref()?;
-    if inner.is::<BodyTooLarge>() {
-        Some("too large")
-    } else if inner.is::<BodyStalled>() {
-        Some("stalled")
-    } else {
+/// Why a request body could not be read to its end, when the client is the cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// It passed the size limit.
+    TooLarge,
+    /// It stopped arriving for longer than the body timeout.
+    Stalled,
+}
+
+impl BodyFault {
+    /// The fault behind `e` (as a [`BodyReader`] returned it, through the manager), if any.
+    pub fn of(e: &io::Error) -> Option<BodyFault> {
+        let inner = e.get_ref()?;
+        if inner.is::<BodyTooLarge>() {
+            Some(BodyFault::TooLarge)
+        } else if inner.is::<BodyStalled>() {
+            Some(BodyFault::Stalled)
+        } else {
+            None
+        }
+    }
+
+    /// The fault behind an error of the HTTP stack reading a body: a length limit or a
+    /// timeout anywhere in its chain of sources.
+    pub fn of_body_error(e: &(dyn std::error::Error + 'static)) -> Option<BodyFault> {
+        let mut next = Some(e);
+        while let Some(e) = next {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return Some(BodyFault::TooLarge);
+            }
+            if e.is::<tower_http::timeout::TimeoutError>()
+                || e.downcast_ref::<io::Error>()
+                    .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+            {
+                return Some(BodyFault::Stalled);
+            }
+            next = e.source();
+        }
         None
+    }
+
+    /// The response for it (`limit` is the body limit, for the message).
+    pub fn response(self, limit: u64) -> crate::error::ApiError {
+        match self {
+            BodyFault::TooLarge => crate::error::ApiError::too_large(limit),
+            BodyFault::Stalled => crate::error::ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "BODY_TIMEOUT",
+                "the client stopped sending the request body",
+            ),
+        }
     }
 }
 
@@ -73,10 +115,7 @@ impl BodyReader {
                         }
                     }
                     Err(e) => {
-                        let stalled = std::error::Error::source(&e)
-                            .is_some_and(|s| s.is::<tower_http::timeout::TimeoutError>())
-                            || e.to_string().contains("timed out");
-                        if stalled {
+                        if BodyFault::of_body_error(&e) == Some(BodyFault::Stalled) {
                             Err(io::Error::other(BodyStalled))
                         } else {
                             Err(io::Error::new(

@@ -23,7 +23,7 @@ pub mod types;
 pub mod conformance;
 
 pub use epoch::Pin;
-pub use error::{Error, Result};
+pub use error::{Error, Result, What};
 pub use local::LocalStore;
 pub use manifest::{Checksum, Extent, Manifest, SeedBinding};
 pub use memory::MemoryStore;

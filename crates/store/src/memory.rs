@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 
 use crate::epoch::{EpochGate, Pin};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, What};
 use crate::types::{payload_check, BlockId, BlockSummary, ChunkId, ChunkInfo, Damage, StagedAt};
 use crate::{BlockStore, Manifest, NewChunk, StagedChunk, StoredChunk, Totals};
 
@@ -55,7 +55,7 @@ impl MemoryStore {
         let (manifest, _) = s
             .blocks
             .remove(&id)
-            .ok_or_else(|| Error::NotFound(format!("block {id}")))?;
+            .ok_or(Error::NotFound(What::Block(id)))?;
         for chunk_id in manifest.chunk_refs() {
             if let Some(c) = s.chunks.get_mut(chunk_id) {
                 c.refs -= 1;
@@ -142,7 +142,7 @@ impl BlockStore for MemoryStore {
         manifest.validate()?;
         let mut s = self.state.write().expect("store lock");
         if s.blocks.contains_key(&id) {
-            return Err(Error::AlreadyExists(format!("block {id}")));
+            return Err(Error::AlreadyExists(What::Block(id)));
         }
         let staged: HashMap<ChunkId, StagedChunk> =
             staged.into_iter().map(|c| (c.info.id, c)).collect();
@@ -195,15 +195,12 @@ impl BlockStore for MemoryStore {
         s.blocks
             .get(&id)
             .map(|(m, _)| m.clone())
-            .ok_or_else(|| Error::NotFound(format!("block {id}")))
+            .ok_or(Error::NotFound(What::Block(id)))
     }
 
     fn chunk(&self, id: &ChunkId) -> Result<StoredChunk> {
         let s = self.state.read().expect("store lock");
-        let c = s
-            .chunks
-            .get(id)
-            .ok_or_else(|| Error::NotFound(format!("chunk {id:?}")))?;
+        let c = s.chunks.get(id).ok_or(Error::NotFound(What::Chunk(*id)))?;
         if payload_check(&c.payload) != c.info.check {
             return Err(Error::Corrupt(format!(
                 "chunk {id:?}: payload check mismatch"
@@ -253,7 +250,7 @@ impl BlockStore for MemoryStore {
         s.blocks
             .get(&id)
             .map(|(_, n)| *n)
-            .ok_or_else(|| Error::NotFound(format!("block {id}")))
+            .ok_or(Error::NotFound(What::Block(id)))
     }
 
     fn add_accesses(&self, counts: &[(BlockId, u64)]) -> Result<()> {

@@ -44,33 +44,48 @@ impl fmt::Debug for BlockId {
     }
 }
 
+/// Text that is not a block id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed block id {0:?}: expected a UUID")]
+pub struct MalformedBlockId(pub String);
+
 impl FromStr for BlockId {
-    type Err = Error;
+    type Err = MalformedBlockId;
 
     /// Accepts the hyphenated form that [`fmt::Display`] prints (and the other forms `uuid`
-    /// parses); anything else is [`Error::NotFound`]'s cousin for ids: a clear parse error.
-    fn from_str(s: &str) -> Result<BlockId> {
+    /// parses).
+    fn from_str(s: &str) -> Result<BlockId, MalformedBlockId> {
         uuid::Uuid::parse_str(s)
             .map(BlockId)
-            .map_err(|_| Error::NotFound(format!("malformed block id {s:?}")))
+            .map_err(|_| MalformedBlockId(s.to_string()))
     }
 }
 
-/// Codec byte as stored in packs and the index (the same values as `.af` record kinds).
-pub fn codec_byte(codec: Codec) -> u8 {
-    match codec {
+/// Bit of the encoding byte that says the payload begins with its nonce.
+const NONCE_STORED_BIT: u8 = 0x80;
+
+/// The encoding byte stored in packs and the index: the codec (the values of `.af` record
+/// kinds, 2 zstd and 3 raw), with bit 7 set when the payload begins with its nonce.
+pub fn encoding_byte(info: &ChunkInfo) -> u8 {
+    let codec = match info.codec {
         Codec::Zstd => 2,
         Codec::Raw => 3,
+    };
+    if info.nonce_stored {
+        codec | NONCE_STORED_BIT
+    } else {
+        codec
     }
 }
 
-/// Inverse of [`codec_byte`].
-pub fn codec_from_byte(b: u8) -> Result<Codec> {
-    match b {
-        2 => Ok(Codec::Zstd),
-        3 => Ok(Codec::Raw),
-        _ => Err(Error::Corrupt(format!("unknown codec byte {b}"))),
-    }
+/// Inverse of [`encoding_byte`]: the codec, and whether the nonce is stored.
+pub fn encoding_from_byte(b: u8) -> Result<(Codec, bool)> {
+    let codec = match b & !NONCE_STORED_BIT {
+        2 => Codec::Zstd,
+        3 => Codec::Raw,
+        _ => return Err(Error::Corrupt(format!("unknown encoding byte {b}"))),
+    };
+    Ok((codec, b & NONCE_STORED_BIT != 0))
 }
 
 /// What the store knows about one chunk besides its payload.
@@ -80,9 +95,13 @@ pub struct ChunkInfo {
     pub id: ChunkId,
     /// How the payload is encoded.
     pub codec: Codec,
+    /// Whether the payload begins with the 24-byte nonce it was sealed under (chunks sealed
+    /// since store format 2). False for unsealed chunks and for those sealed by format 1, whose
+    /// nonce is their identity: which of the two a chunk is, its block's seed tells.
+    pub nonce_stored: bool,
     /// Plaintext length.
     pub raw_len: u32,
-    /// Payload length as stored (compressed, plus the AEAD tag when encrypted).
+    /// Payload length as stored (compressed, plus nonce and AEAD tag when encrypted).
     pub stored_len: u32,
     /// First 16 bytes of BLAKE3 over the stored payload: lets the store verify every chunk,
     /// encrypted ones included, without any key.
@@ -106,6 +125,8 @@ pub fn payload_check(payload: &[u8]) -> [u8; 16] {
 pub struct NewChunk {
     pub id: ChunkId,
     pub codec: Codec,
+    /// See [`ChunkInfo::nonce_stored`].
+    pub nonce_stored: bool,
     pub raw_len: u32,
     pub payload: Bytes,
 }
@@ -115,6 +136,7 @@ impl NewChunk {
         ChunkInfo {
             id: self.id,
             codec: self.codec,
+            nonce_stored: self.nonce_stored,
             raw_len: self.raw_len,
             stored_len: self.payload.len() as u32,
             check: payload_check(&self.payload),

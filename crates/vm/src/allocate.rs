@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aetherflow_engine::chunking::{split, Chunker};
 use aetherflow_engine::codec::{is_zero, ChunkEncoder};
-use aetherflow_engine::crypto::{ChunkId, Keys, Seed};
-use aetherflow_store::{BlockId, Checksum, Error as StoreError, Extent, Manifest, NewChunk};
+use aetherflow_engine::crypto::{ChunkId, Keys, NonceSource, Seed};
+use aetherflow_store::{BlockId, Checksum, Extent, Manifest, NewChunk};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -48,8 +48,9 @@ fn next_batch(chunker: &mut Chunker<impl Read>) -> std::io::Result<(Vec<Vec<u8>>
     Ok((batch, false))
 }
 
-/// Nonce under which a seeded block's checksum is sealed: unique per block.
-pub(crate) fn checksum_nonce(id: BlockId) -> [u8; 24] {
+/// Nonce under which manifest version 1 sealed a block's checksum. A caller may choose a block id
+/// (import), so new checksums are sealed under a random nonce instead; this one only reads.
+pub(crate) fn legacy_checksum_nonce(id: BlockId) -> [u8; 24] {
     let mut nonce = [0u8; 24];
     nonce[..16].copy_from_slice(id.0.as_bytes());
     nonce[16..].copy_from_slice(b"checksum");
@@ -188,9 +189,15 @@ impl VirtualMemory {
         let checksum = match &domain {
             None => Checksum::Plain(digest),
             Some(d) => {
+                let mut nonce = [0u8; 24];
+                getrandom::getrandom(&mut nonce)
+                    .map_err(|e| Error::Internal(format!("no system randomness: {e}")))?;
                 let mut sealed = digest.to_vec();
-                d.keys.seal_meta(&checksum_nonce(id), &mut sealed);
-                Checksum::Sealed(sealed.try_into().expect("32 bytes and a 16-byte tag"))
+                d.keys.seal_meta(&nonce, &mut sealed);
+                Checksum::Sealed {
+                    nonce,
+                    sealed: sealed.try_into().expect("32 bytes and a 16-byte tag"),
+                }
             }
         };
         let manifest = Manifest {
@@ -204,12 +211,7 @@ impl VirtualMemory {
         };
         self.store
             .commit_block(id, &manifest, builder.staged)
-            .map_err(|e| match e {
-                StoreError::AlreadyExists(_) => {
-                    Error::InvalidArgument(format!("block {id} already exists"))
-                }
-                other => Error::from_store(id, other),
-            })
+            .map_err(|e| Error::from_store(id, e))
     }
 
     /// Hashes a batch, finds what the store already holds, and encodes the rest in parallel.
@@ -250,17 +252,17 @@ impl VirtualMemory {
         let new_chunks: Vec<NewChunk> = to_encode
             .par_iter()
             .map_init(
-                || ChunkEncoder::new(level, keys.cloned()),
+                // One key seals a domain's chunks for ever: nonces come from the payload.
+                || ChunkEncoder::with_nonce(level, keys.cloned(), NonceSource::Stored),
                 |encoder, &(i, id)| {
                     let encoder = encoder
                         .as_mut()
-                        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-                    let e = encoder
-                        .encode(batch[i], id)
-                        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                        .map_err(|e| Error::Internal(format!("chunk encoder: {e}")))?;
+                    let e = encoder.encode(batch[i], id).map_err(Error::from_encoder)?;
                     Ok(NewChunk {
                         id,
                         codec: e.codec,
+                        nonce_stored: keys.is_some(),
                         raw_len: e.raw_len,
                         payload: e.payload.into(),
                     })

@@ -27,6 +27,9 @@ impl Weighter<BlockId, CachedBlock> for ByLength {
     }
 }
 
+/// Shards of the cache; see [`BlockCache::new`].
+const SHARDS: usize = 2;
+
 /// Byte-bounded LRU of decompressed blocks, with hit and miss counts.
 #[derive(Debug)]
 pub struct BlockCache {
@@ -40,8 +43,16 @@ impl BlockCache {
     pub fn new(limit: u64) -> BlockCache {
         // quick_cache wants an item estimate to size its tables; assume 64 KiB blocks.
         let items = (limit / (64 << 10)).clamp(16, 1 << 20) as usize;
+        // Each shard holds an equal part of the limit and refuses an item heavier than its
+        // part: with two shards, any block the cache admits (a quarter of the limit) fits.
+        let options = quick_cache::OptionsBuilder::new()
+            .shards(SHARDS)
+            .estimated_items_capacity(items)
+            .weight_capacity(limit.max(1))
+            .build()
+            .expect("every option is set");
         BlockCache {
-            cache: Cache::with_weighter(items, limit.max(1), ByLength),
+            cache: Cache::with_options(options, ByLength, Default::default(), Default::default()),
             limit,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -70,9 +81,15 @@ impl BlockCache {
         self.hits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Keeps a block unless it alone would exceed the cache.
+    /// Whether a block of `size` bytes is worth keeping: at most a quarter of the cache, so
+    /// that one large read does not push out everything else.
+    pub fn admits(&self, size: u64) -> bool {
+        size <= self.limit / 4
+    }
+
+    /// Keeps a block the cache admits ([`BlockCache::admits`]).
     pub fn insert(&self, id: BlockId, block: CachedBlock) {
-        if (block.data.len() as u64) <= self.limit {
+        if self.admits(block.data.len() as u64) {
             self.cache.insert(id, block);
         }
     }
@@ -131,5 +148,15 @@ mod tests {
             cache.used() <= 1 << 20,
             "a block larger than the cache is not kept"
         );
+        // The largest block admitted (a quarter of the limit) is really kept.
+        let quarter = BlockId::random();
+        cache.insert(
+            quarter,
+            CachedBlock {
+                data: Bytes::from(vec![1u8; 256 << 10]),
+                seed: None,
+            },
+        );
+        assert!(cache.peek(&quarter).is_some());
     }
 }

@@ -12,6 +12,7 @@ use aetherflow_store::{BlockId, Damage};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::read::Caching;
 use crate::VirtualMemory;
 
 /// What a check found.
@@ -85,7 +86,7 @@ impl VirtualMemory {
                 if bad_blocks.contains_key(&id) {
                     continue;
                 }
-                match self.stream(id, seed, None, &mut std::io::sink()) {
+                match self.stream(id, seed, None, &mut std::io::sink(), Caching::Skip) {
                     Ok(_) => report.blocks_verified += 1,
                     Err(Error::SeedRequired(_) | Error::WrongSeed(_)) if seeded => {
                         report.seeded_not_opened += 1

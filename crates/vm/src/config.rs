@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use aetherflow_engine::{ChunkParams, KdfParams};
+#[cfg(feature = "s3")]
 use aetherflow_s3::{S3Location, S3Options};
 
 /// Where blocks are kept.
@@ -13,6 +14,7 @@ pub enum Backend {
     /// The durable embedded store in this directory (created if missing).
     Local(PathBuf),
     /// A bucket of S3-compatible object storage, which several servers may share.
+    #[cfg(feature = "s3")]
     S3(S3Location, S3Options),
 }
 

@@ -28,6 +28,10 @@ pub enum Error {
     #[error("wrong seed for block {0}")]
     WrongSeed(BlockId),
 
+    /// A block with this id exists already (import keeps ids); nothing was stored.
+    #[error("block {0} already exists")]
+    AlreadyExists(BlockId),
+
     /// The allocation would take the logical total past the configured capacity; nothing was stored.
     #[error("virtual capacity exhausted: {requested} more bytes requested, {available} of {capacity} available")]
     CapacityExceeded {
@@ -55,33 +59,88 @@ pub enum Error {
     /// Reading the caller's input or writing the caller's output failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+
+    /// This process failed, not the input or the store: a codec could not start, the system
+    /// gave no randomness. The message is for the log.
+    #[error("internal failure: {0}")]
+    Internal(String),
 }
 
 impl Error {
-    /// Maps a store error met while working on `block`.
+    /// Maps a store error met while working on `block`: the one place where store errors
+    /// become the manager's. Only the block itself can be "not found"; anything else the store
+    /// cannot find (a chunk its manifest names) is damage to that block.
     pub(crate) fn from_store(block: BlockId, e: aetherflow_store::Error) -> Error {
+        use aetherflow_store::{Error as S, What};
         match e {
-            aetherflow_store::Error::NotFound(_) => Error::NotFound(block),
-            aetherflow_store::Error::Corrupt(what) => Error::Corrupt { block, what },
+            S::NotFound(What::Block(_)) => Error::NotFound(block),
+            S::AlreadyExists(What::Block(id)) => Error::AlreadyExists(id),
+            S::NotFound(what) => Error::Corrupt {
+                block,
+                what: format!("{what} is missing from the store"),
+            },
+            S::Corrupt(what) => Error::Corrupt { block, what },
             other => Error::Store(other),
         }
     }
 
-    /// Maps an engine error met while decoding `block`'s chunks.
+    /// Maps an engine error met while decoding `block`'s chunks: the engine's reading of stored
+    /// bytes fails only on damage, or on this process (a codec that cannot start).
     pub(crate) fn from_engine(block: BlockId, e: aetherflow_engine::Error) -> Error {
         match e {
-            aetherflow_engine::Error::Io(io) => Error::Io(io),
-            aetherflow_engine::Error::InvalidArgument(m) => Error::InvalidArgument(m),
+            aetherflow_engine::Error::Io(io) => Error::Internal(format!("chunk codec: {io}")),
+            aetherflow_engine::Error::InvalidArgument(m) => Error::Internal(m),
             other => Error::Corrupt {
                 block,
                 what: other.to_string(),
             },
         }
     }
+
+    /// Maps an engine error met while encoding new chunks: never the caller's fault.
+    pub(crate) fn from_encoder(e: aetherflow_engine::Error) -> Error {
+        Error::Internal(format!("chunk encoder: {e}"))
+    }
 }
 
 impl From<aetherflow_store::Error> for Error {
     fn from(e: aetherflow_store::Error) -> Self {
         Error::Store(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aetherflow_store::{ChunkId, Error as S, What};
+
+    #[test]
+    fn store_errors_map_to_what_the_caller_can_do() {
+        let b = BlockId::random();
+        assert!(matches!(
+            Error::from_store(b, S::NotFound(What::Block(b))),
+            Error::NotFound(x) if x == b
+        ));
+        assert!(matches!(
+            Error::from_store(b, S::NotFound(What::Chunk(ChunkId([1; 32])))),
+            Error::Corrupt { block, .. } if block == b
+        ));
+        assert!(matches!(
+            Error::from_store(b, S::AlreadyExists(What::Block(b))),
+            Error::AlreadyExists(x) if x == b
+        ));
+        assert!(matches!(
+            Error::from_store(b, S::Unavailable("down".into())),
+            Error::Store(S::Unavailable(_))
+        ));
+        let io = std::io::Error::other("no zstd context");
+        assert!(matches!(
+            Error::from_engine(b, aetherflow_engine::Error::Io(io)),
+            Error::Internal(_)
+        ));
+        assert!(matches!(
+            Error::from_engine(b, aetherflow_engine::Error::Corrupt("x".into())),
+            Error::Corrupt { .. }
+        ));
     }
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::read::Caching;
 use crate::VirtualMemory;
 
 /// Identifies the document layout.
@@ -102,7 +103,7 @@ impl VirtualMemory {
                 out.write_all(b",\"data\":\"")?;
                 {
                     let mut encoder = base64::write::EncoderWriter::new(&mut *out, &STANDARD);
-                    self.stream(id, seed, None, &mut encoder)?;
+                    self.stream(id, seed, None, &mut encoder, Caching::Skip)?;
                     encoder.finish()?;
                 }
                 out.write_all(b"\"}")?;
@@ -141,9 +142,15 @@ impl VirtualMemory {
         if let Some(e) = failure {
             return Err(e);
         }
-        result
-            .and_then(|()| de.end())
-            .map_err(|e| Error::InvalidArgument(format!("import document: {e}")))?;
+        result.and_then(|()| de.end()).map_err(|e| {
+            if e.is_io() {
+                // The input itself failed (a body over its limit, a stalled client): the
+                // caller's reader says why, unchanged.
+                Error::Io(e.into())
+            } else {
+                Error::InvalidArgument(format!("import document: {e}"))
+            }
+        })?;
         Ok(summary)
     }
 
@@ -153,6 +160,9 @@ impl VirtualMemory {
         seed: Option<&Seed>,
         summary: &mut ImportSummary,
     ) -> Result<()> {
+        // Every id is checked, even of a block that will be skipped: a document with a
+        // malformed id is not an export document.
+        let id = crate::parse_block_id(&block.id)?;
         let Some(data) = block.data else {
             summary
                 .skipped
@@ -166,7 +176,6 @@ impl VirtualMemory {
             ));
             return Ok(());
         }
-        let id = crate::parse_block_id(&block.id)?;
         let bytes = STANDARD.decode(data.as_bytes()).map_err(|e| {
             Error::InvalidArgument(format!("block {id}: data is not valid base64: {e}"))
         })?;
@@ -185,7 +194,7 @@ impl VirtualMemory {
                 summary.imported_bytes += bytes.len() as u64;
                 Ok(())
             }
-            Err(Error::InvalidArgument(m)) if m.contains("already exists") => {
+            Err(Error::AlreadyExists(_)) => {
                 summary
                     .skipped
                     .push((id.to_string(), "a block with this id already exists".into()));

@@ -17,6 +17,11 @@ use crate::error::{Error, Result};
 /// How many seed domains keep their keys in memory.
 const CACHED_DOMAINS: usize = 64;
 
+/// How many derivations that matched no block are remembered, apart from the domains above, so
+/// that a wrong seed met again (an export walking many seeded blocks with it) costs one
+/// derivation, not one per block, and guesses never evict real domains.
+const CACHED_MISSES: usize = 16;
+
 /// Context of the tag that ties a block to its seed.
 const TAG_CONTEXT: &[u8] = b"aetherflow vm block seed tag";
 
@@ -32,7 +37,11 @@ pub struct Domains {
     salt: [u8; 16],
     fingerprint_key: Zeroizing<[u8; 32]>,
     cache: Cache<([u8; 32], [u32; 3]), Arc<Domain>>,
+    /// Derivations that did not match the block they were made for; see [`CACHED_MISSES`].
+    misses: Cache<([u8; 32], [u32; 3]), Arc<Domain>>,
     derivations: Slots,
+    /// Derivations run so far (each one Argon2id's full cost).
+    derived: std::sync::atomic::AtomicU64,
 }
 
 /// A counting semaphore for blocking threads.
@@ -95,6 +104,8 @@ impl Domains {
             salt,
             fingerprint_key: key,
             cache: Cache::new(CACHED_DOMAINS),
+            misses: Cache::new(CACHED_MISSES),
+            derived: Default::default(),
             derivations: Slots::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         })
     }
@@ -120,10 +131,19 @@ impl Domains {
         if let Some(domain) = self.cache.get(&key) {
             return Ok(domain);
         }
+        if let Some(domain) = self.misses.get(&key) {
+            if keep(&domain) {
+                self.misses.remove(&key);
+                self.cache.insert(key, Arc::clone(&domain));
+            }
+            return Ok(domain);
+        }
         let keys = {
             // Each derivation takes its memory cost (64 MiB by default) for a tenth of a second:
             // at most one per core at a time, however many requests bring seeds.
             let _slot = self.derivations.acquire();
+            self.derived
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Keys::derive(seed, &self.salt, params)
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?
         };
@@ -134,6 +154,8 @@ impl Domains {
         });
         if keep(&domain) {
             self.cache.insert(key, Arc::clone(&domain));
+        } else {
+            self.misses.insert(key, Arc::clone(&domain));
         }
         Ok(domain)
     }
@@ -158,4 +180,32 @@ impl Domains {
 /// Whether `domain` is the one `binding` was made with (constant time).
 pub fn matches(domain: &Domain, binding: &SeedBinding) -> bool {
     domain.binding.tag.ct_eq(&binding.tag).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_seed_met_again_is_not_derived_again() {
+        let domains = Domains::new([5; 16]).unwrap();
+        let right = Seed::new("right").unwrap();
+        let wrong = Seed::new("wrong").unwrap();
+        let block = domains
+            .for_new_blocks(&right, KdfParams::MINIMUM)
+            .unwrap()
+            .binding;
+        let count = || domains.derived.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(count(), 1);
+        for _ in 0..5 {
+            let d = domains.for_binding(&wrong, &block).unwrap();
+            assert!(!matches(&d, &block));
+        }
+        assert_eq!(count(), 2, "the wrong seed was derived once");
+        assert!(matches(
+            &domains.for_binding(&right, &block).unwrap(),
+            &block
+        ));
+        assert_eq!(count(), 2, "the right one is cached");
+    }
 }

@@ -35,6 +35,7 @@ pub mod stats;
 mod virtual_memory;
 
 pub use aetherflow_engine::crypto::Seed;
+#[cfg(feature = "s3")]
 pub use aetherflow_s3::{S3Location, S3Options};
 pub use aetherflow_store::{BlockId, Error as StoreError};
 pub use check::{CheckReport, DamagedBlock};

@@ -9,14 +9,14 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use aetherflow_engine::codec::{payload_check, ChunkDecoder};
-use aetherflow_engine::crypto::{ChunkId, Keys, Seed};
+use aetherflow_engine::crypto::{ChunkId, Keys, NonceSource, Seed};
 use aetherflow_engine::format::record::Record;
 use aetherflow_store::{BlockId, Checksum, Extent, Manifest};
 use bytes::Bytes;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::allocate::checksum_nonce;
+use crate::allocate::legacy_checksum_nonce;
 use crate::cache::CachedBlock;
 use crate::error::{Error, Result};
 use crate::keys::Domain;
@@ -25,6 +25,13 @@ use crate::VirtualMemory;
 /// Chunks decoded together when streaming: enough to keep both cores busy, few enough to bound
 /// memory (at most this many maximum-size chunks).
 const STREAM_BATCH: usize = 8;
+
+/// Whether a streamed whole read may keep the block in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caching {
+    Keep,
+    Skip,
+}
 
 /// What a streamed read delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +98,7 @@ impl VirtualMemory {
                             if let Extent::Chunk { id: chunk, .. } = extent {
                                 let decoder = decoder
                                     .as_mut()
-                                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                                    .map_err(|e| Error::Internal(format!("chunk decoder: {e}")))?;
                                 let plain =
                                     self.decode_chunk(id, chunk, decoder, keys.as_deref())?;
                                 if plain.len() != slice.len() {
@@ -117,24 +124,26 @@ impl VirtualMemory {
         let digest: [u8; 32] = sha.finalize().into();
         self.check_digest(id, &manifest, domain.as_deref(), digest)?;
         let data = Bytes::from(out);
-        self.cache.insert(
-            id,
-            CachedBlock {
-                data: data.clone(),
-                seed: manifest.seed,
-            },
-        );
-        // A free may have run since the manifest was read; it removes the block from the cache
-        // after the store, so checking the store after inserting leaves no freed block cached.
+        if !self.keep(id, data.clone(), manifest.seed) {
+            return Err(Error::NotFound(id));
+        }
+        self.count_access(id);
+        Ok(data)
+    }
+
+    /// Caches a verified block; `false` (and nothing cached) if it was freed meanwhile. A free
+    /// removes the block from the cache after the store, so checking the store after inserting
+    /// leaves no freed block cached.
+    fn keep(&self, id: BlockId, data: Bytes, seed: Option<aetherflow_store::SeedBinding>) -> bool {
+        self.cache.insert(id, CachedBlock { data, seed });
         if matches!(
             self.store.manifest(id),
             Err(aetherflow_store::Error::NotFound(_))
         ) {
             self.cache.remove(&id);
-            return Err(Error::NotFound(id));
+            return false;
         }
-        self.count_access(id);
-        Ok(data)
+        true
     }
 
     /// A cache hit answered without blocking: `None` when the block is not cached (or its seed's
@@ -164,6 +173,10 @@ impl VirtualMemory {
     /// Streams the block (or `range` of it) to `out` in bounded memory. For a whole read the
     /// SHA-256 is checked at the end: bytes already written cannot be taken back, so on
     /// [`Error::Corrupt`] the receiver must discard them (the server aborts the response).
+    ///
+    /// A cached block is written from the cache. A whole read of a block small enough for the
+    /// cache ([`BlockCache::admits`]) keeps a copy as the stream passes and caches it once its
+    /// SHA-256 is checked, so that the next read decompresses nothing.
     pub fn read_to(
         &self,
         id: BlockId,
@@ -171,30 +184,50 @@ impl VirtualMemory {
         range: Option<Range<u64>>,
         out: &mut dyn Write,
     ) -> Result<ReadSummary> {
-        let summary = self.stream(id, seed, range, out)?;
+        if self.store.known_gone(id) {
+            self.cache.remove(&id);
+        } else if let Some(hit) = self.cache.get(&id) {
+            self.authorize(id, hit.seed.as_ref(), seed)?;
+            let size = hit.data.len() as u64;
+            let range = range.unwrap_or(0..size);
+            if range.start > range.end || range.end > size {
+                return Err(out_of_block(id, &range, size));
+            }
+            out.write_all(&hit.data[range.start as usize..range.end as usize])?;
+            self.count_access(id);
+            return Ok(ReadSummary {
+                bytes: range.end - range.start,
+                size,
+                whole_checked: true,
+            });
+        }
+        let summary = self.stream(id, seed, range, out, Caching::Keep)?;
         self.count_access(id);
         Ok(summary)
     }
 
-    /// [`VirtualMemory::read_to`] without counting a read (for checks and exports).
+    /// [`VirtualMemory::read_to`] without counting a read; checks and exports, which visit
+    /// every block once, pass [`Caching::Skip`] so as not to push out what clients read.
     pub(crate) fn stream(
         &self,
         id: BlockId,
         seed: Option<&Seed>,
         range: Option<Range<u64>>,
         out: &mut dyn Write,
+        caching: Caching,
     ) -> Result<ReadSummary> {
         let manifest = self.manifest_of(id)?;
         let domain = self.authorize(id, manifest.seed.as_ref(), seed)?;
         let whole = 0..manifest.size;
         let range = range.unwrap_or(whole.clone());
         if range.start > range.end || range.end > manifest.size {
-            return Err(Error::InvalidArgument(format!(
-                "range {}..{} is outside block {id} of {} bytes",
-                range.start, range.end, manifest.size
-            )));
+            return Err(out_of_block(id, &range, manifest.size));
         }
         let checking = range == whole;
+        // A whole block that the cache would keep is kept as it passes (bounded by the cache's
+        // admission size), and cached once its SHA-256 is checked.
+        let mut kept = (caching == Caching::Keep && checking && self.cache.admits(manifest.size))
+            .then(|| Vec::with_capacity(manifest.size as usize));
         let keys = domain.as_ref().map(|d| Arc::clone(&d.keys));
         let mut sha = Sha256::new();
         // (extent, the part of it wanted), in order.
@@ -235,7 +268,7 @@ impl VirtualMemory {
                         };
                         let decoder = decoder
                             .as_mut()
-                            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                            .map_err(|e| Error::Internal(format!("chunk decoder: {e}")))?;
                         self.decode_chunk(id, chunk, decoder, keys.as_deref())
                             .map(Some)
                     },
@@ -250,6 +283,9 @@ impl VirtualMemory {
                         if checking {
                             sha.update(piece);
                         }
+                        if let Some(kept) = &mut kept {
+                            kept.extend_from_slice(piece);
+                        }
                         out.write_all(piece)?;
                     }
                     None => {
@@ -258,6 +294,9 @@ impl VirtualMemory {
                             let n = left.min(zeros.len());
                             if checking {
                                 sha.update(&zeros[..n]);
+                            }
+                            if let Some(kept) = &mut kept {
+                                kept.extend_from_slice(&zeros[..n]);
                             }
                             out.write_all(&zeros[..n])?;
                             left -= n;
@@ -269,6 +308,9 @@ impl VirtualMemory {
         }
         if checking {
             self.check_digest(id, &manifest, domain.as_deref(), sha.finalize().into())?;
+        }
+        if let Some(kept) = kept {
+            self.keep(id, Bytes::from(kept), manifest.seed);
         }
         Ok(ReadSummary {
             bytes: written,
@@ -311,8 +353,13 @@ impl VirtualMemory {
             // The store has already checked the payload against its own check.
             payload_check: payload_check(info.codec, keys.is_some(), &stored.payload),
         };
+        let nonce = if info.nonce_stored {
+            NonceSource::Stored
+        } else {
+            NonceSource::Identity
+        };
         let plain = decoder
-            .decode(&record, stored.payload.to_vec())
+            .decode_sealed(&record, stored.payload.to_vec(), nonce)
             .map_err(|e| Error::from_engine(block, e))?;
         if ChunkId::of(keys, &plain) != *chunk {
             return Err(corrupt(block, "a chunk does not match its identity"));
@@ -343,22 +390,100 @@ pub(crate) fn expected_digest(
 ) -> Result<[u8; 32]> {
     match (&manifest.checksum, domain) {
         (Checksum::Plain(d), _) => Ok(*d),
-        (Checksum::Sealed(sealed), Some(domain)) => {
-            let mut buf = sealed.to_vec();
-            domain
-                .keys
-                .open_meta(&checksum_nonce(id), &mut buf)
-                .map_err(|_| corrupt(id, "sealed checksum does not open"))?;
-            buf.try_into()
-                .map_err(|_| corrupt(id, "sealed checksum has the wrong length"))
+        (Checksum::Sealed { nonce, sealed }, Some(domain)) => {
+            open_digest(id, domain, nonce, sealed)
         }
-        (Checksum::Sealed(_), None) => Err(Error::SeedRequired(id)),
+        (Checksum::SealedById(sealed), Some(domain)) => {
+            open_digest(id, domain, &legacy_checksum_nonce(id), sealed)
+        }
+        (Checksum::Sealed { .. } | Checksum::SealedById(_), None) => Err(Error::SeedRequired(id)),
     }
+}
+
+fn open_digest(id: BlockId, domain: &Domain, nonce: &[u8; 24], sealed: &[u8]) -> Result<[u8; 32]> {
+    let mut buf = sealed.to_vec();
+    domain
+        .keys
+        .open_meta(nonce, &mut buf)
+        .map_err(|_| corrupt(id, "sealed checksum does not open"))?;
+    buf.try_into()
+        .map_err(|_| corrupt(id, "sealed checksum has the wrong length"))
+}
+
+fn out_of_block(id: BlockId, range: &Range<u64>, size: u64) -> Error {
+    Error::InvalidArgument(format!(
+        "range {}..{} is outside block {id} of {size} bytes",
+        range.start, range.end
+    ))
 }
 
 fn corrupt(block: BlockId, what: &str) -> Error {
     Error::Corrupt {
         block,
         what: what.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Backend, VmConfig};
+    use aetherflow_engine::codec::ChunkEncoder;
+    use aetherflow_store::NewChunk;
+
+    /// A block written as format 1 wrote seeded blocks: chunks sealed under their identity as
+    /// nonce, the checksum under a nonce made from the block id. It must still read.
+    #[test]
+    fn blocks_sealed_by_format_1_still_read() {
+        let mut config = VmConfig::new(Backend::Memory);
+        config.kdf = aetherflow_engine::KdfParams::MINIMUM;
+        let vm = VirtualMemory::open(config).unwrap();
+        let seed = Seed::new("legacy").unwrap();
+        let domain = vm.domains.for_new_blocks(&seed, vm.config.kdf).unwrap();
+        let data = b"written by format one, still readable. ".repeat(3000);
+        let chunk = domain.keys.chunk_id(&data);
+        let encoded = ChunkEncoder::new(3, Some(Arc::clone(&domain.keys)))
+            .unwrap()
+            .encode(&data, chunk)
+            .unwrap();
+        assert_eq!(encoded.codec, aetherflow_store::Codec::Zstd);
+        let stored_len = encoded.payload.len() as u32;
+        let staged = vm
+            .store
+            .stage_chunks(&[NewChunk {
+                id: chunk,
+                codec: encoded.codec,
+                nonce_stored: false,
+                raw_len: encoded.raw_len,
+                payload: encoded.payload.into(),
+            }])
+            .unwrap();
+        let id = BlockId::random();
+        let mut sealed = Sha256::digest(&data).to_vec();
+        domain
+            .keys
+            .seal_meta(&legacy_checksum_nonce(id), &mut sealed);
+        let manifest = Manifest {
+            size: data.len() as u64,
+            created: 0,
+            checksum: Checksum::SealedById(sealed.try_into().unwrap()),
+            seed: Some(domain.binding),
+            extents: vec![Extent::Chunk {
+                id: chunk,
+                raw_len: data.len() as u32,
+                stored_len,
+            }],
+        };
+        vm.store.commit_block(id, &manifest, staged).unwrap();
+        assert_eq!(&vm.read(id, Some(&seed)).unwrap()[..], &data[..]);
+        vm.cache.remove(&id);
+        let mut streamed = Vec::new();
+        vm.read_to(id, Some(&seed), None, &mut streamed).unwrap();
+        assert_eq!(streamed, data);
+        let wrong = Seed::new("other").unwrap();
+        assert!(matches!(
+            vm.read(id, Some(&wrong)),
+            Err(Error::WrongSeed(_))
+        ));
     }
 }

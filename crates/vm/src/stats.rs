@@ -208,7 +208,7 @@ impl VirtualMemory {
             access_count: b.accesses + self.pending_accesses(b.id),
             checksum: match &m.checksum {
                 Checksum::Plain(d) => Some(aetherflow_engine::hex::encode(d)),
-                Checksum::Sealed(_) => None,
+                Checksum::Sealed { .. } | Checksum::SealedById(_) => None,
             },
             original_bytes: m.size,
             compressed_bytes: compressed,

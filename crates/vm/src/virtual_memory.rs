@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aetherflow_engine::crypto::Seed;
+#[cfg(feature = "s3")]
 use aetherflow_s3::S3Store;
 use aetherflow_store::local::LocalOptions;
 use aetherflow_store::{BlockId, BlockStore, LocalStore, MemoryStore, SeedBinding};
@@ -36,6 +37,7 @@ impl VirtualMemory {
         let store: Arc<dyn BlockStore> = match &config.backend {
             Backend::Memory => Arc::new(MemoryStore::new()?),
             Backend::Local(dir) => Arc::new(LocalStore::open(dir, LocalOptions::default())?),
+            #[cfg(feature = "s3")]
             Backend::S3(location, options) => Arc::new(S3Store::open(location, *options)?),
         };
         VirtualMemory::with_store(store, config)

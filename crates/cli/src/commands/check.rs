@@ -13,12 +13,12 @@ pub fn run(args: CheckArgs) -> anyhow::Result<u8> {
     let (dir, backend) = match &args.store {
         Some(url) => {
             let location = crate::store_url::s3(url)?;
-            // A check only reads: no garbage collection from here.
-            let options = S3Options {
-                sweep_every: None,
-                ..S3Options::default()
-            };
-            (location.to_string(), Backend::S3(location, options))
+            // A check only reads: it writes nothing (no read counts, no collection), and a
+            // prefix without a store is an error, not a new store.
+            (
+                location.to_string(),
+                Backend::S3(location, S3Options::read_only()),
+            )
         }
         None => {
             let dir = args.data_dir.display().to_string();

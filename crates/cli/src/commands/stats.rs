@@ -104,7 +104,7 @@ pub fn run(args: StatsArgs) -> anyhow::Result<u8> {
         format_bytes(t.hole_bytes)
     )?;
     match &info.sha256 {
-        Some(sha) if t.hole_runs > 0 => writeln!(
+        Some(sha) if t.hole_runs > 0 && !info.holes_hashed => writeln!(
             out,
             "SHA-256:           {sha} (of the data; holes excluded)"
         )?,

@@ -24,6 +24,8 @@ pub(super) struct ContentWriter<'a> {
     index: Index,
     totals: Totals,
     sha: ContentHasher,
+    /// Holes go into the SHA-256 as zeros (the header's `holes_hashed`).
+    hash_holes: bool,
 }
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -34,8 +36,10 @@ impl<'a> ContentWriter<'a> {
         resolver: Resolver,
         keys: Option<Arc<Keys>>,
         expected_logical: Option<u64>,
+        hash_holes: bool,
     ) -> Self {
         ContentWriter {
+            hash_holes,
             sink,
             resolver,
             keys,
@@ -159,7 +163,7 @@ impl<'a> ContentWriter<'a> {
             (_, Record::Hole { len }) => {
                 self.totals.hole_runs += 1;
                 self.totals.hole_bytes += len;
-                self.skip(len, false)
+                self.skip(len, self.hash_holes)
             }
             _ => Err(Error::corrupt("unexpected record")),
         }

@@ -49,8 +49,10 @@ pub const TABLE_PREFIX_LEN: usize = 24;
 /// Bytes after the entries: the MAC.
 pub const MAC_LEN: usize = 32;
 
-const TABLE_CONTEXT: &[u8] = b"aetherflow v1 directory entry table\0";
-const AMENDMENTS_CONTEXT: &[u8] = b"aetherflow v1 directory amendments\0";
+/// What the table's MAC starts with, so that no other structure's MAC can pass for it.
+pub const TABLE_CONTEXT: &[u8] = b"aetherflow v1 directory entry table\0";
+/// What the amendments' MAC starts with.
+pub const AMENDMENTS_CONTEXT: &[u8] = b"aetherflow v1 directory amendments\0";
 
 /// A modification time: seconds since the epoch (negative before it) and nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

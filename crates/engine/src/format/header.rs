@@ -4,7 +4,8 @@
 //! off len field
 //!   0   8 magic 89 41 46 4C 4F 57 0D 0A
 //!   8   2 version (1)
-//!  10   2 flags: bit 0 encrypted, bit 1 directory archive; other bits must be zero
+//!  10   2 flags: bit 0 encrypted, bit 1 directory archive, bit 2 holes hashed (as zeros);
+//!           other bits must be zero
 //!  12   1 zstd level used (signed; informative)
 //!  13   3 reserved, zero
 //!  16   4 chunk minimum size
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 
 const FLAG_ENCRYPTED: u16 = 1;
 const FLAG_ARCHIVE: u16 = 2;
+const FLAG_HOLES_HASHED: u16 = 4;
 const PLAIN_LEN: usize = 48;
 const ENCRYPTED_LEN: usize = 108;
 
@@ -47,6 +49,10 @@ pub struct Encryption {
 pub struct Header {
     pub level: i8,
     pub archive: bool,
+    /// The content's SHA-256 counts the holes as the zeros they read as, so that it is the
+    /// original file's (`sha256sum`'s). Set by writers when the holes are few enough to hash
+    /// (see `compress`); older files leave holes out of the digest.
+    pub holes_hashed: bool,
     pub chunking: ChunkParams,
     pub encryption: Option<Encryption>,
 }
@@ -68,9 +74,22 @@ impl Header {
         chunking: ChunkParams,
         crypto: Option<(&Keys, [u8; SALT_LEN], KdfParams)>,
     ) -> Header {
+        Header::with_hashed_holes(level, archive, false, chunking, crypto)
+    }
+
+    /// [`Header::new`] for content whose holes are hashed as zeros (see
+    /// [`Header::holes_hashed`]).
+    pub fn with_hashed_holes(
+        level: i8,
+        archive: bool,
+        holes_hashed: bool,
+        chunking: ChunkParams,
+        crypto: Option<(&Keys, [u8; SALT_LEN], KdfParams)>,
+    ) -> Header {
         let mut header = Header {
             level,
             archive,
+            holes_hashed,
             chunking,
             encryption: crypto.map(|(_, salt, kdf)| Encryption {
                 salt,
@@ -99,6 +118,9 @@ impl Header {
         }
         if self.archive {
             flags |= FLAG_ARCHIVE;
+        }
+        if self.holes_hashed {
+            flags |= FLAG_HOLES_HASHED;
         }
         out.extend_from_slice(&flags.to_le_bytes());
         out.push(self.level as u8);
@@ -164,7 +186,7 @@ impl Header {
         // this version does not define rather than guess.
         if declared_len != expected_len
             || reserved != [0; 3]
-            || flags & !(FLAG_ENCRYPTED | FLAG_ARCHIVE) != 0
+            || flags & !(FLAG_ENCRYPTED | FLAG_ARCHIVE | FLAG_HOLES_HASHED) != 0
         {
             return Err(Error::corrupt("header fields out of range"));
         }
@@ -194,6 +216,7 @@ impl Header {
         Ok(Header {
             level,
             archive: flags & FLAG_ARCHIVE != 0,
+            holes_hashed: flags & FLAG_HOLES_HASHED != 0,
             chunking,
             encryption,
         })

@@ -2,7 +2,7 @@
 
 use aetherflow_s3::remote::Remote;
 use aetherflow_s3::{S3Location, S3Store};
-use aetherflow_store::{BlockStore, Damage, Error};
+use aetherflow_store::{BlockStore, Damage, Error, What};
 use bytes::Bytes;
 
 use crate::harness::{chunk, endpoint, fresh_location, open, put, quick_timeouts, single_writer};
@@ -123,7 +123,10 @@ fn a_missing_bucket_is_a_clear_error_at_open() {
     .parse()
     .unwrap();
     let err = S3Store::open(&location, single_writer()).unwrap_err();
-    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert!(
+        matches!(&err, Error::NotFound(What::Bucket { name, .. }) if *name == location.bucket),
+        "{err}"
+    );
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 

@@ -2,7 +2,9 @@
 //! and damage in the bucket.
 
 mod faults;
+mod faulty;
 mod harness;
+mod injected;
 mod shared;
 
 fn with_store(test: &dyn Fn(&dyn aetherflow_store::BlockStore)) {

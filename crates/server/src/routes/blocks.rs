@@ -16,7 +16,7 @@ use aetherflow_vm::{parse_block_id, Error as VmError};
 use super::{base64_field, check_declared_length, parse_json, read_body, seed_from};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::stream::{body_error_kind, parse_range, BodyReader, BodyWriter, RangeRequest};
+use crate::stream::{parse_range, BodyFault, BodyReader, BodyWriter, RangeRequest};
 
 /// `POST /api/memory/allocate` as JSON. Borrows from the body, so that a large block's base64
 /// is not copied before it is decoded.
@@ -25,11 +25,11 @@ use crate::stream::{body_error_kind, parse_range, BodyReader, BodyWriter, RangeR
 pub struct AllocateRequest<'a> {
     /// The block's content, standard base64.
     #[serde(borrow)]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Byte)]
     pub data: std::borrow::Cow<'a, str>,
     /// Optional seed: keys the block's encryption and dedup domain; needed to read it back.
     #[serde(default, borrow)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1)]
     pub seed: Option<std::borrow::Cow<'a, str>>,
 }
 
@@ -80,16 +80,8 @@ fn wants_raw(headers: &HeaderMap, name: header::HeaderName) -> bool {
 /// Maps a manager error met while reading a request body: limit and stall first.
 fn upload_error(e: VmError, limit: u64) -> ApiError {
     if let VmError::Io(io) = &e {
-        match body_error_kind(io) {
-            Some("too large") => return ApiError::too_large(limit),
-            Some(_) => {
-                return ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "BODY_TIMEOUT",
-                    "the client stopped sending the request body",
-                )
-            }
-            None => {}
+        if let Some(fault) = BodyFault::of(io) {
+            return fault.response(limit);
         }
     }
     ApiError::from_vm(e)
@@ -99,12 +91,15 @@ fn upload_error(e: VmError, limit: u64) -> ApiError {
 /// `Content-Type: application/octet-stream` (seed in `X-AetherFlow-Seed`), streamed.
 #[utoipa::path(post, path = "/api/memory/allocate", tag = "memory",
     request_body(content((AllocateRequest = "application/json"), (Vec<u8> = "application/octet-stream"))),
-    params(("X-AetherFlow-Seed" = Option<String>, Header, description = "Seed for a raw upload")),
+    params(("X-AetherFlow-Seed" = Option<String>, Header, description = "Seed for a raw upload", min_length = 1)),
     responses(
         (status = 200, description = "Stored, durable", body = AllocateResponse),
         (status = 400, description = "Bad JSON, base64 or seed", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving", body = ErrorBody),
         (status = 413, description = "Body over --max-body", body = ErrorBody),
+        (status = 500, description = "A failure on the server (logged)", body = ErrorBody),
+        (status = 503, description = "The store cannot be reached or written", body = ErrorBody),
         (status = 507, description = "Virtual capacity exhausted", body = ErrorBody)))]
 pub async fn allocate(
     State(state): State<AppState>,
@@ -152,8 +147,8 @@ pub async fn allocate(
 /// Returns a block: JSON with base64 data, or with `Accept: application/octet-stream` the raw
 /// bytes, streamed, with `Range` support. Seeded blocks need `X-AetherFlow-Seed`.
 #[utoipa::path(get, path = "/api/memory/read/{blockId}", tag = "memory",
-    params(("blockId" = String, Path, description = "Block id (UUID)"),
-        ("X-AetherFlow-Seed" = Option<String>, Header, description = "Seed of a seeded block"),
+    params(("blockId" = String, Path, description = "Block id (UUID)", format = Uuid),
+        ("X-AetherFlow-Seed" = Option<String>, Header, description = "Seed of a seeded block", min_length = 1),
         ("Range" = Option<String>, Header, description = "bytes=START-END, raw reads only")),
     responses(
         (status = 200, description = "The block", body = ReadResponse),
@@ -161,7 +156,10 @@ pub async fn allocate(
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 401, description = "Missing or wrong token or seed", body = ErrorBody),
         (status = 404, description = "Unknown block", body = ErrorBody),
-        (status = 416, description = "Range outside the block", body = ErrorBody)))]
+        (status = 413, description = "Too large to return as JSON: read it raw", body = ErrorBody),
+        (status = 416, description = "Range outside the block", body = ErrorBody),
+        (status = 500, description = "Stored data damaged, or a failure on the server", body = ErrorBody),
+        (status = 503, description = "The store cannot be reached", body = ErrorBody)))]
 pub async fn read(
     State(state): State<AppState>,
     Path(block_id): Path<String>,
@@ -314,13 +312,15 @@ fn raw_response(
 
 /// Removes a block and reclaims the space no other block shares. Seeded blocks need their seed.
 #[utoipa::path(delete, path = "/api/memory/free/{blockId}", tag = "memory",
-    params(("blockId" = String, Path, description = "Block id (UUID)"),
-        ("X-AetherFlow-Seed" = Option<String>, Header, description = "Seed of a seeded block")),
+    params(("blockId" = String, Path, description = "Block id (UUID)", format = Uuid),
+        ("X-AetherFlow-Seed" = Option<String>, Header, description = "Seed of a seeded block", min_length = 1)),
     responses(
         (status = 200, description = "Freed", body = FreeResponse),
         (status = 400, description = "Malformed id", body = ErrorBody),
         (status = 401, description = "Missing or wrong token or seed", body = ErrorBody),
-        (status = 404, description = "Unknown block", body = ErrorBody)))]
+        (status = 404, description = "Unknown block", body = ErrorBody),
+        (status = 500, description = "A failure on the server (logged)", body = ErrorBody),
+        (status = 503, description = "The store cannot be reached or written", body = ErrorBody)))]
 pub async fn free(
     State(state): State<AppState>,
     Path(block_id): Path<String>,

@@ -23,9 +23,11 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct CompressRequest {
     /// Content to compress, standard base64.
+    #[schema(format = Byte)]
     pub data: String,
     /// Optional seed: the `.af` output is encrypted under it.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub seed: Option<String>,
 }
 
@@ -35,8 +37,8 @@ pub struct CompressResponse {
     pub success: bool,
     pub original_size: u64,
     pub compressed_size: u64,
-    /// original / compressed, as "4.25x".
-    pub ratio: String,
+    /// originalSize / compressedSize, a number (4096 for 1 MiB of zeros): SPEC §3.
+    pub ratio: f64,
     /// Space saved, as "76.47%" (negative when the output is larger).
     pub compression_percent: String,
     /// The `.af` bytes, standard base64.
@@ -49,8 +51,11 @@ pub struct CompressResponse {
 #[serde(deny_unknown_fields)]
 pub struct DecompressRequest {
     /// `.af` bytes, standard base64.
+    #[schema(format = Byte)]
     pub compressed: String,
+    /// The seed the file was encrypted with, if it was.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub seed: Option<String>,
 }
 
@@ -103,7 +108,9 @@ fn engine_error(e: EngineError) -> ApiError {
 
 /// Compresses data into `.af` bytes (encrypted under a seed if one is given).
 #[utoipa::path(post, path = "/api/memory/compress", tag = "memory", request_body = CompressRequest,
-    responses((status = 200, body = CompressResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = CompressResponse), (status = 400, body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 500, body = ErrorBody)))]
 pub async fn compress(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -133,7 +140,7 @@ pub async fn compress(
             success: true,
             original_size: original,
             compressed_size: compressed,
-            ratio: aetherflow_engine::units::format_ratio(original, compressed),
+            ratio: aetherflow_engine::units::ratio(original, compressed),
             compression_percent: format!(
                 "{:.2}%",
                 if original == 0 {
@@ -187,7 +194,9 @@ impl Write for Bounded {
 
 /// Restores `.af` bytes, verifying their SHA-256; a wrong seed gets 401 and no data.
 #[utoipa::path(post, path = "/api/memory/decompress", tag = "memory", request_body = DecompressRequest,
-    responses((status = 200, body = DecompressResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = DecompressResponse), (status = 400, body = ErrorBody),
+        (status = 401, description = "Missing or wrong token; seed missing or wrong", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 500, body = ErrorBody)))]
 pub async fn decompress(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -14,7 +14,7 @@ use super::blocks::ErrorBody;
 use super::{check_declared_length, seed_from};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::stream::{body_error_kind, BodyReader, BodyWriter};
+use crate::stream::{BodyFault, BodyReader, BodyWriter};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StatsResponse {
@@ -32,7 +32,9 @@ pub fn now_rfc3339() -> String {
 
 /// Capacity, usage, ratios, cache, and one entry per block.
 #[utoipa::path(get, path = "/api/memory/stats", tag = "memory",
-    responses((status = 200, body = StatsResponse)))]
+    responses((status = 200, body = StatsResponse),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 503, description = "The store cannot be reached", body = ErrorBody)))]
 pub async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
     let stats = state.blocking(|vm| vm.stats()).await?;
     Ok(Json(StatsResponse {
@@ -42,7 +44,33 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>,
     }))
 }
 
+/// What import reads of an export document (other fields are ignored): its blocks.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // a schema only: the manager streams the document itself
+pub struct ImportDocument {
+    blocks: Vec<ImportBlockDoc>,
+}
+
+/// One block of an import document.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ImportBlockDoc {
+    /// The block's id, kept on import.
+    #[schema(format = Uuid)]
+    id: String,
+    /// Its content, standard base64; a block without data is skipped.
+    #[schema(format = Byte)]
+    data: Option<String>,
+    /// Whether it was allocated with a seed (imported under the request's seed).
+    #[schema(default = false)]
+    seeded: Option<bool>,
+    /// SHA-256 hex of the content, checked when present.
+    #[schema(pattern = "^[0-9a-fA-F]{64}$")]
+    checksum: Option<String>,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// Include each block's data (base64).
     #[serde(default)]
@@ -52,13 +80,18 @@ pub struct ExportQuery {
 /// Every block and the statistics as one JSON document, streamed. With `?data=true` each block
 /// carries its data (seeded blocks only with their seed in `X-AetherFlow-Seed`).
 #[utoipa::path(get, path = "/api/memory/export", tag = "memory", params(ExportQuery,
-        ("X-AetherFlow-Seed" = Option<String>, Header, description = "Include the data of this seed's blocks")),
-    responses((status = 200, description = "The export document (aetherflow-export/1)", content_type = "application/json")))]
+        ("X-AetherFlow-Seed" = Option<String>, Header, description = "Include the data of this seed's blocks", min_length = 1)),
+    responses((status = 200, description = "The export document (aetherflow-export/1)", content_type = "application/json"),
+        (status = 400, description = "An empty or malformed seed, or a bad query", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 503, description = "The store cannot be reached", body = ErrorBody)))]
 pub async fn export(
     State(state): State<AppState>,
-    Query(query): Query<ExportQuery>,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::bad_request("BAD_QUERY", format!("{e}: data is true or false")))?;
     let seed = seed_from(None, &headers)?;
     let permit = state.stream_permit().await;
     let (writer, body) = BodyWriter::new(state.config.body_timeout);
@@ -89,15 +122,22 @@ pub struct ImportResponse {
     pub imported: u64,
     pub imported_bytes: u64,
     /// `[id, reason]` of each block left out.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub skipped: Vec<(String, String)>,
 }
 
 /// Restores the blocks of an export document (read as a stream), keeping their ids; seeded
 /// blocks are imported under `X-AetherFlow-Seed`.
 #[utoipa::path(post, path = "/api/memory/import", tag = "memory",
-    request_body(content = Object, description = "An export document", content_type = "application/json"),
-    params(("X-AetherFlow-Seed" = Option<String>, Header, description = "Seed for seeded blocks")),
-    responses((status = 200, body = ImportResponse), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 507, body = ErrorBody)))]
+    request_body(content = ImportDocument, description = "An export document", content_type = "application/json"),
+    params(("X-AetherFlow-Seed" = Option<String>, Header, description = "Seed for seeded blocks", min_length = 1)),
+    responses((status = 200, body = ImportResponse),
+        (status = 400, description = "Not an export document, or a bad seed", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving", body = ErrorBody),
+        (status = 413, description = "Body over --max-body", body = ErrorBody),
+        (status = 503, description = "The store cannot be reached or written", body = ErrorBody),
+        (status = 507, description = "Virtual capacity exhausted", body = ErrorBody)))]
 pub async fn import(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -113,10 +153,10 @@ pub async fn import(
         .await;
     pump.abort();
     let summary = result.map_err(|e| match &e {
-        VmError::InvalidArgument(m) if m.contains("too large") || m.contains("size limit") => {
-            ApiError::too_large(limit)
-        }
-        VmError::Io(io) if body_error_kind(io).is_some() => ApiError::too_large(limit),
+        VmError::Io(io) => match BodyFault::of(io) {
+            Some(fault) => fault.response(limit),
+            None => ApiError::bad_request("BAD_BODY", format!("reading the document failed: {io}")),
+        },
         _ => ApiError::from_vm(e),
     })?;
     Ok(Json(ImportResponse {

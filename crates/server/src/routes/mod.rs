@@ -47,31 +47,31 @@ pub fn seed_from(
     body_seed: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Option<aetherflow_vm::Seed>, ApiError> {
-    let text = match body_seed {
-        Some(s) => Some(s.to_string()),
-        None => match headers.get(SEED_HEADER) {
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| {
-                        ApiError::bad_request(
-                            "BAD_SEED",
-                            "the X-AetherFlow-Seed header must be text",
-                        )
-                    })?
-                    .to_string(),
-            ),
-            None => None,
-        },
-    };
-    text.map(|t| {
-        aetherflow_vm::Seed::new(t.into_bytes()).map_err(|_| {
-            ApiError::bad_request(
-                "BAD_SEED",
-                "the seed is empty: omit it or send a non-empty one",
-            )
+    // A header that is there is checked even when the body names the seed: a malformed one is
+    // the client's mistake either way.
+    let header = headers
+        .get(SEED_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("BAD_SEED", "the X-AetherFlow-Seed header must be text")
+                })
+                .and_then(parse_seed)
         })
+        .transpose()?;
+    match body_seed {
+        Some(text) => parse_seed(text).map(Some),
+        None => Ok(header),
+    }
+}
+
+fn parse_seed(text: &str) -> Result<aetherflow_vm::Seed, ApiError> {
+    aetherflow_vm::Seed::new(text.as_bytes().to_vec()).map_err(|_| {
+        ApiError::bad_request(
+            "BAD_SEED",
+            "the seed is empty: omit it or send a non-empty one",
+        )
     })
-    .transpose()
 }
 
 /// Refuses a declared body length over the limit before reading a byte of it.
@@ -95,20 +95,9 @@ pub async fn read_body(
     check_declared_length(headers, limit)?;
     axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .await
-        .map_err(|e| {
-            let text = format!(
-                "{e} {:?}",
-                std::error::Error::source(&e).map(|s| s.to_string())
-            );
-            if text.contains("length limit") {
-                ApiError::too_large(limit)
-            } else if text.contains("timed out") || text.contains("Timeout") {
-                ApiError::new(
-                    axum::http::StatusCode::REQUEST_TIMEOUT,
-                    "BODY_TIMEOUT",
-                    "the client stopped sending the request body",
-                )
-            } else {
+        .map_err(|e| match crate::stream::BodyFault::of_body_error(&e) {
+            Some(fault) => fault.response(limit),
+            None => {
                 ApiError::bad_request("BAD_BODY", format!("reading the request body failed: {e}"))
             }
         })

@@ -150,11 +150,16 @@ fn compress_and_decompress_round_trip_without_storing() {
     assert_eq!(body["originalSize"], 300_000);
     assert_eq!(body["checksum"], hex(&Sha256::digest(&data)));
     assert!(body["compressionPercent"].as_str().unwrap().ends_with('%'));
-    assert!(body["ratio"].as_str().unwrap().ends_with('x'));
     let af = body["compressed"].as_str().unwrap().to_string();
     assert_eq!(
         unb64(&af).len() as u64,
         body["compressedSize"].as_u64().unwrap()
+    );
+    // A JSON number, as SPEC §3 gives it: originalSize / compressedSize.
+    let ratio = body["ratio"].as_f64().expect("ratio is a number");
+    assert!(
+        (ratio - 300_000.0 / unb64(&af).len() as f64).abs() < 1e-9,
+        "{ratio}"
     );
     let (status, body) = json(
         http.post(format!("{}/api/memory/decompress", server.url))

@@ -13,7 +13,7 @@
 use redb::{ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
-use crate::types::{codec_byte, codec_from_byte, ChunkId, ChunkInfo};
+use crate::types::{encoding_byte, encoding_from_byte, ChunkId, ChunkInfo};
 
 pub const CHUNKS: TableDefinition<[u8; 32], [u8; ChunkEntry::LEN]> = TableDefinition::new("chunks");
 pub const LOCATIONS: TableDefinition<u128, [u8; 32]> = TableDefinition::new("locations");
@@ -23,8 +23,14 @@ pub const PACKS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("packs"
 pub const ZOMBIES: TableDefinition<[u8; 32], u64> = TableDefinition::new("zombies");
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// Layout version of the data directory.
-pub const FORMAT: u32 = 1;
+/// Layout version of the data directory. 2: sealed chunks carry their own nonce (encoding byte
+/// bit 7) and seeded manifests a random checksum nonce. Directories of version 1 are upgraded
+/// in place on open (nothing in them changes: they still read), so a build that knows only
+/// version 1 refuses them afterwards instead of misreading new chunks.
+pub const FORMAT: u32 = 2;
+
+/// Versions of earlier builds that this one opens and upgrades.
+pub const UPGRADABLE_FORMATS: &[u32] = &[1];
 
 /// Where a chunk lives and how many block references it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +58,7 @@ impl ChunkEntry {
         let mut v = [0u8; ChunkEntry::LEN];
         v[..4].copy_from_slice(&self.pack.to_le_bytes());
         v[4..12].copy_from_slice(&self.offset.to_le_bytes());
-        v[12] = codec_byte(self.info.codec);
+        v[12] = encoding_byte(&self.info);
         v[13..17].copy_from_slice(&self.info.raw_len.to_le_bytes());
         v[17..21].copy_from_slice(&self.info.stored_len.to_le_bytes());
         v[21..37].copy_from_slice(&self.info.check);
@@ -63,12 +69,14 @@ impl ChunkEntry {
     pub fn decode(id: [u8; 32], v: &[u8; ChunkEntry::LEN]) -> Result<ChunkEntry> {
         let u32_at = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().expect("4 bytes"));
         let u64_at = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+        let (codec, nonce_stored) = encoding_from_byte(v[12])?;
         Ok(ChunkEntry {
             pack: u32_at(0),
             offset: u64_at(4),
             info: ChunkInfo {
                 id: ChunkId(id),
-                codec: codec_from_byte(v[12])?,
+                codec,
+                nonce_stored,
                 raw_len: u32_at(13),
                 stored_len: u32_at(17),
                 check: v[21..37].try_into().expect("16 bytes"),
@@ -184,6 +192,7 @@ mod tests {
             info: ChunkInfo {
                 id: ChunkId([5; 32]),
                 codec: Codec::Zstd,
+                nonce_stored: true,
                 raw_len: 123_456,
                 stored_len: 789,
                 check: [9; 16],

@@ -16,23 +16,27 @@
 //! reclaimed. Ranges inside a pack that were reserved but never committed count as dead bytes and
 //! go at the next compaction.
 
+pub mod files;
 mod index;
 mod open;
 pub(crate) mod pack;
 mod reclaim;
+#[cfg(feature = "conformance")]
+pub mod sim;
 mod verify;
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::epoch::{EpochGate, Pin};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, What};
 use crate::types::{BlockId, BlockSummary, ChunkId, ChunkInfo, Damage, StagedAt};
 use crate::{BlockStore, Manifest, NewChunk, StagedChunk, StoredChunk, Totals};
+use files::{OsFiles, StoreFiles};
 use index::{
     get_chunk, read_counters, ChunkEntry, Counters, ACCESSES, BLOCKS, CHUNKS, LOCATIONS, META,
     PACKS, ZOMBIES,
@@ -67,7 +71,7 @@ impl Default for LocalOptions {
 /// The durable local store. Share it behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct LocalStore {
-    dir: PathBuf,
+    files: Arc<dyn StoreFiles>,
     db: Database,
     packs: Packs,
     gate: Arc<EpochGate>,
@@ -77,23 +81,47 @@ pub struct LocalStore {
     counters: Mutex<Counters>,
     /// One reclaim pass at a time; others skip rather than wait.
     reclaiming: Mutex<()>,
-    /// Holds the directory's lock for as long as the store is open.
-    _lock: File,
+    /// Holds the directory's lock for as long as the store is open (none for files that are
+    /// not a directory of this machine's).
+    _lock: Option<File>,
 }
 
 impl LocalStore {
     /// Opens (creating if needed) the store in `dir`. Fails with [`Error::Locked`] when another
     /// process has it open.
     pub fn open(dir: impl AsRef<Path>, options: LocalOptions) -> Result<LocalStore> {
-        let dir = dir.as_ref().to_path_buf();
-        let packs_dir = dir.join("packs");
-        fs::create_dir_all(&packs_dir)?;
-        let lock = open::lock_dir(&dir)?;
-        let db = Database::builder()
-            .set_cache_size(options.index_cache)
-            .create(dir.join("index.redb"))?;
+        let dir = dir.as_ref();
+        let files = OsFiles::new(dir)?;
+        let lock = open::lock_dir(dir)?;
+        LocalStore::open_files(Arc::new(files), Some(lock), options)
+    }
+
+    /// Opens the store in `dir` only if one was created there: a mistyped path is
+    /// [`Error::NotFound`], and nothing is created.
+    pub fn open_existing(dir: impl AsRef<Path>, options: LocalOptions) -> Result<LocalStore> {
+        let dir = dir.as_ref();
+        if !dir.join("index.redb").is_file() {
+            return Err(Error::NotFound(What::Store(dir.display().to_string())));
+        }
+        LocalStore::open(dir, options)
+    }
+
+    /// Opens (creating if needed) a store on `files`: another filesystem, or a simulated disk
+    /// for crash tests. The caller makes sure no other process uses the same files.
+    pub fn open_on(files: Arc<dyn StoreFiles>, options: LocalOptions) -> Result<LocalStore> {
+        LocalStore::open_files(files, None, options)
+    }
+
+    fn open_files(
+        files: Arc<dyn StoreFiles>,
+        lock: Option<File>,
+        options: LocalOptions,
+    ) -> Result<LocalStore> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(options.index_cache);
+        let db = files.open_index(&builder)?;
         let (salt, counters) = open::init_meta(&db)?;
-        let (next_pack, pack_bytes) = open::recover_packs(&db, &packs_dir)?;
+        let (next_pack, pack_bytes) = open::recover_packs(&db, &*files)?;
         let max_death = {
             let r = db.begin_read()?;
             let z = r.open_table(ZOMBIES)?;
@@ -106,13 +134,13 @@ impl LocalStore {
         let gate = EpochGate::starting_at(max_death + 1);
         let store = LocalStore {
             packs: Packs::open(
-                packs_dir,
+                Arc::clone(&files),
                 options.pack_size,
                 next_pack,
                 pack_bytes,
                 Arc::clone(&gate),
             ),
-            dir,
+            files,
             db,
             gate,
             options,
@@ -125,16 +153,10 @@ impl LocalStore {
         Ok(store)
     }
 
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn begin_write(&self) -> Result<redb::WriteTransaction> {
         let mut txn = self.db.begin_write()?;
         if !self.options.sync_commits {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| Error::Index(e.to_string()))?;
+            txn.set_durability(redb::Durability::None)?;
         }
         Ok(txn)
     }
@@ -147,7 +169,7 @@ impl LocalStore {
             let mut blocks = txn.open_table(BLOCKS)?;
             let encoded = blocks
                 .remove(id.as_u128())?
-                .ok_or_else(|| Error::NotFound(format!("block {id}")))?
+                .ok_or(Error::NotFound(What::Block(id)))?
                 .value()
                 .to_vec();
             txn.open_table(ACCESSES)?.remove(id.as_u128())?;
@@ -246,7 +268,7 @@ impl BlockStore for LocalStore {
         let counters = {
             let mut blocks = txn.open_table(BLOCKS)?;
             if blocks.get(id.as_u128())?.is_some() {
-                return Err(Error::AlreadyExists(format!("block {id}")));
+                return Err(Error::AlreadyExists(What::Block(id)));
             }
             let mut chunks = txn.open_table(CHUNKS)?;
             let mut locations = txn.open_table(LOCATIONS)?;
@@ -309,7 +331,7 @@ impl BlockStore for LocalStore {
         let t = r.open_table(BLOCKS)?;
         let v = t
             .get(id.as_u128())?
-            .ok_or_else(|| Error::NotFound(format!("block {id}")))?;
+            .ok_or(Error::NotFound(What::Block(id)))?;
         Manifest::decode(v.value(), &format_args!("block {id}"))
     }
 
@@ -320,7 +342,7 @@ impl BlockStore for LocalStore {
             let entry = {
                 let r = self.db.begin_read()?;
                 let t = r.open_table(CHUNKS)?;
-                get_chunk(&t, id)?.ok_or_else(|| Error::NotFound(format!("chunk {id:?}")))?
+                get_chunk(&t, id)?.ok_or(Error::NotFound(What::Chunk(*id)))?
             };
             match self.packs.read(entry.pack, entry.offset, &entry.info) {
                 Ok(payload) => {
@@ -329,7 +351,7 @@ impl BlockStore for LocalStore {
                         payload: payload.into(),
                     })
                 }
-                Err(Error::NotFound(_)) if attempts < 3 => attempts += 1,
+                Err(Error::NotFound(What::Pack(_))) if attempts < 3 => attempts += 1,
                 Err(Error::NotFound(what)) => {
                     return Err(Error::Corrupt(format!("chunk {id:?}: {what} is missing")))
                 }
@@ -374,7 +396,7 @@ impl BlockStore for LocalStore {
     fn accesses(&self, id: BlockId) -> Result<u64> {
         let r = self.db.begin_read()?;
         if r.open_table(BLOCKS)?.get(id.as_u128())?.is_none() {
-            return Err(Error::NotFound(format!("block {id}")));
+            return Err(Error::NotFound(What::Block(id)));
         }
         Ok(r.open_table(ACCESSES)?
             .get(id.as_u128())?
@@ -388,8 +410,7 @@ impl BlockStore for LocalStore {
         let mut txn = self.begin_write()?;
         // Read counts are statistics: they ride along with the next durable commit rather than
         // paying an fsync of their own.
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| Error::Index(e.to_string()))?;
+        txn.set_durability(redb::Durability::None)?;
         {
             let blocks = txn.open_table(BLOCKS)?;
             let mut accesses = txn.open_table(ACCESSES)?;

@@ -2,14 +2,16 @@
 //! pack files.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::files::StoreFiles;
 use super::index::{
-    read_counters, Counters, ACCESSES, BLOCKS, CHUNKS, FORMAT, LOCATIONS, META, PACKS, ZOMBIES,
+    read_counters, Counters, ACCESSES, BLOCKS, CHUNKS, FORMAT, LOCATIONS, META, PACKS,
+    UPGRADABLE_FORMATS, ZOMBIES,
 };
 use super::pack::Packs;
 use crate::error::{Error, Result};
@@ -44,13 +46,19 @@ pub(super) fn init_meta(db: &Database) -> Result<([u8; 16], Counters)> {
         txn.open_table(ZOMBIES)?;
         let mut meta = txn.open_table(META)?;
         let format = meta.get("format")?.map(|v| v.value().to_vec());
-        match format {
-            Some(v) if v == FORMAT.to_le_bytes() => {}
-            Some(v) => {
+        match format.as_deref().map(<[u8; 4]>::try_from) {
+            Some(Ok(v)) if u32::from_le_bytes(v) == FORMAT => {}
+            Some(Ok(v)) if UPGRADABLE_FORMATS.contains(&u32::from_le_bytes(v)) => {
+                meta.insert("format", FORMAT.to_le_bytes().as_slice())?;
+            }
+            Some(Ok(v)) => {
                 return Err(Error::Corrupt(format!(
-                    "data directory layout version {v:?} is not {FORMAT}"
+                    "data directory layout version {} is not supported by this build \
+                     (it reads versions up to {FORMAT})",
+                    u32::from_le_bytes(v)
                 )))
             }
+            Some(Err(_)) => return Err(Error::Corrupt("layout version is malformed".into())),
             None => {
                 meta.insert("format", FORMAT.to_le_bytes().as_slice())?;
             }
@@ -74,7 +82,7 @@ pub(super) fn init_meta(db: &Database) -> Result<([u8; 16], Counters)> {
 
 /// Deletes pack files the index never committed to and trims uncommitted tails. Returns the next
 /// pack number and the bytes of all packs.
-pub(super) fn recover_packs(db: &Database, packs_dir: &Path) -> Result<(u32, u64)> {
+pub(super) fn recover_packs(db: &Database, files: &dyn StoreFiles) -> Result<(u32, u64)> {
     let known: HashMap<u32, u64> = {
         let r = db.begin_read()?;
         let t = r.open_table(PACKS)?;
@@ -87,26 +95,24 @@ pub(super) fn recover_packs(db: &Database, packs_dir: &Path) -> Result<(u32, u64
     };
     let mut next = known.keys().max().map_or(1, |m| m + 1);
     let mut bytes = 0;
-    for entry in fs::read_dir(packs_dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(number) = name.to_str().and_then(Packs::number_of) else {
+    for name in files.pack_names()? {
+        let Some(number) = Packs::number_of(&name) else {
             continue;
         };
         next = next.max(number + 1);
         match known.get(&number) {
-            None => fs::remove_file(entry.path())?,
+            None => files.remove_pack(&name)?,
             Some(&end) => {
-                let file = OpenOptions::new().write(true).open(entry.path())?;
-                let len = file.metadata()?.len();
+                let file = files.open_pack(&name)?;
+                let len = file.len()?;
                 if len > end {
                     file.set_len(end)?;
-                    file.sync_all()?;
+                    file.sync_data()?;
                 }
                 bytes += len.min(end);
             }
         }
     }
-    File::open(packs_dir)?.sync_all()?;
+    files.sync_pack_names()?;
     Ok((next, bytes))
 }

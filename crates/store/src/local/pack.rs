@@ -13,16 +13,14 @@
 //! A range reserved but never committed is dead space that compaction reclaims.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::files::{PackFile, StoreFiles};
 use crate::epoch::EpochGate;
-use crate::error::{Error, Result};
-use crate::types::{codec_byte, codec_from_byte, ChunkId, ChunkInfo};
+use crate::error::{Error, Result, What};
+use crate::types::{encoding_byte, encoding_from_byte, ChunkId, ChunkInfo};
 
 const MAGIC: [u8; 8] = *b"AFPACK01";
 /// Bytes before the first record of a pack.
@@ -34,7 +32,7 @@ pub const RECORD_HEADER_LEN: usize = 32 + 1 + 4 + 4 + 16 + 4;
 pub fn record_header(info: &ChunkInfo) -> [u8; RECORD_HEADER_LEN] {
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[..32].copy_from_slice(&info.id.0);
-    h[32] = codec_byte(info.codec);
+    h[32] = encoding_byte(info);
     h[33..37].copy_from_slice(&info.raw_len.to_le_bytes());
     h[37..41].copy_from_slice(&info.stored_len.to_le_bytes());
     h[41..57].copy_from_slice(&info.check);
@@ -48,9 +46,11 @@ pub fn parse_record_header(h: &[u8; RECORD_HEADER_LEN]) -> Result<ChunkInfo> {
     if blake3::hash(&h[..57]).as_bytes()[..4] != h[57..] {
         return Err(Error::Corrupt("pack record header check mismatch".into()));
     }
+    let (codec, nonce_stored) = encoding_from_byte(h[32])?;
     Ok(ChunkInfo {
         id: ChunkId(h[..32].try_into().expect("32 bytes")),
-        codec: codec_from_byte(h[32])?,
+        codec,
+        nonce_stored,
         raw_len: u32::from_le_bytes(h[33..37].try_into().expect("4 bytes")),
         stored_len: u32::from_le_bytes(h[37..41].try_into().expect("4 bytes")),
         check: h[41..57].try_into().expect("16 bytes"),
@@ -61,7 +61,7 @@ pub fn parse_record_header(h: &[u8; RECORD_HEADER_LEN]) -> Result<ChunkInfo> {
 #[derive(Debug)]
 struct Active {
     number: u32,
-    file: Arc<File>,
+    file: Arc<dyn PackFile>,
     /// Next free byte (everything below is reserved).
     end: u64,
 }
@@ -69,12 +69,12 @@ struct Active {
 /// All pack files of a store: the one being appended to and open handles for reading.
 #[derive(Debug)]
 pub struct Packs {
-    dir: PathBuf,
+    files: Arc<dyn StoreFiles>,
     /// Rotate to a new pack once the active one reaches this size.
     target_size: u64,
     active: Mutex<Option<Active>>,
     /// Open handles, shared: a reader keeps reading a pack even if compaction unlinks it.
-    open: RwLock<HashMap<u32, Arc<File>>>,
+    open: RwLock<HashMap<u32, Arc<dyn PackFile>>>,
     next_number: Mutex<u32>,
     /// The first pack this process created: older ones were sealed by an earlier process.
     first_own: u32,
@@ -94,14 +94,14 @@ const MAX_OPEN: usize = 256;
 impl Packs {
     /// Opens the pack directory; `next_number` is above every pack the index or disk knows.
     pub fn open(
-        dir: PathBuf,
+        files: Arc<dyn StoreFiles>,
         target_size: u64,
         next_number: u32,
         bytes: u64,
         gate: Arc<EpochGate>,
     ) -> Packs {
         Packs {
-            dir,
+            files,
             target_size,
             active: Mutex::new(None),
             open: RwLock::default(),
@@ -149,8 +149,9 @@ impl Packs {
         }
     }
 
-    pub fn path(dir: &Path, number: u32) -> PathBuf {
-        dir.join(format!("{number:08}.pack"))
+    /// The file name of pack `number`.
+    pub fn name(number: u32) -> String {
+        format!("{number:08}.pack")
     }
 
     /// Parses a pack file name back to its number.
@@ -172,7 +173,7 @@ impl Packs {
     }
 
     /// Reserves `len` bytes and returns where. Starts a new pack when the active one is full.
-    fn reserve(&self, len: u64) -> Result<(u32, Arc<File>, u64)> {
+    fn reserve(&self, len: u64) -> Result<(u32, Arc<dyn PackFile>, u64)> {
         let mut active = self.active.lock().expect("pack lock");
         if active
             .as_ref()
@@ -201,22 +202,16 @@ impl Packs {
     fn create(&self) -> Result<Active> {
         let mut next = self.next_number.lock().expect("pack lock");
         let number = *next;
-        let path = Packs::path(&self.dir, number);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = self.files.create_pack(&Packs::name(number))?;
         let mut header = [0u8; PACK_HEADER_LEN as usize];
         header[..8].copy_from_slice(&MAGIC);
         header[8..12].copy_from_slice(&number.to_le_bytes());
         file.write_all_at(&header, 0)?;
         // The new name must be durable before any index entry can point into it.
         file.sync_data()?;
-        File::open(&self.dir)?.sync_all()?;
+        self.files.sync_pack_names()?;
         *next = number + 1;
         self.bytes.fetch_add(PACK_HEADER_LEN, Ordering::Relaxed);
-        let file = Arc::new(file);
         self.open
             .write()
             .expect("pack lock")
@@ -256,14 +251,14 @@ impl Packs {
         Ok(())
     }
 
-    fn file(&self, number: u32) -> Result<Arc<File>> {
+    fn file(&self, number: u32) -> Result<Arc<dyn PackFile>> {
         if let Some(f) = self.open.read().expect("pack lock").get(&number) {
             return Ok(Arc::clone(f));
         }
-        let file = match File::open(Packs::path(&self.dir, number)) {
-            Ok(f) => Arc::new(f),
+        let file = match self.files.open_pack(&Packs::name(number)) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!("pack {number}")))
+                return Err(Error::NotFound(What::Pack(number.to_string())))
             }
             Err(e) => return Err(e.into()),
         };
@@ -271,7 +266,7 @@ impl Packs {
         let mut open = self.open.write().expect("pack lock");
         if self.deleted.lock().expect("pack lock").contains(&number) {
             // Deleted while we opened it: use the handle once, keep nothing.
-            return Err(Error::NotFound(format!("pack {number}")));
+            return Err(Error::NotFound(What::Pack(number.to_string())));
         }
         if open.len() >= MAX_OPEN {
             let victim = open.keys().copied().find(|n| Some(*n) != active);
@@ -314,7 +309,7 @@ impl Packs {
 
     /// Flushes every open pack (after commits that skipped syncing).
     pub fn sync_all(&self) -> Result<()> {
-        let open: Vec<Arc<File>> = self
+        let open: Vec<Arc<dyn PackFile>> = self
             .open
             .read()
             .expect("pack lock")
@@ -335,9 +330,13 @@ impl Packs {
             self.deleted.lock().expect("pack lock").insert(number);
         }
         self.sealed.lock().expect("sealed lock").remove(&number);
-        let path = Packs::path(&self.dir, number);
-        let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        match fs::remove_file(&path) {
+        let name = Packs::name(number);
+        let len = self
+            .files
+            .open_pack(&name)
+            .and_then(|f| f.len())
+            .unwrap_or(0);
+        match self.files.remove_pack(&name) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),

@@ -123,13 +123,10 @@ pub(super) fn verify(
                 what: format!("pack {pack} records {recorded} live bytes, chunks make {counted}"),
             });
         }
-        let path = super::pack::Packs::path(&store.dir.join("packs"), pack);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.len() < end => report(Damage::Index {
-                what: format!(
-                    "pack {pack} is {} bytes, shorter than its committed {end}",
-                    m.len()
-                ),
+        let name = super::pack::Packs::name(pack);
+        match store.files.open_pack(&name).and_then(|f| f.len()) {
+            Ok(len) if len < end => report(Damage::Index {
+                what: format!("pack {pack} is {len} bytes, shorter than its committed {end}"),
             }),
             Ok(_) => {}
             Err(e) => report(Damage::Index {

@@ -30,3 +30,4 @@ mod local {
 }
 
 mod local_only;
+mod power_loss;

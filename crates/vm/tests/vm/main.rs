@@ -473,3 +473,77 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_streamed_whole_read_leaves_the_block_cached() {
+    each_backend(|vm| {
+        // 8 MiB with the default 50 MiB cache: too big for the whole-read path of the server,
+        // small enough to keep.
+        let data = text(8 << 20, 21);
+        let id = vm.allocate(&data, None).unwrap();
+        let misses = vm.summary().cache.misses;
+        let mut first = Vec::new();
+        vm.read_to(id, None, None, &mut first).unwrap();
+        assert_eq!(first, data);
+        let hits = vm.summary().cache.hits;
+        let mut second = Vec::new();
+        vm.read_to(id, None, Some(100..5_000_000), &mut second)
+            .unwrap();
+        assert_eq!(second, &data[100..5_000_000]);
+        let s = vm.summary();
+        assert_eq!(s.cache.hits, hits + 1, "the second read is a hit");
+        assert_eq!(s.cache.misses, misses + 1, "only the first read missed");
+        // A block too large for the cache (over a quarter of it) streams without being kept.
+        let big = noise(20 << 20, 22);
+        let id = vm.allocate(&big, None).unwrap();
+        vm.read_to(id, None, None, &mut std::io::sink()).unwrap();
+        let hits = vm.summary().cache.hits;
+        vm.read_to(id, None, None, &mut std::io::sink()).unwrap();
+        assert_eq!(vm.summary().cache.hits, hits);
+    });
+}
+
+#[test]
+fn a_reused_block_id_never_reuses_a_checksum_nonce() {
+    each_backend(|vm| {
+        // Import lets a client choose ids: the same id, freed and allocated again with other
+        // content under the same seed, must seal its checksum under another nonce.
+        let s = seed("nonce");
+        let id = BlockId::random();
+        vm.allocate_as(id, &text(5000, 31)[..], Some(5000), Some(&s))
+            .unwrap();
+        let first = vm.store().manifest(id).unwrap().checksum;
+        vm.free(id).unwrap();
+        vm.allocate_as(id, &text(5000, 32)[..], Some(5000), Some(&s))
+            .unwrap();
+        let second = vm.store().manifest(id).unwrap().checksum;
+        let nonce = |c: &aetherflow_store::Checksum| match c {
+            aetherflow_store::Checksum::Sealed { nonce, .. } => *nonce,
+            other => panic!("a seeded block's checksum is sealed, not {other:?}"),
+        };
+        assert_ne!(nonce(&first), nonce(&second));
+        assert_eq!(&vm.read(id, Some(&s)).unwrap()[..], &text(5000, 32)[..]);
+    });
+}
+
+#[test]
+fn sealed_chunks_carry_a_nonce_of_their_own() {
+    each_backend(|vm| {
+        let s = seed("chunks");
+        let data = text(600_000, 41);
+        let id = vm.allocate(&data, Some(&s)).unwrap();
+        let manifest = vm.store().manifest(id).unwrap();
+        for chunk in manifest.chunk_refs() {
+            let stored = vm.store().chunk(chunk).unwrap();
+            assert!(stored.info.nonce_stored);
+            // The nonce is not the identity's prefix (what format 1 used).
+            assert_ne!(&stored.payload[..24], &chunk.0[..24]);
+        }
+        let plain = vm.allocate(&data, None).unwrap();
+        let manifest = vm.store().manifest(plain).unwrap();
+        for chunk in manifest.chunk_refs() {
+            assert!(!vm.store().chunk(chunk).unwrap().info.nonce_stored);
+        }
+        assert_eq!(&vm.read(id, Some(&s)).unwrap()[..], &data[..]);
+    });
+}

@@ -1,0 +1,91 @@
+//! [`PackWriter`]: the open pack that concurrent allocations stage into, and the uploads of
+//! sealed ones. An uploaded pack enters the view under the epoch gate, so that collection
+//! knows which running allocations may still commit chunks staged into it.
+
+use std::sync::Arc;
+
+use aetherflow_store::epoch::EpochGate;
+use aetherflow_store::{ChunkInfo, Result};
+use bytes::Bytes;
+
+use crate::keys;
+use crate::remote::Remote;
+use crate::view::View;
+use crate::writer::{PackSlot, Sealed, StagedNote, Writer};
+
+/// Stages chunks into packs and uploads them; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct PackWriter {
+    writer: Writer,
+    remote: Arc<Remote>,
+    view: Arc<View>,
+    gate: Arc<EpochGate>,
+}
+
+impl PackWriter {
+    pub fn new(
+        writer: Writer,
+        remote: Arc<Remote>,
+        view: Arc<View>,
+        gate: Arc<EpochGate>,
+    ) -> PackWriter {
+        PackWriter {
+            writer,
+            remote,
+            view,
+            gate,
+        }
+    }
+
+    /// Names this process's objects apart from other servers'.
+    pub fn writer_id(&self) -> &str {
+        &self.writer.writer_id
+    }
+
+    /// Appends records to the open pack (uploading it if that filled it); returns where each
+    /// went.
+    pub fn stage(&self, records: &[(ChunkInfo, &[u8])]) -> Result<Vec<StagedNote>> {
+        let (notes, full) = self.writer.stage(records);
+        if let Some((slot, sealed)) = full {
+            self.upload(&slot, sealed)?;
+        }
+        Ok(notes)
+    }
+
+    /// Makes sure `slot`'s pack is in the bucket: uploads it if still open, else waits for the
+    /// thread uploading it.
+    pub fn ensure_uploaded(&self, slot: &Arc<PackSlot>) -> Result<()> {
+        if let Some(sealed) = self.writer.seal(slot) {
+            self.upload(slot, sealed)?;
+        }
+        slot.wait_uploaded()
+    }
+
+    /// Stages `chunks` and uploads their pack at once (compaction and rescues).
+    pub fn write_now(&self, chunks: &[(ChunkInfo, Bytes)]) -> Result<()> {
+        let records: Vec<(ChunkInfo, &[u8])> = chunks.iter().map(|(i, p)| (*i, &p[..])).collect();
+        let notes = self.stage(&records)?;
+        let mut done: Vec<*const PackSlot> = Vec::new();
+        for note in notes {
+            if !done.contains(&Arc::as_ptr(&note.slot)) {
+                done.push(Arc::as_ptr(&note.slot));
+                self.ensure_uploaded(&note.slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads a sealed pack and makes its chunks findable; wakes the commits waiting for it.
+    fn upload(&self, slot: &PackSlot, (bytes, entries): Sealed) -> Result<()> {
+        let size = bytes.len() as u64;
+        let result = self.remote.put(&keys::pack(&slot.name), bytes, false);
+        if result.is_ok() {
+            self.gate.record(|stamp| {
+                self.view
+                    .change(|c| c.add_pack(&slot.name, size, None, entries, Some(stamp)))
+            });
+        }
+        slot.finish_upload(&result);
+        result
+    }
+}

@@ -1,0 +1,197 @@
+//! This server's view of the bucket: the catalog behind its lock, and the listings that keep it
+//! in step with the bucket. A listing that fails fails the refresh; the catalog then keeps what
+//! it knew.
+//!
+//! No lock is held while a listing or a fetch is under way: the catalog is locked only to read
+//! or apply what a request returned, and each kind of refresh runs once at a time for everyone
+//! who wants it ([`SingleFlight`]).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aetherflow_store::{BlockId, ChunkInfo, Error, Manifest, Result, Totals};
+use bytes::Bytes;
+
+use crate::catalog::Catalog;
+use crate::keys;
+use crate::pack;
+use crate::remote::{Listed, Remote};
+use crate::sync::{lock, SingleFlight};
+
+/// The catalog, shared by every part of a store; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct View {
+    remote: Arc<Remote>,
+    catalog: Mutex<Catalog>,
+    /// Full refreshes (packs, blocks, marks).
+    full: SingleFlight,
+    /// Listings of condemnation marks alone (what a commit must see fresh).
+    marks: SingleFlight,
+    /// Bytes of objects the catalog does not count (the identity object).
+    other_bytes: u64,
+}
+
+impl View {
+    pub fn new(remote: Arc<Remote>, other_bytes: u64) -> View {
+        View {
+            remote,
+            catalog: Mutex::default(),
+            full: SingleFlight::default(),
+            marks: SingleFlight::default(),
+            other_bytes,
+        }
+    }
+
+    /// Reads the catalog. `f` must not make requests: the lock is held while it runs.
+    pub fn read<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
+        f(&lock(&self.catalog))
+    }
+
+    /// Changes the catalog (with what a request returned). Same rule as [`View::read`].
+    pub fn change<T>(&self, f: impl FnOnce(&mut Catalog) -> T) -> T {
+        f(&mut lock(&self.catalog))
+    }
+
+    /// Live figures, from the catalog as it is: never waits for a listing.
+    pub fn totals(&self) -> Totals {
+        self.read(|c| c.totals(self.other_bytes))
+    }
+
+    /// Refreshes everything if the last full refresh began more than `max_age` ago, waiting
+    /// for one under way.
+    pub fn refresh_if_stale(&self, max_age: Duration) -> Result<()> {
+        self.full.run_if_stale(max_age, || self.refresh_all())
+    }
+
+    /// Like [`View::refresh_if_stale`], but returns at once if another thread is refreshing.
+    pub fn refresh_in_passing(&self, max_age: Duration) -> Result<()> {
+        self.full.run_in_passing(max_age, || self.refresh_all())
+    }
+
+    /// Refreshes the condemnation marks if their view is older than `max_age`. A commit never
+    /// waits for a full refresh, only for one listing of marks.
+    pub fn refresh_marks_if_stale(&self, max_age: Duration) -> Result<()> {
+        self.marks.run_if_stale(max_age, || self.refresh_marks())
+    }
+
+    /// Packs, then blocks, then marks: each listing complete or the refresh fails.
+    fn refresh_all(&self) -> Result<()> {
+        self.refresh_packs()?;
+        self.refresh_blocks()?;
+        self.marks
+            .run_if_stale(Duration::ZERO, || self.refresh_marks())
+    }
+
+    /// Learns new packs (one ranged GET of each one's index) and forgets deleted ones.
+    pub fn refresh_packs(&self) -> Result<()> {
+        let generation = self.change(|c| c.begin_refresh());
+        let listed = self.remote.list(keys::PACKS)?;
+        let name_of = |l: &Listed| l.key[keys::PACKS.len()..].to_string();
+        let new: Vec<&Listed> = self.change(|c| {
+            listed
+                .iter()
+                .filter(|l| {
+                    let name = name_of(l);
+                    !c.saw_pack(&name, l.modified_ms) && !c.is_bad_pack(&name)
+                })
+                .collect()
+        });
+        let tails = self.remote.get_many_tails(
+            &new.iter().map(|l| l.key.clone()).collect::<Vec<_>>(),
+            pack::TAIL_GUESS,
+        );
+        for (l, tail) in new.into_iter().zip(tails) {
+            let name = name_of(l);
+            match tail.and_then(|tail| self.read_index(&name, l.size, tail)) {
+                Ok(entries) => {
+                    self.change(|c| c.add_pack(&name, l.size, Some(l.modified_ms), entries, None))
+                }
+                Err(Error::Corrupt(why)) => {
+                    tracing::error!("pack {name}: {why}");
+                    self.change(|c| c.note_bad_pack(&name, why));
+                }
+                // Deleted between the listing and the read: the next listing forgets it.
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let names: HashSet<String> = listed.iter().map(name_of).collect();
+        self.change(|c| c.confirm_packs(&names, generation));
+        Ok(())
+    }
+
+    /// A pack's entries, from its tail (`TAIL_GUESS` bytes of it, read already).
+    fn read_index(
+        &self,
+        name: &str,
+        size: u64,
+        (mut tail, size_now): (Bytes, u64),
+    ) -> Result<Vec<(u64, ChunkInfo)>> {
+        if size_now != size {
+            return Err(Error::Corrupt(format!(
+                "pack {name} changed size from {size} to {size_now} bytes"
+            )));
+        }
+        let span = pack::index_span(name, size, &tail)?;
+        if span > tail.len() as u64 {
+            tail = self
+                .remote
+                .get_range(&keys::pack(name), size - span..size)?;
+        }
+        pack::parse_index(name, size, &tail)
+    }
+
+    /// Learns blocks other servers allocated (fetching their manifests, many at once) and
+    /// forgets the ones they freed.
+    pub fn refresh_blocks(&self) -> Result<()> {
+        let generation = self.change(|c| c.begin_refresh());
+        let listed = self.remote.list(keys::BLOCKS)?;
+        let ids: HashSet<BlockId> = listed
+            .iter()
+            .filter_map(|l| l.key[keys::BLOCKS.len()..].parse().ok())
+            .collect();
+        let new: Vec<BlockId> = self.change(|c| {
+            ids.iter()
+                .filter(|id| !c.saw_block(**id))
+                .copied()
+                .collect()
+        });
+        let keys: Vec<String> = new.iter().map(|id| keys::block(*id)).collect();
+        let bodies = self.remote.get_many(&keys);
+        for (id, body) in new.into_iter().zip(bodies) {
+            let body = match body {
+                Ok(b) => b,
+                Err(Error::NotFound(_)) => continue, // freed since the listing
+                Err(e) => return Err(e),
+            };
+            match Manifest::decode(&body, &format_args!("block {id}")) {
+                Ok(m) => {
+                    self.change(|c| c.add_block(id, Arc::new(m), body.len() as u64));
+                }
+                Err(e) => {
+                    tracing::error!("block {id}: manifest unreadable: {e}");
+                    self.change(|c| c.note_damaged_block(id, e.to_string()));
+                }
+            }
+        }
+        self.change(|c| c.confirm_blocks(&ids, generation));
+        Ok(())
+    }
+
+    /// Learns which packs are condemned, and since when in the bucket's clock.
+    fn refresh_marks(&self) -> Result<()> {
+        let generation = self.change(|c| c.begin_refresh());
+        let listed = self.remote.list(keys::CONDEMNED)?;
+        self.change(|c| {
+            let mut names = HashSet::new();
+            for l in &listed {
+                let name = &l.key[keys::CONDEMNED.len()..];
+                names.insert(name.to_string());
+                c.condemn(name, Some(l.modified_ms), None);
+            }
+            c.confirm_condemned(&names, generation);
+        });
+        Ok(())
+    }
+}

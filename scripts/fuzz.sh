@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# A fuzzing campaign: every target of crates/fuzz-targets run by libFuzzer (fuzz/, cargo fuzz)
+# for RUNS executions each, then its corpus minimized in place (fuzz/corpus/TARGET, checked in:
+# the test suite replays it on stable Rust). Prints executions, coverage and crashes per
+# target; exits non-zero if any target crashed (the input is in fuzz/artifacts/TARGET).
+#
+#   bash scripts/fuzz.sh                        # 10 million runs of every target
+#   RUNS=100000 TARGETS="manifest af_header" bash scripts/fuzz.sh
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+runs=${RUNS:-10000000}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# cargo fuzz passes -Z flags (sanitizer, coverage passes); the machine's toolchain is stable.
+export RUSTC_BOOTSTRAP=1
+flags=(-O --debug-assertions)
+cargo fuzz build "${flags[@]}"
+targets=${TARGETS:-$(cargo fuzz list)}
+mkdir -p logs
+printf '%-16s %12s %8s %8s %8s\n' target executions cov features crashes
+failed=0
+for t in $targets; do
+  # Leak checks are off: a leak is no danger in these decoders, and the pipelines' threads make
+  # libFuzzer's leak scan run after every input. Inputs are capped at 8 KiB: a decoder's cost
+  # grows with its input, and every structure here is reached well within that.
+  cargo fuzz run "${flags[@]}" "$t" -- -runs="$runs" -detect_leaks=0 -max_len=8192 \
+    -print_final_stats=1 > "logs/$t.log" 2>&1 || true
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -n 1)
+  done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "logs/$t.log" | tail -n 1 || true)
+  cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$done_line")
+  ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$done_line")
+  crashes=$(find "artifacts/$t" -type f 2>/dev/null | wc -l)
+  (( crashes == 0 )) || failed=1
+  printf '%-16s %12s %8s %8s %8s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$crashes"
+  cargo fuzz cmin "${flags[@]}" "$t" -- -detect_leaks=0 > "logs/$t.cmin.log" 2>&1 || true
+done
+exit $failed
