@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # A fuzzing campaign: every target of crates/fuzz-targets run by libFuzzer (fuzz/, cargo fuzz)
-# for RUNS executions each, then its corpus minimized in place (fuzz/corpus/TARGET, checked in:
+# for RUNS executions or MAX_TIME seconds each, whichever comes first, then its corpus minimized in place (fuzz/corpus/TARGET, checked in:
 # the test suite replays it on stable Rust). Prints executions, coverage and crashes per
 # target; exits non-zero if any target crashed (the input is in fuzz/artifacts/TARGET).
 #
-#   bash scripts/fuzz.sh                        # 10 million runs of every target
+#   bash scripts/fuzz.sh                        # 10 million runs (at most 20 minutes) of each target
 #   RUNS=100000 TARGETS="manifest af_header" bash scripts/fuzz.sh
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 runs=${RUNS:-10000000}
+max_time=${MAX_TIME:-1200}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo fuzz passes -Z flags (sanitizer, coverage passes); the machine's toolchain is stable.
 export RUSTC_BOOTSTRAP=1
@@ -22,7 +23,7 @@ for t in $targets; do
   # Leak checks are off: a leak is no danger in these decoders, and the pipelines' threads make
   # libFuzzer's leak scan run after every input. Inputs are capped at 8 KiB: a decoder's cost
   # grows with its input, and every structure here is reached well within that.
-  cargo fuzz run "${flags[@]}" "$t" -- -runs="$runs" -detect_leaks=0 -max_len=8192 \
+  cargo fuzz run "${flags[@]}" "$t" -- -runs="$runs" -max_total_time="$max_time" -detect_leaks=0 -max_len=8192 \
     -print_final_stats=1 > "logs/$t.log" 2>&1 || true
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -n 1)
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "logs/$t.log" | tail -n 1 || true)

@@ -44,9 +44,75 @@ pub enum Command {
     /// Verify a store: every index entry and, with --read-data, every chunk and block.
     #[command(after_help = exit::HELP)]
     Check(CheckArgs),
-    /// Run the REST server (SPEC section 3) on the embedded store, in memory, or on a store URL.
+    /// Run the REST server (SPEC section 3) on the embedded store, in memory, or on a store URL;
+    /// with --nbd, serve its volumes over NBD too.
     #[command(after_help = exit::HELP)]
     Serve(ServeArgs),
+    /// Manage volumes (thin block devices served over NBD) on a server or in a data directory.
+    #[command(after_help = exit::HELP)]
+    Volume(VolumeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeArgs {
+    #[command(subcommand)]
+    pub command: VolumeCommand,
+    #[command(flatten)]
+    pub target: VolumeTarget,
+}
+
+/// Where the volumes are: a running server (the default), or a data directory.
+#[derive(Debug, Args)]
+pub struct VolumeTarget {
+    /// A running server.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:5000",
+        global = true
+    )]
+    pub server: String,
+    /// A data directory instead (the store must not be open elsewhere).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Bearer token for --server.
+    #[arg(long, env = "AF_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print JSON (the server's volume objects) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create an empty volume: never-written space costs nothing.
+    Create {
+        name: String,
+        /// Its size: 100TiB, 20GiB, or bytes.
+        #[arg(long)]
+        size: String,
+        /// Seal its chunks under a seed: it is served only once unlocked with it.
+        #[command(flatten)]
+        seed: SeedArgs,
+    },
+    /// List every volume, snapshot and clone.
+    List,
+    /// Show a volume's description and exact figures.
+    Info { name: String },
+    /// Take a read-only snapshot NEW of volume NAME (instant).
+    Snapshot { name: String, new: String },
+    /// Make a writable volume NEW from snapshot SNAPSHOT (instant).
+    Clone { snapshot: String, new: String },
+    /// Delete a volume; what nothing else shares is freed. Refused while a client has it open.
+    Delete { name: String },
+    /// Unlock a seeded volume on a server (its keys stay in the server's memory).
+    Unlock {
+        name: String,
+        #[command(flatten)]
+        seed: SeedArgs,
+    },
+    /// Forget a seeded volume's keys on a server.
+    Lock { name: String },
 }
 
 /// Where the seed comes from. The seed is never printed or stored.
@@ -234,9 +300,13 @@ pub struct ServeArgs {
     /// visible to other users).
     #[arg(long, env = "AF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Allow a non-loopback --listen without a token.
+    /// Allow a non-loopback --listen without a token, and a non-loopback --nbd.
     #[arg(long)]
     pub insecure: bool,
+    /// Also serve the volumes over NBD on this address (10809 is the NBD port). NBD carries no
+    /// authentication: anything but loopback needs --insecure.
+    #[arg(long, value_name = "ADDR")]
+    pub nbd: Option<String>,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

@@ -26,7 +26,7 @@ Exit codes:
   3  I/O error (missing file, permission denied, disk full)
   4  corrupt or non-AetherFlow input, or input over the reader's limits;
      for check: damage found
-  5  seed missing or wrong for an encrypted file
+  5  seed missing or wrong for an encrypted file or a seeded volume
   6  compress-directory: archive written but partial (unreadable entries, named in warnings)";
 
 pub fn code_for(err: &anyhow::Error) -> u8 {
@@ -53,9 +53,23 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                     | aetherflow_vm::StoreError::Denied(_)
                     | aetherflow_vm::StoreError::NotFound(_),
                 ) => IO,
-                Vm::Corrupt { .. } | Vm::Store(aetherflow_vm::StoreError::Corrupt(_)) => CORRUPT,
-                Vm::SeedRequired(_) | Vm::WrongSeed(_) => SEED,
-                Vm::InvalidArgument(_) | Vm::MalformedId(_) => USAGE,
+                Vm::Corrupt { .. }
+                | Vm::VolumeCorrupt { .. }
+                | Vm::Store(aetherflow_vm::StoreError::Corrupt(_)) => CORRUPT,
+                Vm::SeedRequired(_)
+                | Vm::WrongSeed(_)
+                | Vm::VolumeWrongSeed(_)
+                | Vm::VolumeLocked(_) => SEED,
+                Vm::InvalidArgument(_) | Vm::MalformedId(_) | Vm::VolumeRefused(_) => USAGE,
+                _ => FAILURE,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<crate::commands::volume::ServerRefused>() {
+            return match (e.status, e.code.as_str()) {
+                (400, _) => USAGE,
+                (401 | 423, "WRONG_SEED" | "SEED_REQUIRED" | "VOLUME_LOCKED") => SEED,
+                (500, "DATA_CORRUPT") => CORRUPT,
+                (503, _) => IO,
                 _ => FAILURE,
             };
         }

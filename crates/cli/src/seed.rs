@@ -24,3 +24,30 @@ pub fn resolve(args: &SeedArgs) -> anyhow::Result<Option<Seed>> {
         None => Ok(None),
     }
 }
+
+/// The seed as text, for sending to a server in a JSON body (which carries text only).
+pub fn resolve_text(args: &SeedArgs) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &args.seed_file {
+        let mut text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "{}: cannot read the seed file as text (UTF-8)",
+                path.display()
+            )
+        })?;
+        if text.ends_with('\n') {
+            text.pop();
+            if text.ends_with('\r') {
+                text.pop();
+            }
+        }
+        return non_empty(text).map(Some);
+    }
+    args.seed.clone().map(non_empty).transpose()
+}
+
+fn non_empty(text: String) -> anyhow::Result<String> {
+    if text.is_empty() {
+        anyhow::bail!("the seed is empty");
+    }
+    Ok(text)
+}

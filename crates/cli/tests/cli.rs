@@ -453,3 +453,6 @@ mod serve;
 
 #[path = "cli/s3.rs"]
 mod s3;
+
+#[path = "cli/nbd.rs"]
+mod nbd;

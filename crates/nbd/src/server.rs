@@ -334,6 +334,10 @@ impl Connection {
         };
         // Whatever ended the loop, requests already running are answered before the close.
         while running.join_next().await.is_some() {}
+        // Closing an export may block (a volume writes back what it buffered): off the async
+        // threads, and before the close is answered, so that a client that reconnects at once
+        // reads what it wrote.
+        let _ = tokio::task::spawn_blocking(move || drop(export)).await;
         drop(replies);
         let written = writer.await;
         result?;

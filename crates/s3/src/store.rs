@@ -32,8 +32,9 @@ use std::time::Duration;
 
 use aetherflow_store::epoch::EpochGate;
 use aetherflow_store::{
-    BlockId, BlockStore, BlockSummary, ChunkId, ChunkInfo, Damage, Error, Manifest, NewChunk, Pin,
-    RequestCounts, Result, StagedChunk, StoredChunk, Totals, What,
+    BlockId, BlockStore, BlockSummary, ChunkId, ChunkInfo, Damage, Error, Manifest, MapEntry,
+    NewChunk, Pin, RequestCounts, Result, StagedChunk, StoredChunk, Totals, VolumeRecord,
+    VolumeUsage, What,
 };
 use bytes::Bytes;
 use object_store::ObjectStore;
@@ -431,4 +432,64 @@ impl BlockStore for S3Store {
     fn remote_requests(&self) -> Option<RequestCounts> {
         Some(self.parts.remote.counts())
     }
+
+    fn create_volume(&self, _record: &VolumeRecord) -> Result<()> {
+        Err(no_volumes())
+    }
+
+    fn volume(&self, name: &str) -> Result<VolumeRecord> {
+        Err(Error::NotFound(What::Volume(name.to_string())))
+    }
+
+    fn volumes(&self) -> Result<Vec<VolumeRecord>> {
+        Ok(Vec::new())
+    }
+
+    fn volume_map(
+        &self,
+        name: &str,
+        _chunks: std::ops::Range<u64>,
+        _visit: &mut dyn FnMut(u64, MapEntry) -> bool,
+    ) -> Result<()> {
+        Err(Error::NotFound(What::Volume(name.to_string())))
+    }
+
+    fn commit_volume(
+        &self,
+        _name: &str,
+        _changes: &[(u64, MapEntry)],
+        _staged: Vec<StagedChunk>,
+        _durable: bool,
+    ) -> Result<()> {
+        Err(no_volumes())
+    }
+
+    fn clear_volume(
+        &self,
+        _name: &str,
+        _chunks: std::ops::Range<u64>,
+        _durable: bool,
+    ) -> Result<()> {
+        Err(no_volumes())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn snapshot_volume(&self, _source: &str, _name: &str, _writable: bool) -> Result<VolumeRecord> {
+        Err(no_volumes())
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<()> {
+        Err(Error::NotFound(What::Volume(name.to_string())))
+    }
+
+    fn volume_usage(&self, name: &str) -> Result<VolumeUsage> {
+        Err(Error::NotFound(What::Volume(name.to_string())))
+    }
+}
+
+fn no_volumes() -> Error {
+    Error::Refused("volumes on object storage are not supported by this build".into())
 }

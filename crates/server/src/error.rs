@@ -114,6 +114,24 @@ impl ApiError {
                     "the object store cannot be reached right now; retry later",
                 )
             }
+            VmError::VolumeNotFound(_) => {
+                ApiError::new(S::NOT_FOUND, "VOLUME_NOT_FOUND", e.to_string())
+            }
+            VmError::VolumeExists(_) => ApiError::new(S::CONFLICT, "VOLUME_EXISTS", e.to_string()),
+            VmError::VolumeInUse(_) => ApiError::new(S::CONFLICT, "VOLUME_IN_USE", e.to_string()),
+            VmError::VolumeLocked(_) => ApiError::new(S::LOCKED, "VOLUME_LOCKED", e.to_string()),
+            VmError::VolumeWrongSeed(_) => {
+                ApiError::new(S::UNAUTHORIZED, "WRONG_SEED", e.to_string())
+            }
+            VmError::VolumeRefused(why) => ApiError::bad_request("VOLUME_REFUSED", why),
+            VmError::VolumeCorrupt { volume, what } => {
+                tracing::error!("volume {volume}: stored data is corrupt: {what}");
+                ApiError::new(
+                    S::INTERNAL_SERVER_ERROR,
+                    "DATA_CORRUPT",
+                    format!("volume {volume}: stored data failed its checks; run 'aetherflow check --read-data'"),
+                )
+            }
             VmError::Store(other) => ApiError::internal("the store", other),
         }
     }
@@ -180,6 +198,21 @@ mod tests {
                 VmError::Store(StoreError::Unavailable("down".into())),
                 StatusCode::SERVICE_UNAVAILABLE,
                 "STORE_UNAVAILABLE",
+            ),
+            (
+                VmError::VolumeInUse("v".into()),
+                StatusCode::CONFLICT,
+                "VOLUME_IN_USE",
+            ),
+            (
+                VmError::VolumeWrongSeed("v".into()),
+                StatusCode::UNAUTHORIZED,
+                "WRONG_SEED",
+            ),
+            (
+                VmError::VolumeNotFound("v".into()),
+                StatusCode::NOT_FOUND,
+                "VOLUME_NOT_FOUND",
             ),
             (
                 VmError::Store(StoreError::Io(std::io::ErrorKind::StorageFull.into())),

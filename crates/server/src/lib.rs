@@ -8,12 +8,14 @@
 //! | `error` | `ApiError`: the JSON error body and the one status mapping |
 //! | `stream` | async bodies ⇄ the manager's blocking readers and writers, in bounded memory |
 //! | `auth`, `metrics` | bearer tokens; Prometheus counters and one log line per request |
+//! | [`nbd`] | volumes as NBD exports, for [`serve_nbd`] |
 //!
 //! Tests start the server with [`serve`] on port 0, exactly as the binary does.
 
 mod auth;
 pub mod error;
 mod metrics;
+pub mod nbd;
 pub mod routes;
 mod state;
 pub mod stream;
@@ -53,6 +55,24 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(RequestBodyTimeoutLayer::new(state.config.body_timeout))
         .with_state(state)
+}
+
+/// Serves the volumes of `state` over NBD on `listener` until `shutdown` turns true; then
+/// lets connections finish what is in flight (answering new requests `ESHUTDOWN`) and returns
+/// once every volume they opened is written back.
+pub async fn serve_nbd(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<()> {
+    let exports = std::sync::Arc::new(nbd::VolumeExports::new(std::sync::Arc::clone(&state.vm)));
+    let observer =
+        std::sync::Arc::new(nbd::NbdObserver::new(std::sync::Arc::clone(&state.metrics)));
+    let limits = aetherflow_nbd::Limits {
+        shutdown_grace: state.config.shutdown_grace,
+        ..aetherflow_nbd::Limits::default()
+    };
+    aetherflow_nbd::serve(listener, exports, observer, limits, shutdown).await
 }
 
 /// Serves `state` on `listener` until `shutdown` completes; then stops accepting, lets requests

@@ -1,5 +1,6 @@
 //! `/metrics`: Prometheus text. Requests by route and status, a latency histogram, body bytes in
-//! and out, cache hits and misses, logical and physical bytes.
+//! and out, cache hits and misses, logical and physical bytes; NBD connections and requests by
+//! command and outcome, and the bytes they moved.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -33,6 +34,17 @@ struct Operation {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NbdCommand {
+    command: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NbdBytes {
+    command: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Route {
     method: String,
     route: String,
@@ -54,6 +66,11 @@ pub struct Metrics {
     blocks: Gauge,
     /// Requests to a remote store (object storage), by operation.
     store_requests: Family<Operation, Counter>,
+    nbd_requests: Family<NbdCommand, Counter>,
+    nbd_bytes: Family<NbdBytes, Counter>,
+    nbd_connections: Gauge,
+    nbd_connections_total: Counter,
+    volumes: Gauge,
     /// Cache counts already added to the counters (they are read from the manager at scrape).
     seen: Mutex<(u64, u64)>,
 }
@@ -75,6 +92,11 @@ impl Metrics {
             physical: Gauge::default(),
             blocks: Gauge::default(),
             store_requests: Family::default(),
+            nbd_requests: Family::default(),
+            nbd_bytes: Family::default(),
+            nbd_connections: Gauge::default(),
+            nbd_connections_total: Counter::default(),
+            volumes: Gauge::default(),
             seen: Mutex::new((0, 0)),
             registry: Registry::with_prefix("aetherflow"),
         };
@@ -125,7 +147,53 @@ impl Metrics {
             "Requests made to the object store (s3 backend), by operation",
             m.store_requests.clone(),
         );
+        registry.register(
+            "nbd_requests",
+            "NBD requests by command and result (ok, error)",
+            m.nbd_requests.clone(),
+        );
+        registry.register(
+            "nbd_bytes",
+            "Bytes NBD reads and writes moved, by command",
+            m.nbd_bytes.clone(),
+        );
+        registry.register(
+            "nbd_connections",
+            "NBD connections open now",
+            m.nbd_connections.clone(),
+        );
+        registry.register(
+            "nbd_connections_accepted",
+            "NBD connections accepted",
+            m.nbd_connections_total.clone(),
+        );
+        registry.register(
+            "volumes",
+            "Volumes, snapshots and clones",
+            m.volumes.clone(),
+        );
         m
+    }
+
+    pub(crate) fn nbd_connected(&self) {
+        self.nbd_connections.inc();
+        self.nbd_connections_total.inc();
+    }
+
+    pub(crate) fn nbd_disconnected(&self) {
+        self.nbd_connections.dec();
+    }
+
+    pub(crate) fn nbd_request(&self, command: &'static str, bytes: u64, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.nbd_requests
+            .get_or_create(&NbdCommand { command, result })
+            .inc();
+        if bytes > 0 {
+            self.nbd_bytes
+                .get_or_create(&NbdBytes { command })
+                .inc_by(bytes);
+        }
     }
 
     /// The text exposition, with the manager's figures read now.
@@ -144,6 +212,8 @@ impl Metrics {
             .set(i64::try_from(s.bytes.physical).unwrap_or(i64::MAX));
         self.blocks
             .set(i64::try_from(s.total_blocks).unwrap_or(i64::MAX));
+        self.volumes
+            .set(i64::try_from(s.total_volumes).unwrap_or(i64::MAX));
         if let Some(r) = vm.store().remote_requests() {
             // Under the lock: two scrapes at once must not both add the same difference.
             let _one = self.seen.lock().expect("metrics lock");

@@ -25,6 +25,8 @@ pub enum What {
     Chunk(ChunkId),
     /// A pack of chunks: a local pack number, or a pack object's name.
     Pack(String),
+    /// A volume, by name.
+    Volume(String),
     /// An object of a remote store, by key (prefix included).
     Object(String),
     /// A whole store: no store at this place (a mistyped path or prefix).
@@ -42,6 +44,7 @@ impl fmt::Display for What {
             What::Block(id) => write!(f, "block {id}"),
             What::Chunk(id) => write!(f, "chunk {id:?}"),
             What::Pack(name) => write!(f, "pack {name}"),
+            What::Volume(name) => write!(f, "volume {name}"),
             What::Object(key) => write!(f, "object {key}"),
             What::Store(place) => write!(f, "AetherFlow store at {place}"),
             What::Bucket { name, endpoint } => write!(f, "bucket {name} at {endpoint}"),
@@ -89,6 +92,11 @@ pub enum Error {
     /// The store was opened read-only (a check) and this call would change it.
     #[error("the store is open read-only: {0}")]
     ReadOnly(&'static str),
+
+    /// The request conflicts with what it names (writing a snapshot, cloning a volume that is
+    /// not a snapshot, a malformed name); nothing was changed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn not_found(what: &What) -> String {

@@ -4,9 +4,9 @@
 //! |---|---|
 //! | [`BlockStore`] (here) | the interface and its contract |
 //! | [`types`], [`manifest`] | the values that cross it: ids, chunks, manifests, totals |
+//! | [`volume`] | volumes: records and maps of fixed-size chunks, shared by snapshots |
 //! | [`epoch`] | when freed chunks and sealed packs may really be deleted |
-//! | [`memory`] | RAM only, lost on exit |
-//! | [`local`] | the durable default: pack files plus an ACID index (redb) |
+//! | [`local`] | the durable default: pack files plus an ACID index (redb); also in RAM |
 //! | `conformance` | the one test suite every backend passes (feature `conformance`) |
 //!
 //! The store never sees plaintext or keys: chunks arrive encoded (compressed, maybe encrypted)
@@ -16,21 +16,22 @@ pub mod epoch;
 mod error;
 pub mod local;
 pub mod manifest;
-pub mod memory;
 pub mod types;
+pub mod volume;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
 pub use epoch::Pin;
 pub use error::{Error, Result, What};
+pub use local::volumes::VolumeUsage;
 pub use local::LocalStore;
 pub use manifest::{Checksum, Extent, Manifest, SeedBinding};
-pub use memory::MemoryStore;
 pub use types::{
     BlockId, BlockSummary, ChunkId, ChunkInfo, Codec, Damage, NewChunk, RequestCounts, StagedChunk,
     StoredChunk, Totals,
 };
+pub use volume::{MapEntry, VolumeRecord};
 
 /// The self-describing chunk record that pack files (local or remote) are made of.
 pub mod record {
@@ -130,4 +131,54 @@ pub trait BlockStore: Send + Sync + std::fmt::Debug {
     fn remote_requests(&self) -> Option<RequestCounts> {
         None
     }
+
+    // ----- volumes (see [`volume`]) -----
+
+    /// Creates a volume with nothing written. [`Error::AlreadyExists`] if the name is taken.
+    fn create_volume(&self, record: &VolumeRecord) -> Result<()>;
+
+    /// The record of a volume, or [`Error::NotFound`].
+    fn volume(&self, name: &str) -> Result<VolumeRecord>;
+
+    /// Every volume, by name.
+    fn volumes(&self) -> Result<Vec<VolumeRecord>>;
+
+    /// Visits in index order every chunk of `chunks` that is not a hole, until `visit` returns
+    /// `false`. Costs what the range holds, not its length.
+    fn volume_map(
+        &self,
+        name: &str,
+        chunks: std::ops::Range<u64>,
+        visit: &mut dyn FnMut(u64, MapEntry) -> bool,
+    ) -> Result<()>;
+
+    /// Sets entries of a writable volume, atomically, with the staged chunks they need (the
+    /// others must be held: found under a [`Pin`], as for blocks). With `durable`, this change
+    /// and every one before it survive a crash when this returns; otherwise they do once a
+    /// durable commit or [`BlockStore::sync`] returns, and until then a crash leaves the map as
+    /// after some earlier commit (each chunk old or new, never torn).
+    fn commit_volume(
+        &self,
+        name: &str,
+        changes: &[(u64, MapEntry)],
+        staged: Vec<StagedChunk>,
+        durable: bool,
+    ) -> Result<()>;
+
+    /// Sets every chunk of `chunks` to a hole (a trim, or zeroes that may be punched, of any
+    /// size): costs what the range held, not its length.
+    fn clear_volume(&self, name: &str, chunks: std::ops::Range<u64>, durable: bool) -> Result<()>;
+
+    /// Makes every change so far durable, and reclaims what overwrites released.
+    fn sync(&self) -> Result<()>;
+
+    /// A new volume `name` sharing `source`'s map as it is now: a read-only snapshot of any
+    /// volume, or with `writable` a clone of a snapshot. O(1) whatever the size.
+    fn snapshot_volume(&self, source: &str, name: &str, writable: bool) -> Result<VolumeRecord>;
+
+    /// Removes a volume; what nothing else refers to is reclaimed.
+    fn delete_volume(&self, name: &str) -> Result<()>;
+
+    /// What a volume takes (O(its written chunks)).
+    fn volume_usage(&self, name: &str) -> Result<VolumeUsage>;
 }

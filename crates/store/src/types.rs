@@ -176,7 +176,6 @@ impl StagedChunk {
 /// Where a staged chunk's bytes wait, per backend.
 #[derive(Debug)]
 pub(crate) enum StagedAt {
-    Memory(Bytes),
     Pack { pack: u32, offset: u64 },
     Backend(Arc<dyn Any + Send + Sync>),
 }
@@ -214,8 +213,15 @@ pub struct Totals {
     /// Distinct chunks stored.
     pub chunks: u64,
     /// Every byte the store holds: payloads with their headers, bytes of freed chunks not yet
-    /// reclaimed, manifests and index entries.
+    /// reclaimed, manifests, volume maps and index entries.
     pub physical: u64,
+    /// Volumes (snapshots included).
+    pub volumes: u64,
+    /// Bytes of volume chunks written with data or zeros, over every volume: what volumes add
+    /// to what clients stored.
+    pub volume_bytes: u64,
+    /// The part of `volume_bytes` written as zeros.
+    pub volume_zeroed: u64,
 }
 
 /// One block as listed by [`crate::BlockStore::blocks`].

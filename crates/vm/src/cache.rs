@@ -1,11 +1,14 @@
-//! The read cache: decompressed, verified blocks, bounded in bytes, least recently used out.
+//! The read cache: decompressed, verified blocks and volume chunks, bounded in bytes together,
+//! least recently used out.
 //!
 //! Entries are shared [`Bytes`]: a hit hands out a reference-counted view, no copy and no
-//! decompression. Each entry remembers its block's seed binding, so a hit still demands the seed.
+//! decompression. Each block entry remembers its block's seed binding, so a hit still demands
+//! the seed. A volume chunk is cached by its identity, which is keyed by its seed domain: only
+//! a reader that holds the domain's map can name it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aetherflow_store::{BlockId, SeedBinding};
+use aetherflow_store::{BlockId, ChunkId, SeedBinding};
 use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
@@ -17,11 +20,18 @@ pub struct CachedBlock {
     pub seed: Option<SeedBinding>,
 }
 
+/// What an entry is: a whole block, or one chunk of a volume (by identity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Block(BlockId),
+    Chunk(ChunkId),
+}
+
 #[derive(Debug, Clone)]
 struct ByLength;
 
-impl Weighter<BlockId, CachedBlock> for ByLength {
-    fn weight(&self, _: &BlockId, block: &CachedBlock) -> u64 {
+impl Weighter<Key, CachedBlock> for ByLength {
+    fn weight(&self, _: &Key, block: &CachedBlock) -> u64 {
         // Empty blocks still take a slot: weigh them as one byte so that they can be evicted.
         (block.data.len() as u64).max(1)
     }
@@ -33,7 +43,7 @@ const SHARDS: usize = 2;
 /// Byte-bounded LRU of decompressed blocks, with hit and miss counts.
 #[derive(Debug)]
 pub struct BlockCache {
-    cache: Cache<BlockId, CachedBlock, ByLength>,
+    cache: Cache<Key, CachedBlock, ByLength>,
     limit: u64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -61,7 +71,24 @@ impl BlockCache {
 
     /// Looks a block up, counting the hit or miss.
     pub fn get(&self, id: &BlockId) -> Option<CachedBlock> {
-        let found = self.cache.get(id);
+        self.counted(self.cache.get(&Key::Block(*id)))
+    }
+
+    /// A volume chunk's plaintext, counting the hit or miss.
+    pub fn chunk(&self, id: &ChunkId) -> Option<Bytes> {
+        self.counted(self.cache.get(&Key::Chunk(*id)))
+            .map(|c| c.data)
+    }
+
+    /// Keeps a volume chunk's verified plaintext.
+    pub fn insert_chunk(&self, id: ChunkId, data: Bytes) {
+        if self.admits(data.len() as u64) {
+            self.cache
+                .insert(Key::Chunk(id), CachedBlock { data, seed: None });
+        }
+    }
+
+    fn counted(&self, found: Option<CachedBlock>) -> Option<CachedBlock> {
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -73,7 +100,7 @@ impl BlockCache {
 
     /// Looks a block up without counting; see [`BlockCache::count_hit`].
     pub fn peek(&self, id: &BlockId) -> Option<CachedBlock> {
-        self.cache.get(id)
+        self.cache.get(&Key::Block(*id))
     }
 
     /// Counts a hit found by [`BlockCache::peek`] and used.
@@ -90,12 +117,12 @@ impl BlockCache {
     /// Keeps a block the cache admits ([`BlockCache::admits`]).
     pub fn insert(&self, id: BlockId, block: CachedBlock) {
         if self.admits(block.data.len() as u64) {
-            self.cache.insert(id, block);
+            self.cache.insert(Key::Block(id), block);
         }
     }
 
     pub fn remove(&self, id: &BlockId) {
-        self.cache.remove(id);
+        self.cache.remove(&Key::Block(*id));
     }
 
     /// Bytes of blocks held now.

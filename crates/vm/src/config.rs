@@ -34,6 +34,10 @@ pub struct VmConfig {
     pub kdf: KdfParams,
     /// Largest block [`crate::VirtualMemory::read`] returns whole; larger ones are read as streams.
     pub max_whole_read: u64,
+    /// Chunk size of new volumes (a power of two); see `docs/design.md` for the measurement.
+    pub volume_chunk_size: u32,
+    /// Bytes each open volume buffers before writing back (a flush writes back at once).
+    pub volume_buffer: u64,
 }
 
 impl VmConfig {
@@ -55,6 +59,8 @@ impl VmConfig {
             chunking: VmConfig::CHUNKING,
             kdf: KdfParams::DEFAULT,
             max_whole_read: 4 << 30,
+            volume_chunk_size: 64 * 1024,
+            volume_buffer: 64 << 20,
         }
     }
 }

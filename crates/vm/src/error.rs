@@ -64,6 +64,35 @@ pub enum Error {
     /// gave no randomness. The message is for the log.
     #[error("internal failure: {0}")]
     Internal(String),
+
+    /// No volume has this name.
+    #[error("volume {0} not found")]
+    VolumeNotFound(String),
+
+    /// A volume (or snapshot) with this name exists already; nothing was created.
+    #[error("volume {0} already exists")]
+    VolumeExists(String),
+
+    /// A seeded volume that was not unlocked with its seed.
+    #[error("volume {0} is locked: unlock it with its seed first")]
+    VolumeLocked(String),
+
+    /// The seed given does not unlock this volume.
+    #[error("wrong seed for volume {0}")]
+    VolumeWrongSeed(String),
+
+    /// The volume is open (an NBD client is connected): it cannot be deleted or locked now.
+    #[error("volume {0} is in use: disconnect its clients first")]
+    VolumeInUse(String),
+
+    /// The request conflicts with what the volume is (writing a snapshot, cloning a volume
+    /// that is not a snapshot, a malformed name, a size out of range).
+    #[error("{0}")]
+    VolumeRefused(String),
+
+    /// Stored data of a volume failed a check.
+    #[error("volume {volume}: stored data is corrupt: {what}")]
+    VolumeCorrupt { volume: String, what: String },
 }
 
 impl Error {
@@ -94,6 +123,26 @@ impl Error {
                 block,
                 what: other.to_string(),
             },
+        }
+    }
+
+    /// Maps a store error met while working on volume `name`: the one place where the store's
+    /// volume errors become the manager's.
+    pub(crate) fn from_volume_store(name: &str, e: aetherflow_store::Error) -> Error {
+        use aetherflow_store::{Error as S, What};
+        match e {
+            S::NotFound(What::Volume(v)) => Error::VolumeNotFound(v),
+            S::AlreadyExists(What::Volume(v)) => Error::VolumeExists(v),
+            S::Refused(why) => Error::VolumeRefused(why),
+            S::NotFound(what) => Error::VolumeCorrupt {
+                volume: name.to_string(),
+                what: format!("{what} is missing from the store"),
+            },
+            S::Corrupt(what) => Error::VolumeCorrupt {
+                volume: name.to_string(),
+                what,
+            },
+            other => Error::Store(other),
         }
     }
 

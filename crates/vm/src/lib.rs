@@ -20,6 +20,7 @@
 //! | [`stats`] | the figures of `/api/memory/stats` |
 //! | [`check`] | integrity check naming damaged blocks |
 //! | [`export`] | all blocks to a JSON document and back |
+//! | [`volume`] | volumes: thin writable block devices of fixed-size chunks, snapshots, clones |
 //!
 //! The manager has no HTTP and no async runtime: the server and CLI are thin layers over it.
 
@@ -33,6 +34,7 @@ mod keys;
 mod read;
 pub mod stats;
 mod virtual_memory;
+pub mod volume;
 
 pub use aetherflow_engine::crypto::Seed;
 #[cfg(feature = "s3")]
@@ -45,6 +47,7 @@ pub use export::{ExportSummary, ImportSummary};
 pub use read::ReadSummary;
 pub use stats::Stats;
 pub use virtual_memory::VirtualMemory;
+pub use volume::{Allocation, Span, Volume, VolumeBytes, VolumeHandle, VolumeInfo};
 
 /// Parses a block id as clients send it, or [`Error::MalformedId`].
 pub fn parse_block_id(text: &str) -> Result<BlockId> {

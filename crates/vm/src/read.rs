@@ -344,27 +344,7 @@ impl VirtualMemory {
             .store
             .chunk(chunk)
             .map_err(|e| Error::from_store(block, e))?;
-        let info = stored.info;
-        let record = Record::Data {
-            codec: info.codec,
-            raw_len: info.raw_len,
-            stored_len: info.stored_len,
-            id: *chunk,
-            // The store has already checked the payload against its own check.
-            payload_check: payload_check(info.codec, keys.is_some(), &stored.payload),
-        };
-        let nonce = if info.nonce_stored {
-            NonceSource::Stored
-        } else {
-            NonceSource::Identity
-        };
-        let plain = decoder
-            .decode_sealed(&record, stored.payload.to_vec(), nonce)
-            .map_err(|e| Error::from_engine(block, e))?;
-        if ChunkId::of(keys, &plain) != *chunk {
-            return Err(corrupt(block, "a chunk does not match its identity"));
-        }
-        Ok(plain)
+        open_stored(&stored, chunk, decoder, keys).map_err(|e| Error::from_engine(block, e))
     }
 
     fn check_digest(
@@ -380,6 +360,37 @@ impl VirtualMemory {
         }
         Ok(())
     }
+}
+
+/// Opens a chunk as the store returned it (its payload already checked against the store's
+/// own check): decrypts it under the nonce it was sealed with, decompresses it, and checks the
+/// plaintext against its identity. Shared by blocks and volumes.
+pub(crate) fn open_stored(
+    stored: &aetherflow_store::StoredChunk,
+    chunk: &ChunkId,
+    decoder: &mut ChunkDecoder,
+    keys: Option<&Keys>,
+) -> aetherflow_engine::Result<Vec<u8>> {
+    let info = stored.info;
+    let record = Record::Data {
+        codec: info.codec,
+        raw_len: info.raw_len,
+        stored_len: info.stored_len,
+        id: *chunk,
+        payload_check: payload_check(info.codec, keys.is_some(), &stored.payload),
+    };
+    let nonce = if info.nonce_stored {
+        NonceSource::Stored
+    } else {
+        NonceSource::Identity
+    };
+    let plain = decoder.decode_sealed(&record, stored.payload.to_vec(), nonce)?;
+    if ChunkId::of(keys, &plain) != *chunk {
+        return Err(aetherflow_engine::Error::Corrupt(
+            "a chunk does not match its identity".into(),
+        ));
+    }
+    Ok(plain)
 }
 
 /// The SHA-256 a block must have: plain, or opened with the seed's keys.

@@ -1,7 +1,9 @@
 //! The figures of SPEC §3 endpoint 3: human strings for people, exact numbers for programs.
 //!
 //! Definitions (all measured, none assumed):
-//! - `logical`: bytes clients allocated; `zero`: the part of it that was zero runs;
+//! - `logical`: bytes clients allocated, plus the bytes volumes hold written (with data or as
+//!   zeros: a volume's never-written space is not counted, whatever its size); `zero`: the
+//!   part of it that was zero runs or zeroed volume chunks; `volumes`: the volumes' part;
 //! - `unique`: plaintext bytes of the distinct chunks stored (after dedup, before compression);
 //! - `physical`: every byte the store holds (payloads, their headers, bytes freed but not yet
 //!   reclaimed, manifests, index entries);
@@ -26,6 +28,8 @@ pub struct Stats {
     pub available_space: String,
     pub utilization_percent: f64,
     pub total_blocks: u64,
+    /// Volumes, snapshots and clones included.
+    pub total_volumes: u64,
     pub compression_ratio: String,
     pub total_virtual_data: String,
     pub cache_usage: String,
@@ -45,6 +49,8 @@ pub struct ByteFigures {
     pub logical: u64,
     pub physical: u64,
     pub zero: u64,
+    /// The part of `logical` that volumes hold.
+    pub volumes: u64,
     pub unique: u64,
     pub cache_used: u64,
     pub cache_limit: u64,
@@ -136,21 +142,24 @@ impl VirtualMemory {
     /// Store-wide figures without the per-block list (cheap: no index scan).
     pub fn summary(&self) -> Stats {
         let t = self.store.totals();
+        let logical = t.logical + t.volume_bytes;
+        let zero = t.zero + t.volume_zeroed;
         let capacity = self.config.capacity;
         let cache_used = self.cache.used();
         let cache_limit = self.cache.limit();
         Stats {
             virtual_memory_capacity: compact_size(capacity, 1),
             used_compressed_space: compact_size(t.physical, 2),
-            available_space: compact_size(capacity.saturating_sub(t.logical), 2),
+            available_space: compact_size(capacity.saturating_sub(logical), 2),
             utilization_percent: if capacity == 0 {
                 0.0
             } else {
-                t.logical as f64 * 100.0 / capacity as f64
+                logical as f64 * 100.0 / capacity as f64
             },
             total_blocks: t.blocks,
-            compression_ratio: format!("{:.2}x", ratio(t.logical, t.physical)),
-            total_virtual_data: compact_size(t.logical, 2),
+            total_volumes: t.volumes,
+            compression_ratio: format!("{:.2}x", ratio(logical, t.physical)),
+            total_virtual_data: compact_size(logical, 2),
             cache_usage: format!(
                 "{} / {}",
                 in_unit_of(cache_used, cache_limit),
@@ -159,16 +168,17 @@ impl VirtualMemory {
             block_details: Vec::new(),
             bytes: ByteFigures {
                 capacity,
-                logical: t.logical,
+                logical,
                 physical: t.physical,
-                zero: t.zero,
+                zero,
+                volumes: t.volume_bytes,
                 unique: t.unique,
                 cache_used,
                 cache_limit,
             },
             ratios: Ratios {
-                overall: ratio(t.logical, t.physical),
-                dedup: ratio(t.logical - t.zero.min(t.logical), t.unique),
+                overall: ratio(logical, t.physical),
+                dedup: ratio(logical - zero.min(logical), t.unique),
                 compression: ratio(t.unique, t.stored),
             },
             cache: CacheFigures {

@@ -8,7 +8,7 @@ use aetherflow_engine::crypto::Seed;
 #[cfg(feature = "s3")]
 use aetherflow_s3::S3Store;
 use aetherflow_store::local::LocalOptions;
-use aetherflow_store::{BlockId, BlockStore, LocalStore, MemoryStore, SeedBinding};
+use aetherflow_store::{BlockId, BlockStore, LocalStore, SeedBinding};
 
 use crate::cache::BlockCache;
 use crate::config::{Backend, VmConfig};
@@ -24,7 +24,9 @@ pub struct VirtualMemory {
     pub(crate) store: Arc<dyn BlockStore>,
     pub(crate) config: VmConfig,
     pub(crate) domains: Domains,
-    pub(crate) cache: BlockCache,
+    pub(crate) cache: Arc<BlockCache>,
+    /// Open volumes, and the keys of unlocked seeded ones.
+    pub(crate) volumes: crate::volume::manage_registry::Registry,
     /// Logical bytes promised to allocations still running, so that concurrent allocations
     /// cannot together pass the capacity.
     in_flight: Mutex<u64>,
@@ -35,7 +37,7 @@ impl VirtualMemory {
     /// Opens the backend `config` names (creating an empty store if there is none).
     pub fn open(config: VmConfig) -> Result<VirtualMemory> {
         let store: Arc<dyn BlockStore> = match &config.backend {
-            Backend::Memory => Arc::new(MemoryStore::new()?),
+            Backend::Memory => Arc::new(LocalStore::in_memory()?),
             Backend::Local(dir) => Arc::new(LocalStore::open(dir, LocalOptions::default())?),
             #[cfg(feature = "s3")]
             Backend::S3(location, options) => Arc::new(S3Store::open(location, *options)?),
@@ -51,7 +53,8 @@ impl VirtualMemory {
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         Ok(VirtualMemory {
             domains: Domains::new(store.domain_salt())?,
-            cache: BlockCache::new(config.cache_size),
+            cache: Arc::new(BlockCache::new(config.cache_size)),
+            volumes: Default::default(),
             store,
             config,
             in_flight: Mutex::new(0),

@@ -7,6 +7,7 @@ mod decompress;
 mod memory_info;
 mod serve;
 mod stats;
+pub mod volume;
 
 use crate::cli::{Cli, Command};
 
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::MemoryInfo(args) => memory_info::run(args),
         Command::Check(args) => check::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Volume(args) => volume::run(args),
     }
 }
 

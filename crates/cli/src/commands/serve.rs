@@ -69,6 +69,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
         ))
         .into());
     }
+    let nbd: Option<SocketAddr> = args
+        .nbd
+        .as_deref()
+        .map(|text| {
+            text.parse().map_err(|_| {
+                UsageError(format!(
+                    "--nbd {text}: expected an address such as 127.0.0.1:10809"
+                ))
+            })
+        })
+        .transpose()?;
+    if let Some(nbd) = nbd {
+        if !nbd.ip().is_loopback() && !args.insecure {
+            return Err(UsageError(format!(
+                "refusing to serve NBD on {nbd}: the NBD protocol carries no authentication, so \
+                 anyone who can reach it could read and overwrite every volume. Use a loopback \
+                 address (and a tunnel), or pass --insecure if that is really intended"
+            ))
+            .into());
+        }
+    }
     if args.token.as_deref() == Some("") {
         return Err(UsageError("--token is empty".into()).into());
     }
@@ -119,8 +140,41 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
                 ""
             }
         );
+        let nbd_listener = match nbd {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for NBD on {addr}"))?;
+                eprintln!(
+                    "AetherFlow serving volumes over NBD on nbd://{} (the export name is the volume's name)",
+                    l.local_addr()?
+                );
+                Some(l)
+            }
+            None => None,
+        };
         let state = AppState::new(vm, server_config);
-        aetherflow_server::serve(listener, state, shutdown_signal()).await?;
+        // One signal stops both listeners.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let nbd_task = nbd_listener.map(|l| {
+            tokio::spawn(aetherflow_server::serve_nbd(
+                l,
+                state.clone(),
+                stopped.clone(),
+            ))
+        });
+        let mut rest_stopped = stopped.clone();
+        aetherflow_server::serve(listener, state, async move {
+            let _ = rest_stopped.wait_for(|s| *s).await;
+        })
+        .await?;
+        if let Some(task) = nbd_task {
+            task.await.context("the NBD listener failed")??;
+        }
         eprintln!("AetherFlow stopped; the store is closed");
         anyhow::Ok(())
     })?;

@@ -5,6 +5,7 @@ pub mod blocks;
 pub mod codec;
 pub mod inventory;
 pub mod ops;
+pub mod volumes;
 
 use axum::http::HeaderMap;
 use utoipa::OpenApi;
@@ -20,7 +21,7 @@ pub const SEED_HEADER: &str = "x-aetherflow-seed";
 #[derive(OpenApi)]
 #[openapi(
     info(title = "AetherFlow", description = "Compressed, deduplicating, encrypted virtual memory store"),
-    tags((name = "memory", description = "Blocks of the virtual memory store"), (name = "ops", description = "Health, metrics, description"))
+    tags((name = "memory", description = "Blocks of the virtual memory store"), (name = "volumes", description = "Volumes: thin block devices served over NBD"), (name = "ops", description = "Health, metrics, description"))
 )]
 struct ApiDoc;
 
@@ -35,6 +36,12 @@ pub fn routes() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(inventory::import))
         .routes(routes!(codec::compress))
         .routes(routes!(codec::decompress))
+        .routes(routes!(volumes::create, volumes::list))
+        .routes(routes!(volumes::info, volumes::delete))
+        .routes(routes!(volumes::snapshot))
+        .routes(routes!(volumes::clone))
+        .routes(routes!(volumes::unlock))
+        .routes(routes!(volumes::lock))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::dashboard))

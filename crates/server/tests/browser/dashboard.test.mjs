@@ -2,7 +2,8 @@
 // Headless-Chromium check of the server's dashboard page.
 //
 //   node dashboard.test.mjs --url http://127.0.0.1:PORT/ --expect-blocks N --expect-logical BYTES
-//        [--expect-block-id ID]... [--token T [--token-via-form]] [--screenshot PATH]
+//        [--expect-block-id ID]... [--expect-volume NAME]... [--token T [--token-via-form]]
+//        [--screenshot PATH]
 //
 // Opens the page in Debian's Chromium (/usr/bin/chromium, or $CHROMIUM_PATH), waits until the
 // figures match, checks the block rows and the chart, watches one more poll, and fails on any
@@ -32,12 +33,15 @@ const CHROMIUM_ARGS = [
 ];
 
 const USAGE = `usage: node dashboard.test.mjs --url URL --expect-blocks N --expect-logical BYTES
-       [--expect-block-id ID]... [--token T] [--token-via-form] [--screenshot PATH]
+       [--expect-block-id ID]... [--expect-volume NAME]... [--token T] [--token-via-form]
+       [--screenshot PATH]
 
   --url URL             the dashboard page, e.g. http://127.0.0.1:5000/
   --expect-blocks N     the total block count the page must show
   --expect-logical B    the exact logical byte count the page must show
   --expect-block-id ID  a block that must appear as a table row (repeatable)
+  --expect-volume NAME  a volume that must appear as a row of the volume table (repeatable);
+                        the page's volume count must then equal the number given
   --token T             bearer token; seeded into the tab's sessionStorage before the page loads
   --token-via-form      with --token: type it into the page's token form instead (tolerates the
                         console's report of the first, unauthenticated 401 poll)
@@ -51,7 +55,7 @@ function fail(reason) {
 }
 
 function parseArgs(argv) {
-  const opts = { blockIds: [], tokenViaForm: false };
+  const opts = { blockIds: [], volumes: [], tokenViaForm: false };
   const needValue = (i, name) => {
     if (i + 1 >= argv.length || argv[i + 1].startsWith('--')) fail(`${name} needs a value\n${USAGE}`);
     return argv[i + 1];
@@ -76,6 +80,7 @@ function parseArgs(argv) {
       case '--expect-blocks': opts.blocks = value(); break;
       case '--expect-logical': opts.logical = value(); break;
       case '--expect-block-id': opts.blockIds.push(value()); break;
+      case '--expect-volume': opts.volumes.push(value()); break;
       case '--token': opts.token = value(); break;
       case '--token-via-form': opts.tokenViaForm = true; break;
       case '--screenshot': opts.screenshot = value(); break;
@@ -260,6 +265,26 @@ async function main(opts, state) {
   if (opts.blocks !== '0' && rowIds.length === 0) fail(`the page shows ${opts.blocks} blocks but the table has no rows`);
   if (opts.blocks === '0' && rowIds.length !== 0) fail(`the store is empty but the table has ${rowIds.length} rows`);
 
+  // Volume rows: each expected one, and the count in the figures.
+  if (opts.volumes.length) {
+    const volumeDeadline = Date.now() + POLL_CYCLE_TIMEOUT_MS;
+    let names = [];
+    for (;;) {
+      names = await page.$$eval('[data-testid="volumes-table"] [data-testid="volume-row"]', (rows) =>
+        rows.map((r) => r.getAttribute('data-volume-name')),
+      );
+      if (opts.volumes.every((v) => names.includes(v))) break;
+      if (Date.now() > volumeDeadline) {
+        fail(`volume rows missing: want ${opts.volumes.join(', ')}, the table shows ${JSON.stringify(names)}`);
+      }
+      await sleep(200);
+    }
+    const count = await textOf(page, 'total-volumes');
+    if (count !== String(opts.volumes.length)) {
+      fail(`the page counts ${JSON.stringify(count)} volumes, want ${opts.volumes.length}`);
+    }
+  }
+
   // Chart: exists and has drawn content.
   const chart = await page.$eval('[data-testid="chart"]', (node) => {
     const tag = node.tagName.toLowerCase();
@@ -315,6 +340,7 @@ async function main(opts, state) {
   return (
     `dashboard ok: ${opts.blocks} blocks, logical ${opts.logical} bytes, backend ${backend || '?'}, ` +
     `ratio ${ratio || '?'}, ${opts.blockIds.length} block id(s) found among ${rowIds.length} rows, ` +
+    `${opts.volumes.length} volume(s) listed, ` +
     `chart ${chart.tag} with ${chartAfter} samples, ${state.okPolls} polls, ` +
     `auth ${opts.token ? (opts.tokenViaForm ? 'token via form' : 'token via sessionStorage') : 'none'}` +
     (opts.token ? ` (page HTTP ${state.documentStatus}, ${state.tolerated.length} expected 401 report(s) ignored)` : '') +

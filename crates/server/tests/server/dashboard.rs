@@ -50,6 +50,19 @@ fn the_dashboard_shows_a_servers_live_figures() {
     );
     let c = allocate(&server, json!({"data": b64(&vec![0u8; 1 << 20])}));
     let logical = 300_000 + 100_000 + (1 << 20);
+    for (name, seed) in [("vm-disk", None), ("secrets", Some("dash"))] {
+        let mut body = json!({"name": name, "size": "100TiB"});
+        if let Some(seed) = seed {
+            body["seed"] = seed.into();
+        }
+        let (status, answer) = json(
+            client()
+                .post(format!("{}/api/volumes", server.url))
+                .send_json(body)
+                .unwrap(),
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
     let shot = std::env::temp_dir().join("aetherflow-dashboard.png");
     let mut args: Vec<String> = vec![
         "--url".into(),
@@ -64,6 +77,9 @@ fn the_dashboard_shows_a_servers_live_figures() {
     for id in [&a, &b, &c] {
         args.extend(["--expect-block-id".to_string(), id.clone()]);
     }
+    for name in ["vm-disk", "secrets"] {
+        args.extend(["--expect-volume".to_string(), name.to_string()]);
+    }
     let (ok, output) = browser_test(&args);
     assert!(ok, "{output}");
     assert!(output.contains("dashboard ok"), "{output}");
@@ -76,6 +92,17 @@ fn the_dashboard_shows_a_servers_live_figures() {
         "4".into(),
         "--expect-logical".into(),
         logical.to_string(),
+    ]);
+    assert!(!ok, "{output}");
+    let (ok, output) = browser_test(&[
+        "--url".into(),
+        format!("{}/", server.url),
+        "--expect-blocks".into(),
+        "3".into(),
+        "--expect-logical".into(),
+        logical.to_string(),
+        "--expect-volume".into(),
+        "no-such-volume".into(),
     ]);
     assert!(!ok, "{output}");
 }

@@ -4,6 +4,7 @@ mod dashboard;
 mod endpoints;
 mod s3;
 mod security;
+mod volumes;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,12 +13,15 @@ use aetherflow_engine::KdfParams;
 use aetherflow_server::{AppState, ServerConfig};
 use aetherflow_vm::{Backend, VirtualMemory, VmConfig};
 
-/// A server on an ephemeral port, running on its own runtime; stops when dropped.
+/// A server on an ephemeral port, with its NBD listener on another, running on its own runtime;
+/// stops when dropped.
 #[derive(Debug)]
 pub struct TestServer {
     pub url: String,
     pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// `nbd://127.0.0.1:PORT`: append `/VOLUME`.
+    pub nbd: String,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -37,7 +41,10 @@ impl TestServer {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let nbd_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        nbd_listener.set_nonblocking(true).unwrap();
+        let nbd = nbd_listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -45,16 +52,25 @@ impl TestServer {
                 .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-                aetherflow_server::serve(listener, state, async {
-                    let _ = stopped.await;
+                let nbd_listener = tokio::net::TcpListener::from_std(nbd_listener).unwrap();
+                let nbd = tokio::spawn(aetherflow_server::serve_nbd(
+                    nbd_listener,
+                    state.clone(),
+                    stopped.clone(),
+                ));
+                let mut rest_stopped = stopped.clone();
+                aetherflow_server::serve(listener, state, async move {
+                    let _ = rest_stopped.wait_for(|s| *s).await;
                 })
                 .await
                 .unwrap();
+                nbd.await.unwrap().unwrap();
             });
         });
         TestServer {
             url: format!("http://{addr}"),
             addr,
+            nbd: format!("nbd://{nbd}"),
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -67,7 +83,7 @@ impl TestServer {
 
     fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if let Some(thread) = self.thread.take() {
             thread.join().unwrap();

@@ -24,13 +24,14 @@ pub const ZOMBIES: TableDefinition<[u8; 32], u64> = TableDefinition::new("zombie
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Layout version of the data directory. 2: sealed chunks carry their own nonce (encoding byte
-/// bit 7) and seeded manifests a random checksum nonce. Directories of version 1 are upgraded
-/// in place on open (nothing in them changes: they still read), so a build that knows only
-/// version 1 refuses them afterwards instead of misreading new chunks.
-pub const FORMAT: u32 = 2;
+/// bit 7) and seeded manifests a random checksum nonce. 3: volumes (their tables, and
+/// references from their maps in the chunks' counts). Directories of earlier versions are
+/// upgraded in place on open (nothing in them changes: they still read), so a build that knows
+/// only an earlier version refuses them afterwards instead of misreading them.
+pub const FORMAT: u32 = 3;
 
 /// Versions of earlier builds that this one opens and upgrades.
-pub const UPGRADABLE_FORMATS: &[u32] = &[1];
+pub const UPGRADABLE_FORMATS: &[u32] = &[1, 2];
 
 /// Where a chunk lives and how many block references it has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,10 +117,20 @@ pub struct Counters {
     pub stored: u64,
     pub chunks: u64,
     pub manifest_bytes: u64,
+    /// Volumes (snapshots included).
+    pub volumes: u64,
+    /// Bytes of volume chunks written with data or zeros, summed over every volume.
+    pub volume_bytes: u64,
+    /// The part of `volume_bytes` written as zeros (no data).
+    pub volume_zeroed: u64,
+    /// Rows of volume maps, in every layer.
+    pub map_rows: u64,
 }
 
 impl Counters {
-    const LEN: usize = 7 * 8;
+    const LEN: usize = 11 * 8;
+    /// Length written by format 1 (before volumes).
+    const LEN_1: usize = 7 * 8;
 
     pub fn encode(&self) -> [u8; Counters::LEN] {
         let mut v = [0u8; Counters::LEN];
@@ -131,6 +142,10 @@ impl Counters {
             self.stored,
             self.chunks,
             self.manifest_bytes,
+            self.volumes,
+            self.volume_bytes,
+            self.map_rows,
+            self.volume_zeroed,
         ];
         for (i, f) in fields.iter().enumerate() {
             v[i * 8..i * 8 + 8].copy_from_slice(&f.to_le_bytes());
@@ -139,12 +154,15 @@ impl Counters {
     }
 
     pub fn decode(v: &[u8]) -> Result<Counters> {
-        if v.len() != Counters::LEN {
+        if v.len() != Counters::LEN && v.len() != Counters::LEN_1 {
             return Err(Error::Corrupt(
                 "index counters have the wrong length".into(),
             ));
         }
-        let f = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let f = |i: usize| {
+            v.get(i * 8..i * 8 + 8)
+                .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
         Ok(Counters {
             blocks: f(0),
             logical: f(1),
@@ -153,6 +171,10 @@ impl Counters {
             stored: f(4),
             chunks: f(5),
             manifest_bytes: f(6),
+            volumes: f(7),
+            volume_bytes: f(8),
+            map_rows: f(9),
+            volume_zeroed: f(10),
         })
     }
 
@@ -161,6 +183,14 @@ impl Counters {
         self.chunks += 1;
         self.unique += u64::from(info.raw_len);
         self.stored += u64::from(info.stored_len);
+    }
+
+    /// Accounts for a volume whose (written, zeroed) bytes went from `before` to `after`
+    /// (`(0, 0)` for one created or deleted).
+    pub fn volume_changed(&mut self, before: (u64, u64), after: (u64, u64)) {
+        self.volume_bytes =
+            (self.volume_bytes + after.0 + after.1).saturating_sub(before.0 + before.1);
+        self.volume_zeroed = (self.volume_zeroed + after.1).saturating_sub(before.1);
     }
 
     /// Removes a chunk that was deleted.
@@ -208,8 +238,15 @@ mod tests {
             stored: 5,
             chunks: 6,
             manifest_bytes: 7,
+            volumes: 8,
+            volume_bytes: 9,
+            map_rows: 10,
+            volume_zeroed: 11,
         };
         assert_eq!(Counters::decode(&c.encode()).unwrap(), c);
         assert!(Counters::decode(&[0; 3]).is_err());
+        // Format 1 wrote seven counters: the volume ones read as zero.
+        let old = Counters::decode(&c.encode()[..56]).unwrap();
+        assert_eq!((old.manifest_bytes, old.volumes, old.map_rows), (7, 0, 0));
     }
 }

@@ -17,13 +17,13 @@
 //! go at the next compaction.
 
 pub mod files;
-mod index;
+pub(crate) mod index;
 mod open;
 pub(crate) mod pack;
 mod reclaim;
-#[cfg(feature = "conformance")]
 pub mod sim;
 mod verify;
+pub(crate) mod volumes;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -81,9 +81,14 @@ pub struct LocalStore {
     counters: Mutex<Counters>,
     /// One reclaim pass at a time; others skip rather than wait.
     reclaiming: Mutex<()>,
+    /// Packs holding bytes that relaxed commits (volume write-backs) referred to and that no
+    /// sync has covered yet; the next durable commit syncs them first.
+    unsynced: Mutex<BTreeSet<u32>>,
     /// Holds the directory's lock for as long as the store is open (none for files that are
     /// not a directory of this machine's).
     _lock: Option<File>,
+    /// On a volatile disk in memory (`--memory`): nothing survives the process.
+    in_memory: bool,
 }
 
 impl LocalStore {
@@ -110,6 +115,19 @@ impl LocalStore {
     /// for crash tests. The caller makes sure no other process uses the same files.
     pub fn open_on(files: Arc<dyn StoreFiles>, options: LocalOptions) -> Result<LocalStore> {
         LocalStore::open_files(files, None, options)
+    }
+
+    /// A store in RAM, lost when it is dropped (like zram): the local store on a volatile disk
+    /// in memory, so that both keep one implementation of the contract.
+    pub fn in_memory() -> Result<LocalStore> {
+        let options = LocalOptions {
+            sync_commits: false,
+            index_cache: 16 << 20,
+            ..LocalOptions::default()
+        };
+        let mut store = LocalStore::open_files(Arc::new(sim::SimDisk::volatile()), None, options)?;
+        store.in_memory = true;
+        Ok(store)
     }
 
     fn open_files(
@@ -147,17 +165,39 @@ impl LocalStore {
             salt,
             counters: Mutex::new(counters),
             reclaiming: Mutex::default(),
+            unsynced: Mutex::default(),
             _lock: lock,
+            in_memory: false,
         };
         store.reclaim()?;
         Ok(store)
     }
 
+    /// A write transaction that is durable when it commits (unless commits are not synced at
+    /// all, [`LocalOptions::sync_commits`]). Its commit makes every relaxed commit before it
+    /// durable too, so the pack bytes those referred to are synced first, here, inside the
+    /// transaction: write transactions run one at a time, so no relaxed commit slips in
+    /// between the syncs and this commit.
     fn begin_write(&self) -> Result<redb::WriteTransaction> {
         let mut txn = self.db.begin_write()?;
-        if !self.options.sync_commits {
+        if self.options.sync_commits {
+            self.sync_unsynced()?;
+        } else {
             txn.set_durability(redb::Durability::None)?;
         }
+        Ok(txn)
+    }
+
+    /// A write transaction that becomes durable only with a later durable one (read counts,
+    /// volume write-backs between flushes). The packs its chunks were staged into are noted, so
+    /// that the later commit syncs them first.
+    fn begin_relaxed(&self, touched: &[u32]) -> Result<redb::WriteTransaction> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        self.unsynced
+            .lock()
+            .expect("unsynced lock")
+            .extend(touched.iter().copied());
         Ok(txn)
     }
 
@@ -201,15 +241,71 @@ impl LocalStore {
     fn set_counters(&self, c: Counters) {
         *self.counters.lock().expect("counters lock") = c;
     }
+
+    /// Syncs the packs relaxed commits referred to (see [`LocalStore::begin_write`]). A pack
+    /// compaction deleted since needs nothing.
+    fn sync_unsynced(&self) -> Result<()> {
+        let mut unsynced = self.unsynced.lock().expect("unsynced lock");
+        while let Some(&pack) = unsynced.iter().next() {
+            match self.packs.sync(pack) {
+                Ok(()) | Err(Error::NotFound(What::Pack(_))) => {
+                    unsynced.remove(&pack);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records chunks staged for a commit in its transaction. A chunk another commit stored first
+/// keeps that copy; this one is dead space that compaction reclaims.
+fn insert_staged(
+    chunks: &mut redb::Table<[u8; 32], [u8; ChunkEntry::LEN]>,
+    locations: &mut redb::Table<u128, [u8; 32]>,
+    packs: &mut redb::Table<u32, (u64, u64)>,
+    staged: Vec<StagedChunk>,
+    counters: &mut Counters,
+) -> Result<()> {
+    for s in staged {
+        let StagedAt::Pack { pack, offset } = s.at else {
+            return Err(Error::Corrupt("chunk staged by another backend".into()));
+        };
+        if get_chunk(chunks, &s.info.id)?.is_some() {
+            continue;
+        }
+        let entry = ChunkEntry {
+            pack,
+            offset,
+            info: s.info,
+            refs: 0,
+        };
+        chunks.insert(s.info.id.0, entry.encode())?;
+        locations.insert(entry.location_key(), s.info.id.0)?;
+        let (end, live) = packs.get(pack)?.map_or((0, 0), |v| v.value());
+        packs.insert(
+            pack,
+            (
+                end.max(offset + entry.record_len()),
+                live + entry.record_len(),
+            ),
+        )?;
+        counters.add_chunk(&s.info);
+    }
+    Ok(())
 }
 
 impl BlockStore for LocalStore {
     fn backend(&self) -> &'static str {
-        "local"
+        if self.in_memory {
+            "memory"
+        } else {
+            "local"
+        }
     }
 
     fn is_durable(&self) -> bool {
-        true
+        !self.in_memory
     }
 
     fn domain_salt(&self) -> [u8; 16] {
@@ -255,7 +351,7 @@ impl BlockStore for LocalStore {
             .iter()
             .filter_map(|s| match s.at {
                 StagedAt::Pack { pack, .. } => Some(pack),
-                StagedAt::Memory(_) | StagedAt::Backend(_) => None,
+                StagedAt::Backend(_) => None,
             })
             .collect();
         if self.options.sync_commits {
@@ -276,31 +372,13 @@ impl BlockStore for LocalStore {
             let mut zombies = txn.open_table(ZOMBIES)?;
             let mut meta = txn.open_table(META)?;
             let mut counters = read_counters(&meta)?;
-            for s in staged {
-                let StagedAt::Pack { pack, offset } = s.at else {
-                    return Err(Error::Corrupt("chunk staged by another backend".into()));
-                };
-                if get_chunk(&chunks, &s.info.id)?.is_some() {
-                    continue; // another allocation stored it first: this copy is dead space
-                }
-                let entry = ChunkEntry {
-                    pack,
-                    offset,
-                    info: s.info,
-                    refs: 0,
-                };
-                chunks.insert(s.info.id.0, entry.encode())?;
-                locations.insert(entry.location_key(), s.info.id.0)?;
-                let (end, live) = packs.get(pack)?.map_or((0, 0), |v| v.value());
-                packs.insert(
-                    pack,
-                    (
-                        end.max(offset + entry.record_len()),
-                        live + entry.record_len(),
-                    ),
-                )?;
-                counters.add_chunk(&s.info);
-            }
+            insert_staged(
+                &mut chunks,
+                &mut locations,
+                &mut packs,
+                staged,
+                &mut counters,
+            )?;
             for chunk_id in manifest.chunk_refs() {
                 let mut entry = get_chunk(&chunks, chunk_id)?.ok_or_else(|| {
                     Error::Corrupt(format!(
@@ -407,10 +485,9 @@ impl BlockStore for LocalStore {
         if counts.is_empty() {
             return Ok(());
         }
-        let mut txn = self.begin_write()?;
         // Read counts are statistics: they ride along with the next durable commit rather than
         // paying an fsync of their own.
-        txn.set_durability(redb::Durability::None)?;
+        let txn = self.begin_relaxed(&[])?;
         {
             let blocks = txn.open_table(BLOCKS)?;
             let mut accesses = txn.open_table(ACCESSES)?;
@@ -437,20 +514,83 @@ impl BlockStore for LocalStore {
             chunks: c.chunks,
             physical: self.packs.bytes()
                 + c.manifest_bytes
-                + c.chunks * crate::types::INDEX_BYTES_PER_CHUNK,
+                + c.chunks * crate::types::INDEX_BYTES_PER_CHUNK
+                + c.map_rows * volumes::MAP_BYTES_PER_ROW,
+            volumes: c.volumes,
+            volume_bytes: c.volume_bytes,
+            volume_zeroed: c.volume_zeroed,
         }
     }
 
     fn verify(&self, read_data: bool, report: &mut dyn FnMut(Damage)) -> Result<()> {
         verify::verify(self, read_data, report)
     }
+
+    fn create_volume(&self, record: &crate::VolumeRecord) -> Result<()> {
+        self.create_volume_row(record)
+    }
+
+    fn volume(&self, name: &str) -> Result<crate::VolumeRecord> {
+        self.volume_row(name)
+    }
+
+    fn volumes(&self) -> Result<Vec<crate::VolumeRecord>> {
+        self.volume_rows()
+    }
+
+    fn volume_map(
+        &self,
+        name: &str,
+        chunks: std::ops::Range<u64>,
+        visit: &mut dyn FnMut(u64, crate::MapEntry) -> bool,
+    ) -> Result<()> {
+        self.read_volume_map(name, chunks, visit)
+    }
+
+    fn commit_volume(
+        &self,
+        name: &str,
+        changes: &[(u64, crate::MapEntry)],
+        staged: Vec<StagedChunk>,
+        durable: bool,
+    ) -> Result<()> {
+        self.commit_volume_rows(name, changes, staged, durable)
+    }
+
+    fn clear_volume(&self, name: &str, chunks: std::ops::Range<u64>, durable: bool) -> Result<()> {
+        self.clear_volume_rows(name, chunks, durable)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.sync_volumes()
+    }
+
+    fn snapshot_volume(
+        &self,
+        source: &str,
+        name: &str,
+        writable: bool,
+    ) -> Result<crate::VolumeRecord> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.snapshot_volume_row(source, name, writable, now)
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<()> {
+        self.delete_volume_row(name)
+    }
+
+    fn volume_usage(&self, name: &str) -> Result<crate::VolumeUsage> {
+        self.volume_usage_of(name)
+    }
 }
 
 impl Drop for LocalStore {
     fn drop(&mut self) {
-        // Make what was committed with relaxed durability (read counts, bulk loads) reach the
-        // disk: packs first, then a durable index commit.
-        if !self.options.sync_commits && self.packs.sync_all().is_err() {
+        // Make what was committed with relaxed durability (read counts, bulk loads, volume
+        // write-backs) reach the disk: packs first, then a durable index commit.
+        if self.packs.sync_all().is_err() {
             return;
         }
         if let Ok(txn) = self.db.begin_write() {

@@ -44,6 +44,9 @@ pub(super) fn init_meta(db: &Database) -> Result<([u8; 16], Counters)> {
         txn.open_table(ACCESSES)?;
         txn.open_table(PACKS)?;
         txn.open_table(ZOMBIES)?;
+        txn.open_table(super::volumes::VOLUMES)?;
+        txn.open_table(super::volumes::LAYERS)?;
+        txn.open_table(super::volumes::VMAP)?;
         let mut meta = txn.open_table(META)?;
         let format = meta.get("format")?.map(|v| v.value().to_vec());
         match format.as_deref().map(<[u8; 4]>::try_from) {

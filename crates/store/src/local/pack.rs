@@ -191,6 +191,19 @@ impl Packs {
         Ok((a.number, Arc::clone(&a.file), offset))
     }
 
+    /// Gives back the space of a failed append (a full disk) if nothing was reserved after
+    /// it, so that failed retries do not grow the pack; otherwise it stays dead space, for
+    /// compaction. Nothing points into it either way: the append's caller failed.
+    fn unreserve(&self, number: u32, file: &dyn PackFile, at: u64, len: u64) {
+        let mut active = self.active.lock().expect("pack lock");
+        if let Some(a) = active.as_mut() {
+            if a.number == number && a.end == at + len && file.set_len(at).is_ok() {
+                a.end = at;
+                self.bytes.fetch_sub(len, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Seals the active pack if it is `number`, so that nothing more is appended to it.
     pub fn seal(&self, number: u32) {
         let mut active = self.active.lock().expect("pack lock");
@@ -202,15 +215,24 @@ impl Packs {
     fn create(&self) -> Result<Active> {
         let mut next = self.next_number.lock().expect("pack lock");
         let number = *next;
-        let file = self.files.create_pack(&Packs::name(number))?;
-        let mut header = [0u8; PACK_HEADER_LEN as usize];
-        header[..8].copy_from_slice(&MAGIC);
-        header[8..12].copy_from_slice(&number.to_le_bytes());
-        file.write_all_at(&header, 0)?;
-        // The new name must be durable before any index entry can point into it.
-        file.sync_data()?;
-        self.files.sync_pack_names()?;
+        let name = Packs::name(number);
+        let file = self.files.create_pack(&name)?;
+        // The number is taken from here on, whatever happens next: a pack that could not be
+        // started (a full disk) is removed, and the next try starts the next number.
         *next = number + 1;
+        let started = (|| -> io::Result<()> {
+            let mut header = [0u8; PACK_HEADER_LEN as usize];
+            header[..8].copy_from_slice(&MAGIC);
+            header[8..12].copy_from_slice(&number.to_le_bytes());
+            file.write_all_at(&header, 0)?;
+            // The new name must be durable before any index entry can point into it.
+            file.sync_data()?;
+            self.files.sync_pack_names()
+        })();
+        if let Err(e) = started {
+            let _ = self.files.remove_pack(&name);
+            return Err(e.into());
+        }
         self.bytes.fetch_add(PACK_HEADER_LEN, Ordering::Relaxed);
         self.open
             .write()
@@ -238,7 +260,10 @@ impl Packs {
             buf.extend_from_slice(payload);
         }
         let (number, file, at) = self.reserve(len as u64)?;
-        file.write_all_at(&buf, at)?;
+        if let Err(e) = file.write_all_at(&buf, at) {
+            self.unreserve(number, &*file, at, len as u64);
+            return Err(e.into());
+        }
         for o in &mut offsets {
             *o += at;
         }

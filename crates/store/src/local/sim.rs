@@ -1,5 +1,6 @@
-//! A simulated disk for crash tests: it keeps, for every file, what was written and what was
-//! made durable, and [`SimDisk::power_loss`] gives a disk with only the durable part.
+//! A disk in memory. For crash tests it keeps, for every file, what was written and what was
+//! made durable, and [`SimDisk::power_loss`] gives a disk with only the durable part; as the
+//! store of `--memory` ([`SimDisk::volatile`]) it keeps only what was written.
 //!
 //! A killed process keeps the page cache, so killing one cannot catch a missing `fsync`; losing
 //! power does. The model is pessimistic: a write is lost unless its file was synced after it,
@@ -32,6 +33,8 @@ struct State {
     durable_names: BTreeSet<String>,
     /// Writes that grow a file fail with a full disk's error.
     full: bool,
+    /// Nothing survives anyway: syncs keep no copy.
+    volatile: bool,
 }
 
 /// A disk in memory, shared by clones. See the module documentation.
@@ -51,6 +54,13 @@ fn full() -> io::Error {
 impl SimDisk {
     pub fn new() -> SimDisk {
         SimDisk::default()
+    }
+
+    /// A disk whose contents are lost with the process (syncs cost nothing).
+    pub fn volatile() -> SimDisk {
+        let disk = SimDisk::default();
+        lock(&disk.state).volatile = true;
+        disk
     }
 
     /// What a restart after a power cut at this instant finds: a separate disk holding only
@@ -75,6 +85,7 @@ impl SimDisk {
                 names: s.durable_names.clone(),
                 durable_names: s.durable_names.clone(),
                 full: false,
+                volatile: false,
             })),
         }
     }
@@ -151,6 +162,9 @@ impl PackFile for SimFile {
         self.with(|c, is_full| write_at(c, is_full, buf, offset))
     }
     fn sync_data(&self) -> io::Result<()> {
+        if lock(&self.disk.state).volatile {
+            return Ok(());
+        }
         self.with(|c, _| {
             c.durable = c.written.clone();
             Ok(())

@@ -2,7 +2,7 @@
 //! only the local backend promises (persistence, recovery, compaction, damage).
 
 use aetherflow_store::local::LocalOptions;
-use aetherflow_store::{BlockStore, LocalStore, MemoryStore};
+use aetherflow_store::{BlockStore, LocalStore};
 
 /// Small packs, so that a few test blocks already exercise rotation and compaction.
 pub fn small_packs() -> LocalOptions {
@@ -15,7 +15,7 @@ pub fn small_packs() -> LocalOptions {
 mod memory {
     use super::*;
     fn with_store(test: &dyn Fn(&dyn BlockStore)) {
-        test(&MemoryStore::new().unwrap())
+        test(&LocalStore::in_memory().unwrap())
     }
     aetherflow_store::conformance_tests!(with_store);
 }

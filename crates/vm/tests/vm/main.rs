@@ -3,6 +3,7 @@
 
 mod crash;
 mod faults;
+mod volumes;
 
 use std::path::Path;
 

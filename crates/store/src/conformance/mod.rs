@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! fn with_store(test: &dyn Fn(&dyn BlockStore)) {
-//!     test(&MemoryStore::new().unwrap())
+//!     test(&LocalStore::in_memory().unwrap())
 //! }
 //! aetherflow_store::conformance_tests!(with_store);
 //! ```
@@ -21,6 +21,14 @@ use crate::{BlockId, BlockStore, Checksum, ChunkId, Codec, Error, Extent, Manife
 #[macro_export]
 macro_rules! conformance_tests {
     ($with_store:path) => {
+        $crate::conformance_tests!(blocks: $with_store);
+        $crate::conformance_tests!(@volumes $with_store;
+            volumes_are_created_once_and_named_safely, volume_maps_commit_overwrite_and_release,
+            volumes_and_blocks_share_chunks, snapshots_freeze_and_clones_diverge,
+            clearing_a_range_costs_what_it_held, usage_counts_what_only_the_volume_holds);
+    };
+    // The block clauses alone, for a backend that refuses volumes.
+    (blocks: $with_store:path) => {
         $crate::conformance_tests!(@each $with_store;
             commit_then_read_back, block_ids_are_create_if_absent, commit_needs_every_chunk,
             chunks_are_stored_once, free_releases_and_reclaims, shared_chunks_survive_a_free,
@@ -34,7 +42,15 @@ macro_rules! conformance_tests {
             $with_store(&|store| $crate::conformance::$name(store));
         }
     )*};
+    (@volumes $with_store:path; $($name:ident),*) => {$(
+        #[test]
+        fn $name() {
+            $with_store(&|store| $crate::conformance::volumes::$name(store));
+        }
+    )*};
 }
+
+pub mod volumes;
 
 /// A chunk of `len` bytes whose identity and content follow from `seed`.
 pub fn chunk(seed: u8, len: usize) -> NewChunk {

@@ -1,0 +1,522 @@
+//! Volumes: the virtual memory as thin, writable block devices of any size up to the capacity.
+//!
+//! A volume is cut into fixed-size aligned chunks ([`crate::VmConfig::volume_chunk_size`]). A
+//! write of any size and alignment lands in the write-back buffer ([`buffer`]) as whole chunks:
+//! a partial one is read, patched and kept under a lock of its own (a stripe), so that
+//! concurrent writers of one chunk never lose each other's bytes. The buffer is written back
+//! (chunks identified, deduplicated, compressed, sealed, staged, and the map committed in one
+//! transaction) when it passes its size limit, and durably at every flush. Reads see the
+//! buffer first, then the map, then the chunk through the shared cache.
+//!
+//! Durability is a disk's: a flush makes every write answered before it durable; after a crash
+//! the volume reads as of the last flush or later, each chunk old or new, never torn.
+
+pub(crate) mod buffer;
+mod manage;
+mod writeback;
+
+/// The registry of open and unlocked volumes, as the manager keeps it.
+pub(crate) mod manage_registry {
+    pub(crate) use super::manage::Registry;
+}
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use aetherflow_engine::codec::{is_zero, ChunkDecoder};
+use aetherflow_engine::crypto::{ChunkId, Keys};
+use aetherflow_store::{BlockStore, MapEntry};
+use bytes::Bytes;
+use rayon::prelude::*;
+
+pub use manage::{VolumeBytes, VolumeHandle, VolumeInfo};
+
+use crate::cache::BlockCache;
+use crate::error::{Error, Result};
+use buffer::{Buffer, Pending};
+
+/// One piece of a read, in order: bytes, or zeros the caller may keep sparse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Span {
+    Data(Bytes),
+    Zeros(u64),
+}
+
+impl Span {
+    pub fn len(&self) -> u64 {
+        match self {
+            Span::Data(b) => b.len() as u64,
+            Span::Zeros(n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a range of a volume is allocated: `hole` (never written, or trimmed) and `zero` (reads
+/// as zeros). Data is neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    pub len: u64,
+    pub hole: bool,
+    pub zero: bool,
+}
+
+/// Part of one chunk, as (offset, length) in the volume.
+type Partial = Option<(u64, u64)>;
+
+/// Stripes of chunk locks: a chunk's read-modify-write holds its stripe.
+const STRIPES: usize = 256;
+
+/// Map rows one [`Volume::extents`] call reads at most; the answer then covers less, and the
+/// caller asks again from where it ends.
+const EXTENT_ROWS: usize = 64 * 1024;
+
+/// Chunks of zeros written with `NO_HOLE` in one request that are kept as zero entries. A larger
+/// request (over 16 Mi chunks: a terabyte at 64 KiB) deallocates instead: it still reads as
+/// zeros, but is reported as a hole, so that a request's cost stays bounded.
+pub const ZERO_ROWS_MAX: u64 = 16 << 20;
+
+/// An open volume. Shared by every connection that serves it (see the module documentation).
+pub struct Volume {
+    name: String,
+    size: u64,
+    chunk_size: u32,
+    read_only: bool,
+    store: Arc<dyn BlockStore>,
+    cache: Arc<BlockCache>,
+    keys: Option<Arc<Keys>>,
+    level: i32,
+    buffer: Buffer,
+    stripes: Vec<Mutex<()>>,
+    /// One write-back (or range change) at a time, so that they reach the map in order.
+    writeback: Mutex<()>,
+    /// The buffer is written back past this many bytes.
+    limit: u64,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("buffered", &self.buffer.bytes())
+            .finish()
+    }
+}
+
+impl Volume {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Memory the write-back buffer holds: what was written and not yet written back.
+    pub fn buffered(&self) -> u64 {
+        self.buffer.bytes()
+    }
+
+    fn chunk_len(&self, index: u64) -> usize {
+        let start = index * u64::from(self.chunk_size);
+        (self.size - start).min(u64::from(self.chunk_size)) as usize
+    }
+
+    fn check(&self, offset: u64, len: u64, writing: bool) -> Result<()> {
+        if writing && self.read_only {
+            return Err(Error::VolumeRefused(format!(
+                "volume {} is a snapshot: it cannot be written",
+                self.name
+            )));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(Error::InvalidArgument(format!(
+                "{len} bytes at {offset} run past the end of volume {} ({} bytes)",
+                self.name, self.size
+            )));
+        }
+        Ok(())
+    }
+
+    fn store_error(&self, e: aetherflow_store::Error) -> Error {
+        Error::from_volume_store(&self.name, e)
+    }
+
+    fn corrupt(&self, what: impl std::fmt::Display) -> Error {
+        Error::VolumeCorrupt {
+            volume: self.name.clone(),
+            what: what.to_string(),
+        }
+    }
+
+    /// The map entries of `chunks` (holes left out).
+    fn entries(&self, chunks: std::ops::Range<u64>) -> Result<BTreeMap<u64, MapEntry>> {
+        let mut out = BTreeMap::new();
+        self.store
+            .volume_map(&self.name, chunks, &mut |i, e| {
+                out.insert(i, e);
+                true
+            })
+            .map_err(|e| self.store_error(e))?;
+        Ok(out)
+    }
+
+    /// The plaintext of stored chunks, from the cache or decoded (several at once) and
+    /// verified.
+    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Bytes>> {
+        let mut out: Vec<Option<Bytes>> = ids.iter().map(|id| self.cache.chunk(id)).collect();
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(out.into_iter().map(|b| b.expect("all cached")).collect());
+        }
+        self.store
+            .prefetch(&missing.iter().map(|&i| ids[i]).collect::<Vec<_>>());
+        let keys = self.keys.clone();
+        let decoded: Vec<(usize, Bytes)> = missing
+            .par_iter()
+            .map_init(
+                || ChunkDecoder::new(keys.clone()),
+                |decoder, &i| -> Result<(usize, Bytes)> {
+                    let decoder = decoder
+                        .as_mut()
+                        .map_err(|e| Error::Internal(format!("chunk decoder: {e}")))?;
+                    let stored = self
+                        .store
+                        .chunk(&ids[i])
+                        .map_err(|e| self.store_error(e.missing_is_corrupt()))?;
+                    let plain =
+                        crate::read::open_stored(&stored, &ids[i], decoder, keys.as_deref())
+                            .map_err(|e| match e {
+                                aetherflow_engine::Error::Io(io) => {
+                                    Error::Internal(format!("chunk codec: {io}"))
+                                }
+                                other => self.corrupt(other),
+                            })?;
+                    Ok((i, Bytes::from(plain)))
+                },
+            )
+            .collect::<Result<_>>()?;
+        for (i, plain) in decoded {
+            self.cache.insert_chunk(ids[i], plain.clone());
+            out[i] = Some(plain);
+        }
+        Ok(out.into_iter().map(|b| b.expect("all filled")).collect())
+    }
+
+    /// The whole current content of chunk `index`, for a read-modify-write.
+    fn current(&self, index: u64) -> Result<Vec<u8>> {
+        let len = self.chunk_len(index);
+        match self.buffer.get(index) {
+            Some(Pending::Data(b)) => return Ok(b.to_vec()),
+            Some(Pending::Zero) => return Ok(vec![0; len]),
+            None => {}
+        }
+        match self.entries(index..index + 1)?.remove(&index) {
+            Some(MapEntry::Chunk { id, .. }) => {
+                let plain = self.chunks(&[id])?.remove(0);
+                if plain.len() != len {
+                    return Err(self.corrupt(format!(
+                        "chunk {index} holds {} bytes, not {len}",
+                        plain.len()
+                    )));
+                }
+                Ok(plain.to_vec())
+            }
+            _ => Ok(vec![0; len]),
+        }
+    }
+
+    fn stripe(&self, index: u64) -> std::sync::MutexGuard<'_, ()> {
+        self.stripes[(index as usize) % STRIPES]
+            .lock()
+            .expect("stripe lock")
+    }
+
+    /// `len` bytes from `offset`, as data and zero spans that cover the range exactly.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<Span>> {
+        self.check(offset, len as u64, false)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let cs = u64::from(self.chunk_size);
+        let (first, last) = (offset / cs, (offset + len as u64 - 1) / cs);
+        let buffered: BTreeMap<u64, Pending> =
+            self.buffer.range(first..last + 1).into_iter().collect();
+        let mapped = self.entries(first..last + 1)?;
+        // The stored chunks the read needs, fetched together.
+        let wanted: Vec<ChunkId> = (first..=last)
+            .filter(|i| !buffered.contains_key(i))
+            .filter_map(|i| mapped.get(&i).and_then(|e| e.chunk()))
+            .collect();
+        let fetched: BTreeMap<ChunkId, Bytes> =
+            wanted.iter().copied().zip(self.chunks(&wanted)?).collect();
+        let mut spans: Vec<Span> = Vec::new();
+        let mut push = |span: Span| match (spans.last_mut(), &span) {
+            (Some(Span::Zeros(n)), Span::Zeros(m)) => *n += m,
+            _ => spans.push(span),
+        };
+        for index in first..=last {
+            let start = index * cs;
+            let lo = offset.max(start) - start;
+            let hi = (offset + len as u64).min(start + cs) - start;
+            let whole = |b: &Bytes| -> Result<Span> {
+                if b.len() != self.chunk_len(index) {
+                    return Err(self.corrupt(format!("chunk {index} has the wrong length")));
+                }
+                Ok(Span::Data(b.slice(lo as usize..hi as usize)))
+            };
+            let span = match buffered.get(&index) {
+                Some(Pending::Data(b)) => whole(b)?,
+                Some(_) => Span::Zeros(hi - lo),
+                None => match mapped.get(&index) {
+                    Some(MapEntry::Chunk { id, .. }) => whole(&fetched[id])?,
+                    _ => Span::Zeros(hi - lo),
+                },
+            };
+            push(span);
+        }
+        Ok(spans)
+    }
+
+    /// Writes `data` at `offset` (any size and alignment); with `durable`, flushed before this
+    /// returns (FUA).
+    pub fn write_at(&self, offset: u64, data: &[u8], durable: bool) -> Result<()> {
+        self.check(offset, data.len() as u64, true)?;
+        self.make_room()?;
+        let cs = u64::from(self.chunk_size);
+        let mut at = 0usize;
+        while at < data.len() {
+            let pos = offset + at as u64;
+            let index = pos / cs;
+            let within = (pos % cs) as usize;
+            let len = self.chunk_len(index);
+            let n = (len - within).min(data.len() - at);
+            let piece = &data[at..at + n];
+            let _stripe = self.stripe(index);
+            let content = if within == 0 && n == len {
+                piece.to_vec()
+            } else {
+                let mut current = self.current(index)?;
+                current[within..within + n].copy_from_slice(piece);
+                current
+            };
+            // A chunk left all zeros waits as a zero chunk: no data, and block status says
+            // zero before the write-back as after it.
+            let pending = if is_zero(&content) {
+                Pending::Zero
+            } else {
+                Pending::Data(Bytes::from(content))
+            };
+            self.buffer.put(index, pending);
+            at += n;
+        }
+        self.after_write(durable)
+    }
+
+    /// Makes `len` bytes from `offset` read as zeros. With `punch`, whole chunks are
+    /// deallocated (holes); without, they are kept as zero chunks (no data either way).
+    pub fn write_zeroes(&self, offset: u64, len: u64, punch: bool, durable: bool) -> Result<()> {
+        self.check(offset, len, true)?;
+        self.make_room()?;
+        let (head, whole, tail) = self.split(offset, len);
+        for (at, n) in head.into_iter().chain(tail) {
+            self.write_at(at, &vec![0u8; n as usize], false)?;
+        }
+        if !whole.is_empty() {
+            if punch || whole.end - whole.start > ZERO_ROWS_MAX {
+                self.clear(whole)?;
+            } else {
+                self.zero(whole)?;
+            }
+        }
+        self.after_write(durable)
+    }
+
+    /// The client no longer needs `len` bytes from `offset`: whole chunks become holes, the
+    /// parts of chunks at either end are left as they are.
+    pub fn trim(&self, offset: u64, len: u64, durable: bool) -> Result<()> {
+        self.check(offset, len, true)?;
+        let (_, whole, _) = self.split(offset, len);
+        if !whole.is_empty() {
+            self.clear(whole)?;
+        }
+        self.after_write(durable)
+    }
+
+    /// A range as (the partial chunk at its start, the whole chunks, the partial one at its
+    /// end), partial parts as (offset, length).
+    fn split(&self, offset: u64, len: u64) -> (Partial, std::ops::Range<u64>, Partial) {
+        let cs = u64::from(self.chunk_size);
+        let end = offset + len;
+        if len == 0 {
+            return (None, 0..0, None);
+        }
+        let first_whole = offset.div_ceil(cs);
+        // The last chunk may be short: it is whole if the range reaches the volume's end.
+        let last_whole = if end == self.size {
+            self.size.div_ceil(cs)
+        } else {
+            end / cs
+        };
+        if first_whole >= last_whole {
+            return (Some((offset, len)), 0..0, None);
+        }
+        let head = (offset < first_whole * cs).then(|| (offset, first_whole * cs - offset));
+        let tail_start = last_whole * cs;
+        let tail = (end > tail_start && end != self.size).then(|| (tail_start, end - tail_start));
+        (head, first_whole..last_whole, tail)
+    }
+
+    /// Writes back (durably) every write answered so far, on every connection.
+    pub fn flush(&self) -> Result<()> {
+        let guard = self.writeback.lock().expect("write-back lock");
+        self.write_back(&guard, true)
+    }
+
+    /// Before a write is buffered: far past the limit, the writer waits for a write-back; if
+    /// that fails (the store is full, say), the write is refused unbuffered, so that the buffer
+    /// stays bounded whatever the store does.
+    fn make_room(&self) -> Result<()> {
+        if self.buffer.bytes() <= 2 * self.limit {
+            return Ok(());
+        }
+        let guard = self.writeback.lock().expect("write-back lock");
+        if self.buffer.bytes() <= 2 * self.limit {
+            return Ok(());
+        }
+        self.write_back(&guard, false)
+    }
+
+    fn after_write(&self, durable: bool) -> Result<()> {
+        if durable {
+            return self.flush();
+        }
+        if self.buffer.bytes() <= self.limit {
+            return Ok(());
+        }
+        // Past the limit: one writer writes back while the others go on. This write is
+        // buffered already, and reads see it: a failure here is the next flush's to report (as
+        // a disk reports a failed write-back of its cache), and the next writes' once the
+        // buffer is far past the limit.
+        if let Ok(guard) = self.writeback.try_lock() {
+            if let Err(e) = self.write_back(&guard, false) {
+                tracing::warn!(
+                    "volume {}: write-back failed, kept buffered: {e}",
+                    self.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocation of `len` bytes from `offset`, in order, from the first byte; it may cover
+    /// less than asked (the caller asks again from where it ends).
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<Allocation>> {
+        self.check(offset, len, false)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let cs = u64::from(self.chunk_size);
+        let end = offset + len;
+        let (first, stop) = (offset / cs, end.div_ceil(cs));
+        #[derive(Clone, Copy, PartialEq)]
+        enum State {
+            Data,
+            Zero,
+            Hole,
+        }
+        let mut states: BTreeMap<u64, State> = BTreeMap::new();
+        let mut rows = 0usize;
+        let mut covered = stop;
+        self.store
+            .volume_map(&self.name, first..stop, &mut |i, e| {
+                if rows == EXTENT_ROWS {
+                    covered = i;
+                    return false;
+                }
+                rows += 1;
+                states.insert(
+                    i,
+                    match e {
+                        MapEntry::Zero => State::Zero,
+                        MapEntry::Chunk { .. } => State::Data,
+                        MapEntry::Hole => State::Hole,
+                    },
+                );
+                true
+            })
+            .map_err(|e| self.store_error(e))?;
+        for (i, p) in self.buffer.range(first..covered) {
+            states.insert(
+                i,
+                match p {
+                    Pending::Data(_) => State::Data,
+                    Pending::Zero => State::Zero,
+                },
+            );
+        }
+        let until = (covered * cs).min(end);
+        let mut out: Vec<Allocation> = Vec::new();
+        let mut push = |from: u64, to: u64, state: State| {
+            if to <= from {
+                return;
+            }
+            let (hole, zero) = match state {
+                State::Data => (false, false),
+                State::Zero => (false, true),
+                State::Hole => (true, true),
+            };
+            match out.last_mut() {
+                Some(last) if last.hole == hole && last.zero == zero => last.len += to - from,
+                _ => out.push(Allocation {
+                    len: to - from,
+                    hole,
+                    zero,
+                }),
+            }
+        };
+        let mut cursor = offset;
+        for (index, state) in states.range(first..covered) {
+            let start = (index * cs).max(offset);
+            let stop = ((index + 1) * cs).min(until);
+            push(cursor, start, State::Hole);
+            push(start, stop, *state);
+            cursor = stop;
+        }
+        push(cursor, until, State::Hole);
+        Ok(out)
+    }
+}
+
+impl Volume {
+    /// Drops what is buffered, unwritten: for a volume being deleted.
+    fn discard(&self) {
+        let _guard = self.writeback.lock().expect("write-back lock");
+        self.buffer.drop_range(0..u64::MAX);
+    }
+}
+
+impl Drop for Volume {
+    /// The last handle writes back what is buffered, durably: a server that stops cleanly keeps
+    /// every write, flushed or not.
+    fn drop(&mut self) {
+        if self.read_only {
+            return;
+        }
+        if let Err(e) = self.flush() {
+            tracing::error!("volume {}: writing back on close failed: {e}", self.name);
+        }
+    }
+}
