@@ -307,6 +307,18 @@ pub struct ServeArgs {
     /// authentication: anything but loopback needs --insecure.
     #[arg(long, value_name = "ADDR")]
     pub nbd: Option<String>,
+    /// Chunk size of volumes created from now on: a power of two from 4KiB to 1MiB (existing
+    /// volumes keep theirs).
+    #[arg(long, default_value = "64KiB", value_parser = parse_chunk_size)]
+    pub volume_chunk_size: u32,
+}
+
+fn parse_chunk_size(text: &str) -> Result<u32, String> {
+    let n = aetherflow_engine::units::parse_size(text)?;
+    if !n.is_power_of_two() || !(4096..=1 << 20).contains(&n) {
+        return Err(format!("'{text}': a power of two from 4KiB to 1MiB"));
+    }
+    Ok(n as u32)
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

@@ -143,6 +143,59 @@ fn main() {
         &aetherflow_s3::meta::encode_identity(aetherflow_s3::meta::META_VERSION, &[7; 16]),
     );
 
+    // A volume's head (with a lease and a sealed layer) and a delta of its top layer.
+    {
+        use aetherflow_s3::volume_objects::{ChainLink, Delta, Head, Lease};
+        use aetherflow_store::{MapEntry, VolumeRecord};
+        let head = Head {
+            record: VolumeRecord {
+                name: "v".into(),
+                size: 1 << 30,
+                chunk_size: 65536,
+                read_only: false,
+                seed: None,
+                origin: Some("base".into()),
+                created: 1_800_000_000,
+                written: 0,
+                zeroed: 0,
+            },
+            chain: vec![
+                ChainLink {
+                    layer: 7,
+                    sealed: None,
+                },
+                ChainLink {
+                    layer: 3,
+                    sealed: Some(12),
+                },
+            ],
+            lease: Some(Lease {
+                owner: "0123456789abcdef".into(),
+                expires_ms: 1_800_000_000_000,
+            }),
+        };
+        put("s3_volume_head", "leased", &head.encode());
+        let delta = Delta {
+            layer: 7,
+            seq: 4,
+            size: 1 << 30,
+            chunk_size: 65536,
+            cleared: vec![(100, 200)],
+            rows: vec![
+                (1, MapEntry::Zero),
+                (2, MapEntry::Hole),
+                (
+                    3,
+                    MapEntry::Chunk {
+                        id: ChunkId([9; 32]),
+                        stored_len: 4000,
+                    },
+                ),
+            ],
+        };
+        put("s3_volume_delta", "rows", &delta.encode());
+    }
+
     // An export document with data, from a manager holding two blocks.
     use aetherflow_vm::{Backend, VirtualMemory, VmConfig};
     let vm = VirtualMemory::open(VmConfig::new(Backend::Memory)).unwrap();

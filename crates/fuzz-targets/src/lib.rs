@@ -16,6 +16,7 @@
 //! | [`manifest`] | a block manifest |
 //! | [`pack_record`], [`pack_index`] | an S3 pack's records and index |
 //! | [`s3_identity`] | an S3 store's identity object |
+//! | [`s3_volume_head`], [`s3_volume_delta`] | a volume's head object and a layer's delta on S3 |
 //! | [`import`] | an export document fed to import |
 //! | [`nbd::nbd_request`], [`nbd::nbd_options`], [`nbd::nbd_session`] | NBD request headers and their checks, option payloads, a whole connection of client bytes |
 
@@ -258,6 +259,28 @@ pub fn s3_identity(data: &[u8]) {
     let _ = aetherflow_s3::meta::decode_identity(&bytes);
 }
 
+/// A volume head from the bucket: what decodes encodes back to the same head.
+pub fn s3_volume_head(data: &[u8]) {
+    use aetherflow_s3::volume_objects::Head;
+    let Some(bytes) = input(data, |b| repair::volume_head(b)) else {
+        return;
+    };
+    if let Ok(head) = Head::decode("v", &bytes) {
+        assert_eq!(Head::decode("v", &head.encode()).expect("re-encoded"), head);
+    }
+}
+
+/// A delta of a volume layer from the bucket: what decodes encodes back to the same bytes.
+pub fn s3_volume_delta(data: &[u8]) {
+    use aetherflow_s3::volume_objects::Delta;
+    let Some(bytes) = input(data, |b| repair::volume_delta(b)) else {
+        return;
+    };
+    if let Ok(delta) = Delta::decode("delta", &bytes) {
+        assert_eq!(delta.encode(), bytes);
+    }
+}
+
 /// An export document imported into an empty in-memory manager.
 pub fn import(data: &[u8]) {
     use aetherflow_vm::{Backend, VirtualMemory, VmConfig};
@@ -286,6 +309,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pack_record", pack_record),
     ("pack_index", pack_index),
     ("s3_identity", s3_identity),
+    ("s3_volume_head", s3_volume_head),
+    ("s3_volume_delta", s3_volume_delta),
     ("import", import),
     ("nbd_request", nbd::nbd_request),
     ("nbd_options", nbd::nbd_options),

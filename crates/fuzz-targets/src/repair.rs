@@ -213,3 +213,31 @@ pub fn s3_identity(bytes: &mut Vec<u8>) {
         put_check(bytes, 25, 4);
     }
 }
+
+/// A volume object (head or delta): its magic, and the 16-byte check at its end.
+fn volume_object(bytes: &mut [u8], magic: &[u8; 8]) {
+    if bytes.len() >= 24 {
+        bytes[..8].copy_from_slice(magic);
+        let at = bytes.len() - 16;
+        put_check(bytes, at, 16);
+    }
+}
+
+/// A volume head: the check of the record inside it (its last 8 bytes, over the rest of its
+/// declared length, clamped to what is there), then the head's own.
+pub fn volume_head(bytes: &mut [u8]) {
+    if let Some(len) = u32_at(bytes, 8) {
+        let end = (12 + len as usize).min(bytes.len().saturating_sub(16));
+        if end >= 12 + 8 {
+            let record = &mut bytes[12..end];
+            let at = record.len() - 8;
+            put_check(record, at, 8);
+        }
+    }
+    volume_object(bytes, b"AFVOLHD1");
+}
+
+/// A volume delta: its magic and its check.
+pub fn volume_delta(bytes: &mut [u8]) {
+    volume_object(bytes, b"AFVOLDL1");
+}

@@ -1,5 +1,5 @@
-//! The background thread of a store: keeps the view fresh, writes read counts, collects
-//! garbage. Each of those runs on its own: one that fails (or panics, on a bug) is logged and
+//! The background thread of a store: keeps the view fresh, renews the holds on volumes it
+//! writes, writes read counts, collects garbage. Each of those runs on its own: one that fails (or panics, on a bug) is logged and
 //! tried again at its next turn, and never stops the others or the thread.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -67,6 +67,9 @@ pub(crate) fn start_housekeeper(parts: Weak<Parts>) -> Housekeeper {
                 if parts.options.read_only {
                     continue;
                 }
+                duty("renewing the holds on volumes written here", || {
+                    parts.leases.renew_all()
+                });
                 if flushed.elapsed() >= FLUSH_READS_EVERY {
                     flushed = Instant::now();
                     duty("writing read counts (kept for the next try)", || {

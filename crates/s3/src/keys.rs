@@ -7,6 +7,9 @@
 //! reads/UUID/WRITER.COUNT       read count of a block as counted by one server (empty object)
 //! gc/condemned/PACK             mark: PACK may be deleted once the grace period has passed
 //! gc/clock/WRITER               written to learn the bucket's clock
+//! volumes/NAME                  a volume's head (see `volume_objects`)
+//! layers/LAYER/SEQ              one commit to a layer of volume maps
+//! gc/condemned-layers/LAYER     mark: a layer no volume refers to, deleted after the grace
 //! ```
 
 use aetherflow_store::BlockId;
@@ -16,6 +19,9 @@ pub const PACKS: &str = "packs/";
 pub const BLOCKS: &str = "blocks/";
 pub const READS: &str = "reads/";
 pub const CONDEMNED: &str = "gc/condemned/";
+pub const VOLUMES: &str = "volumes/";
+pub const LAYERS: &str = "layers/";
+pub const CONDEMNED_LAYERS: &str = "gc/condemned-layers/";
 
 pub fn pack(name: &str) -> String {
     format!("{PACKS}{name}")

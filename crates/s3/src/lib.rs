@@ -12,6 +12,7 @@
 //! | `chunks`, `prefetch` | reading chunks back, and fetching them ahead |
 //! | `reads` | read counts in the bucket |
 //! | [`sweep`] | garbage collection that is safe against other servers' commits |
+//! | [`volume_objects`], `volumes` | volumes: heads, layer deltas, leases that fence writers |
 //! | [`store`] | [`S3Store`]: the `BlockStore` contract, its parts and their lock order |
 //! | [`meta`], `housekeeper` | the store's identity object; its background thread |
 //! | `sync` | locks that outlive a panic; work run once for all who want it |
@@ -35,6 +36,8 @@ pub mod sweep;
 mod sync;
 mod verify;
 mod view;
+pub mod volume_objects;
+mod volumes;
 pub mod writer;
 
 pub use location::S3Location;

@@ -21,7 +21,7 @@ use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{
     ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload, RetryConfig,
+    PutPayload, RetryConfig, UpdateVersion,
 };
 
 use crate::location::S3Location;
@@ -143,14 +143,34 @@ impl Remote {
     /// Writes an object; with `create`, only if no object has the key
     /// ([`Error::AlreadyExists`] otherwise).
     pub fn put(&self, key: &str, body: Bytes, create: bool) -> Result<()> {
+        let mode = if create {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        self.put_mode(key, body, mode).map(|_| ())
+    }
+
+    /// Replaces an object only if it is still the version whose ETag is `etag` (If-Match):
+    /// [`Error::AlreadyExists`] if another write came first. Returns the new version's ETag.
+    pub fn put_if_match(&self, key: &str, body: Bytes, etag: &str) -> Result<Option<String>> {
+        let version = UpdateVersion {
+            e_tag: Some(etag.to_string()),
+            version: None,
+        };
+        self.put_mode(key, body, PutMode::Update(version))
+    }
+
+    /// Creates an object only if no object has the key; returns its ETag.
+    pub fn create(&self, key: &str, body: Bytes) -> Result<Option<String>> {
+        self.put_mode(key, body, PutMode::Create)
+    }
+
+    fn put_mode(&self, key: &str, body: Bytes, mode: PutMode) -> Result<Option<String>> {
         self.counts.put.fetch_add(1, Ordering::Relaxed);
         let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
         let options = PutOptions {
-            mode: if create {
-                PutMode::Create
-            } else {
-                PutMode::Overwrite
-            },
+            mode,
             ..PutOptions::default()
         };
         let r = self.run(async move {
@@ -158,7 +178,27 @@ impl Remote {
                 .put_opts(&path, PutPayload::from_bytes(body), options)
                 .await
         });
-        r.map(|_| ()).map_err(|e| self.error("writing", key, e))
+        r.map(|done| done.e_tag)
+            .map_err(|e| self.error("writing", key, e))
+    }
+
+    /// The bucket's clock: the modification time of an object `writer` writes now.
+    pub fn bucket_now(&self, writer: &str) -> Result<i64> {
+        let key = crate::keys::clock(writer);
+        self.put(&key, Bytes::new(), false)?;
+        Ok(self.head(&key)?.modified_ms)
+    }
+
+    /// A whole object and its ETag.
+    pub fn get_with_etag(&self, key: &str) -> Result<(Bytes, Option<String>)> {
+        self.counts.get.fetch_add(1, Ordering::Relaxed);
+        let (bucket, path) = (Arc::clone(&self.bucket), self.path(key));
+        let r = self.run(async move {
+            let got = bucket.get_opts(&path, GetOptions::default()).await?;
+            let etag = got.meta.e_tag.clone();
+            Ok::<_, object_store::Error>((got.bytes().await?, etag))
+        });
+        r.map_err(|e| self.error("reading", key, e))
     }
 
     /// A whole object.

@@ -50,6 +50,7 @@ use crate::reads::ReadCounts;
 use crate::remote::{s3_bucket, Remote, Timeouts};
 use crate::sweep::{SweepReport, Sweeper};
 use crate::view::View;
+use crate::volumes::{record_of, usage_of, Leases};
 use crate::writer::{PackSlot, StagedNote, Writer};
 
 /// How a bucket store behaves; the defaults suit several servers on one bucket.
@@ -74,6 +75,10 @@ pub struct S3Options {
     /// Open for reading only (a check): the store must exist, and nothing is ever written to
     /// the bucket, not even read counts.
     pub read_only: bool,
+    /// How long a server's hold on a volume it writes lasts without renewal (it renews a third
+    /// of the way through): after a crash, another server may take the volume over this long
+    /// after the last renewal.
+    pub volume_lease: Duration,
 }
 
 impl Default for S3Options {
@@ -86,6 +91,7 @@ impl Default for S3Options {
             compact_below: 0.5,
             timeouts: Timeouts::default(),
             read_only: false,
+            volume_lease: Duration::from_secs(30),
         }
     }
 }
@@ -128,6 +134,71 @@ pub(crate) struct Parts {
     pub reads: ReadCounts,
     pub prefetch: Prefetcher,
     pub sweeper: Sweeper,
+    pub leases: Leases,
+}
+
+impl Parts {
+    /// Before a commit that names `refs`: the packs of the chunks staged for it are in the
+    /// bucket, every other chunk it names is held, and any whose only copies are condemned is
+    /// copied out (with a view of the marks fresh enough for the commit to land within the
+    /// grace period).
+    fn land(&self, what: &str, refs: &[ChunkId], staged: &[StagedChunk]) -> Result<()> {
+        let mut staged_ids = HashSet::new();
+        let mut slots: Vec<Arc<PackSlot>> = Vec::new();
+        for s in staged {
+            let note = note_of(s)?;
+            note.slot.restate(note.entry, &s.info);
+            staged_ids.insert(s.info.id);
+            if !slots.iter().any(|x| Arc::ptr_eq(x, &note.slot)) {
+                slots.push(Arc::clone(&note.slot));
+            }
+        }
+        let homeless = self.view.read(|c| {
+            refs.iter()
+                .find(|chunk| !staged_ids.contains(chunk) && !c.has_home(chunk))
+                .copied()
+        });
+        if let Some(chunk) = homeless {
+            return Err(Error::Corrupt(format!(
+                "{what} refers to chunk {chunk:?}, which was neither staged nor stored"
+            )));
+        }
+        for slot in &slots {
+            self.packs.ensure_uploaded(slot)?;
+        }
+        self.fresh_marks()?;
+        self.sweeper.rescue_chunks(refs.iter().copied())
+    }
+
+    /// Condemnation marks seen recently enough for a commit relying on them.
+    fn fresh_marks(&self) -> Result<()> {
+        if !self.options.grace.is_zero() {
+            self.view
+                .refresh_marks_if_stale(self.options.condemned_max_age())?;
+        }
+        Ok(())
+    }
+
+    /// A volume this server may not know yet (another server made it): its head and every
+    /// delta of its layers, fetched now.
+    fn load_volume(&self, name: &str) -> Result<()> {
+        if self.view.read(|c| c.volume(name).is_some()) {
+            return Ok(());
+        }
+        let head = self.leases.head_now(name)?;
+        let layers: Vec<_> = head.chain.iter().map(|l| l.layer).collect();
+        for layer in &layers {
+            self.leases.list_layer(*layer)?;
+        }
+        self.view.load_layers(&layers)
+    }
+
+    fn damage_of(&self, name: &str) -> Result<()> {
+        match self.view.read(|c| c.volume_damage(name)) {
+            Some(why) => Err(Error::Corrupt(why)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A store on an S3-compatible bucket.
@@ -167,6 +238,12 @@ impl S3Store {
             Arc::clone(&gate),
         ));
         let parts = Arc::new(Parts {
+            leases: Leases::new(
+                Arc::clone(&remote),
+                Arc::clone(&view),
+                writer_id.clone(),
+                options.volume_lease,
+            ),
             reads: ReadCounts::new(Arc::clone(&remote), writer_id, options.read_only),
             prefetch: Prefetcher::new(Arc::clone(&remote), Arc::clone(&view)),
             sweeper: Sweeper::new(
@@ -281,35 +358,8 @@ impl BlockStore for S3Store {
         self.writable("allocating")?;
         let p = &self.parts;
         manifest.validate()?;
-        let mut staged_ids = HashSet::new();
-        let mut slots: Vec<Arc<PackSlot>> = Vec::new();
-        for s in &staged {
-            let note = note_of(s)?;
-            note.slot.restate(note.entry, &s.info);
-            staged_ids.insert(s.info.id);
-            if !slots.iter().any(|x| Arc::ptr_eq(x, &note.slot)) {
-                slots.push(Arc::clone(&note.slot));
-            }
-        }
-        let homeless = p.view.read(|c| {
-            manifest
-                .chunk_refs()
-                .find(|chunk| !staged_ids.contains(chunk) && !c.has_home(chunk))
-                .copied()
-        });
-        if let Some(chunk) = homeless {
-            return Err(Error::Corrupt(format!(
-                "block {id} refers to chunk {chunk:?}, which was neither staged nor stored"
-            )));
-        }
-        for slot in &slots {
-            p.packs.ensure_uploaded(slot)?;
-        }
-        if !p.options.grace.is_zero() {
-            p.view
-                .refresh_marks_if_stale(p.options.condemned_max_age())?;
-        }
-        p.sweeper.rescue(manifest)?;
+        let refs: Vec<ChunkId> = manifest.chunk_refs().copied().collect();
+        p.land(&format!("block {id}"), &refs, &staged)?;
         let body = manifest.encode();
         let len = body.len() as u64;
         match p.remote.put(&keys::block(id), Bytes::from(body), true) {
@@ -433,63 +483,133 @@ impl BlockStore for S3Store {
         Some(self.parts.remote.counts())
     }
 
-    fn create_volume(&self, _record: &VolumeRecord) -> Result<()> {
-        Err(no_volumes())
+    fn create_volume(&self, record: &VolumeRecord) -> Result<()> {
+        self.writable("creating a volume")?;
+        self.parts.leases.create(record)
     }
 
     fn volume(&self, name: &str) -> Result<VolumeRecord> {
-        Err(Error::NotFound(What::Volume(name.to_string())))
+        let p = &self.parts;
+        p.load_volume(name)?;
+        record_of(&p.view, name).ok_or_else(|| Error::NotFound(What::Volume(name.to_string())))
     }
 
     fn volumes(&self) -> Result<Vec<VolumeRecord>> {
-        Ok(Vec::new())
+        let p = &self.parts;
+        p.view.refresh_if_stale(p.options.refresh_every)?;
+        Ok(p.view
+            .read(|c| c.volume_names())
+            .into_iter()
+            .filter_map(|n| record_of(&p.view, &n))
+            .collect())
     }
 
     fn volume_map(
         &self,
         name: &str,
-        _chunks: std::ops::Range<u64>,
-        _visit: &mut dyn FnMut(u64, MapEntry) -> bool,
+        chunks: std::ops::Range<u64>,
+        visit: &mut dyn FnMut(u64, MapEntry) -> bool,
     ) -> Result<()> {
-        Err(Error::NotFound(What::Volume(name.to_string())))
+        let p = &self.parts;
+        p.load_volume(name)?;
+        p.damage_of(name)?;
+        p.view
+            .read(|c| c.volume_map(name, chunks, visit))
+            .ok_or_else(|| Error::NotFound(What::Volume(name.to_string())))
     }
 
     fn commit_volume(
         &self,
-        _name: &str,
-        _changes: &[(u64, MapEntry)],
-        _staged: Vec<StagedChunk>,
+        name: &str,
+        changes: &[(u64, MapEntry)],
+        staged: Vec<StagedChunk>,
         _durable: bool,
     ) -> Result<()> {
-        Err(no_volumes())
+        // Every commit is durable: the delta is in the bucket when this returns.
+        self.writable("writing a volume")?;
+        let p = &self.parts;
+        p.load_volume(name)?;
+        if self.volume(name)?.read_only {
+            return Err(Error::Refused(format!(
+                "volume {name} is a snapshot: it cannot be written"
+            )));
+        }
+        let refs: Vec<ChunkId> = changes.iter().filter_map(|(_, e)| e.chunk()).collect();
+        p.land(&format!("volume {name}"), &refs, &staged)?;
+        p.leases.commit(name, Vec::new(), changes.to_vec())
     }
 
-    fn clear_volume(
-        &self,
-        _name: &str,
-        _chunks: std::ops::Range<u64>,
-        _durable: bool,
-    ) -> Result<()> {
-        Err(no_volumes())
+    fn clear_volume(&self, name: &str, chunks: std::ops::Range<u64>, _durable: bool) -> Result<()> {
+        self.writable("writing a volume")?;
+        let p = &self.parts;
+        p.load_volume(name)?;
+        if self.volume(name)?.read_only {
+            return Err(Error::Refused(format!(
+                "volume {name} is a snapshot: it cannot be written"
+            )));
+        }
+        p.leases.clear(name, chunks)
     }
 
     fn sync(&self) -> Result<()> {
+        // Commits are durable as they return. Alone on the bucket, what overwrites released
+        // goes now, as in the local store; otherwise with the background sweeps.
+        let p = &self.parts;
+        if p.options.grace.is_zero() && !p.options.read_only {
+            p.sweeper.sweep_if_released()?;
+        }
         Ok(())
     }
 
-    fn snapshot_volume(&self, _source: &str, _name: &str, _writable: bool) -> Result<VolumeRecord> {
-        Err(no_volumes())
+    fn snapshot_volume(&self, source: &str, name: &str, writable: bool) -> Result<VolumeRecord> {
+        self.writable("taking a snapshot")?;
+        let p = &self.parts;
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let check = |layers: &[crate::volume_objects::LayerId]| -> Result<()> {
+            p.fresh_marks()?;
+            let condemned = p.view.read(|c| {
+                layers
+                    .iter()
+                    .any(|l| c.layer(*l).is_some_and(|l| l.condemned().is_some()))
+            });
+            if condemned {
+                return Err(Error::Refused(format!(
+                    "volume {source} is being deleted: it cannot be cloned or snapshotted"
+                )));
+            }
+            Ok(())
+        };
+        p.load_volume(source)?;
+        p.leases.snapshot(source, name, writable, created, &check)?;
+        self.volume(name)
     }
 
     fn delete_volume(&self, name: &str) -> Result<()> {
-        Err(Error::NotFound(What::Volume(name.to_string())))
+        self.writable("deleting a volume")?;
+        let p = &self.parts;
+        p.leases.delete(name)?;
+        if p.options.grace.is_zero() {
+            if let Err(e) = p.sweeper.sweep() {
+                tracing::warn!("volume {name} deleted; collecting its chunks failed: {e}");
+            }
+        }
+        Ok(())
     }
 
     fn volume_usage(&self, name: &str) -> Result<VolumeUsage> {
-        Err(Error::NotFound(What::Volume(name.to_string())))
+        let p = &self.parts;
+        p.load_volume(name)?;
+        usage_of(&p.view, name).ok_or_else(|| Error::NotFound(What::Volume(name.to_string())))
     }
-}
 
-fn no_volumes() -> Error {
-    Error::Refused("volumes on object storage are not supported by this build".into())
+    fn acquire_volume(&self, name: &str) -> Result<()> {
+        self.writable("writing a volume")?;
+        self.parts.leases.acquire(name)
+    }
+
+    fn release_volume(&self, name: &str) {
+        self.parts.leases.release(name);
+    }
 }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aetherflow_store::epoch::EpochGate;
-use aetherflow_store::{ChunkId, ChunkInfo, Error, Manifest, Result};
+use aetherflow_store::{ChunkId, ChunkInfo, Error, Result};
 use bytes::Bytes;
 
 use crate::chunks::read_chunk;
@@ -37,6 +37,7 @@ use crate::remote::Remote;
 use crate::store::S3Options;
 use crate::sync::lock;
 use crate::view::View;
+use crate::volume_objects::{self, LayerId};
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +51,10 @@ pub struct SweepReport {
     pub bytes_deleted: u64,
     /// Condemned packs found still needed, and kept.
     pub pardoned: u64,
+    /// Volume layers no volume refers to, marked for deletion.
+    pub layers_condemned: u64,
+    /// Layers deleted (their deltas).
+    pub layers_deleted: u64,
 }
 
 /// What phase 1 decided for one pack.
@@ -68,6 +73,8 @@ pub(crate) struct Sweeper {
     options: S3Options,
     /// One pass at a time in this process. Held across requests: no commit or read takes it.
     running: Mutex<()>,
+    /// The catalog's count of released chunks when the last complete pass began.
+    swept_at: Mutex<Option<u64>>,
 }
 
 impl Sweeper {
@@ -85,11 +92,22 @@ impl Sweeper {
             gate,
             options,
             running: Mutex::default(),
+            swept_at: Mutex::default(),
         }
+    }
+
+    /// A pass if some chunk lost its last reference since the last one.
+    pub fn sweep_if_released(&self) -> Result<()> {
+        let released = self.view.read(|c| c.released());
+        if *lock(&self.swept_at) == Some(released) {
+            return Ok(());
+        }
+        self.sweep().map(|_| ())
     }
 
     pub fn sweep(&self) -> Result<SweepReport> {
         let _one = lock(&self.running);
+        let released = self.view.read(|c| c.released());
         // The clock is read before the listings, so a listing used to delete always began
         // after the grace period of what it deletes ran out.
         let now = if self.options.grace.is_zero() {
@@ -106,8 +124,16 @@ impl Sweeper {
             )));
         }
         let mut report = SweepReport::default();
+        // Layers first: what a deleted layer held may leave packs dead in this same pass.
+        let damaged = self.view.read(|c| c.damaged_volumes().count());
+        if damaged == 0 {
+            self.collect_layers(now, &mut report)?;
+        } else {
+            tracing::warn!("{damaged} volume heads cannot be read; no volume layer is collected until they are repaired or deleted");
+        }
         self.condemn_garbage(now, &mut report)?;
         self.delete_condemned(now, &mut report)?;
+        *lock(&self.swept_at) = Some(released);
         Ok(report)
     }
 
@@ -121,9 +147,7 @@ impl Sweeper {
 
     /// The bucket's clock: the modification time of an object written now.
     fn bucket_now(&self) -> Result<i64> {
-        let key = keys::clock(self.packs.writer_id());
-        self.remote.put(&key, Bytes::new(), false)?;
-        Ok(self.remote.head(&key)?.modified_ms)
+        self.remote.bucket_now(self.packs.writer_id())
     }
 
     fn condemn_garbage(&self, now: Option<i64>, report: &mut SweepReport) -> Result<()> {
@@ -250,15 +274,81 @@ impl Sweeper {
         Ok(())
     }
 
-    /// Before a commit: copies every chunk of `manifest` whose only copies are condemned into
-    /// a new pack, so the block never depends on a pack about to go.
-    pub fn rescue(&self, manifest: &Manifest) -> Result<()> {
+    /// Volume layers no head names: condemned once every delta is a grace period old, deleted
+    /// a grace period after that unless a head names them again (then pardoned). A layer with
+    /// no delta holds nothing in the bucket and is simply forgotten.
+    fn collect_layers(&self, now: Option<i64>, report: &mut SweepReport) -> Result<()> {
+        let orphans: Vec<(LayerId, bool, bool, Option<i64>)> = self.view.read(|c| {
+            c.orphan_layers()
+                .into_iter()
+                .filter_map(|id| {
+                    let l = c.layer(id)?;
+                    Some((
+                        id,
+                        l.delta_seqs().is_empty(),
+                        l.condemned().is_some(),
+                        l.modified_ms(),
+                    ))
+                })
+                .collect()
+        });
+        for (layer, empty, condemned, modified) in orphans {
+            if empty {
+                self.view.change(|c| c.remove_layer(layer));
+            } else if !condemned && self.past_grace(modified, now) {
+                self.remote.put(
+                    &volume_objects::condemned_layer_key(layer),
+                    Bytes::new(),
+                    false,
+                )?;
+                self.gate.record(|stamp| {
+                    self.view
+                        .change(|c| c.condemn_layer(layer, None, Some(stamp)))
+                });
+                report.layers_condemned += 1;
+            }
+        }
+        let due: Vec<LayerId> = self.view.read(|c| {
+            c.layer_ids()
+                .into_iter()
+                .filter(|id| {
+                    c.layer(*id).and_then(|l| l.condemned()).is_some_and(|m| {
+                        m.stamp.is_none_or(|s| self.gate.is_settled(s))
+                            && self.past_grace(m.at_ms, now)
+                    })
+                })
+                .collect()
+        });
+        for layer in due {
+            let named = self.view.read(|c| !c.orphan_layers().contains(&layer));
+            if named {
+                tracing::info!("volume layer {layer:032x} is named by a volume after all; kept");
+                self.remote
+                    .delete(&volume_objects::condemned_layer_key(layer))?;
+                self.view.change(|c| c.pardon_layer(layer));
+                continue;
+            }
+            let seqs = self
+                .view
+                .read(|c| c.layer(layer).map(|l| l.delta_seqs()).unwrap_or_default());
+            for seq in seqs {
+                self.remote.delete(&volume_objects::delta_key(layer, seq))?;
+            }
+            self.remote
+                .delete(&volume_objects::condemned_layer_key(layer))?;
+            self.view.change(|c| c.remove_layer(layer));
+            report.layers_deleted += 1;
+        }
+        Ok(())
+    }
+
+    /// Before a commit: copies every chunk it names whose only copies are condemned into a new
+    /// pack, so that the block or volume never depends on a pack about to go.
+    pub fn rescue_chunks(&self, chunks: impl Iterator<Item = ChunkId>) -> Result<()> {
         let missing: Vec<ChunkId> = self.view.read(|catalog| {
             let mut seen = HashSet::new();
-            manifest
-                .chunk_refs()
-                .filter(|c| seen.insert(**c) && catalog.usable_home(c).is_none())
-                .copied()
+            chunks
+                .filter(|c| seen.insert(*c) && catalog.usable_home(c).is_none())
                 .collect()
         });
         if missing.is_empty() {

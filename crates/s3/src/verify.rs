@@ -1,5 +1,6 @@
-//! `verify`: every block's chunks accounted for, and with `read_data` every live chunk's bytes
-//! read back from the bucket and checked.
+//! `verify`: every block's and every volume layer's chunks accounted for, every volume head and
+//! delta readable, and with `read_data` every live chunk's bytes read back from the bucket and
+//! checked.
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,6 +30,27 @@ pub(crate) fn verify(
             report(Damage::Index {
                 what: format!("pack {name}: {why}"),
             });
+        }
+        for (name, why) in catalog.damaged_volumes() {
+            report(Damage::Index {
+                what: format!("volume {name}: {why}"),
+            });
+        }
+        for (key, why) in catalog.damaged_deltas() {
+            report(Damage::Index {
+                what: format!("{key}: {why}"),
+            });
+        }
+        let mut named = HashSet::new();
+        for (layer, index, c) in catalog.volume_chunk_refs() {
+            if !catalog.has_home(&c) && named.insert(layer) {
+                report(Damage::Index {
+                    what: format!(
+                        "volume layer {layer:032x}: chunk {index} refers to chunk {c:?}, which no \
+                         pack in the bucket holds"
+                    ),
+                });
+            }
         }
         for id in catalog.block_ids() {
             let manifest = catalog.block(id).expect("listed");

@@ -6,7 +6,7 @@
 //! or apply what a request returned, and each kind of refresh runs once at a time for everyone
 //! who wants it ([`SingleFlight`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use crate::keys;
 use crate::pack;
 use crate::remote::{Listed, Remote};
 use crate::sync::{lock, SingleFlight};
+use crate::volume_objects::{self, Delta, Head, LayerId};
 
 /// The catalog, shared by every part of a store; see the module documentation.
 #[derive(Debug)]
@@ -55,7 +56,7 @@ impl View {
 
     /// Live figures, from the catalog as it is: never waits for a listing.
     pub fn totals(&self) -> Totals {
-        self.read(|c| c.totals(self.other_bytes))
+        self.change(|c| c.totals(self.other_bytes))
     }
 
     /// Refreshes everything if the last full refresh began more than `max_age` ago, waiting
@@ -75,12 +76,117 @@ impl View {
         self.marks.run_if_stale(max_age, || self.refresh_marks())
     }
 
-    /// Packs, then blocks, then marks: each listing complete or the refresh fails.
+    /// Packs, then blocks, then volumes, then marks: each listing complete or the refresh
+    /// fails.
     fn refresh_all(&self) -> Result<()> {
         self.refresh_packs()?;
         self.refresh_blocks()?;
+        self.refresh_volumes()?;
         self.marks
             .run_if_stale(Duration::ZERO, || self.refresh_marks())
+    }
+
+    /// Learns volume heads (re-reading those a listing shows changed) and the deltas of every
+    /// layer, and builds the layers from what is new.
+    pub fn refresh_volumes(&self) -> Result<()> {
+        let generation = self.change(|c| c.begin_refresh());
+        let listed = self.remote.list(keys::VOLUMES)?;
+        let mut names = HashSet::new();
+        let mut changed = Vec::new();
+        for l in &listed {
+            let name = l.key[keys::VOLUMES.len()..].to_string();
+            if !self.change(|c| c.saw_volume(&name, (l.size, l.modified_ms))) {
+                changed.push((name.clone(), (l.size, l.modified_ms)));
+            }
+            names.insert(name);
+        }
+        let bodies = self.remote.get_many(
+            &changed
+                .iter()
+                .map(|(n, _)| volume_objects::volume_key(n))
+                .collect::<Vec<_>>(),
+        );
+        for ((name, listed), body) in changed.into_iter().zip(bodies) {
+            let body = match body {
+                Ok(b) => b,
+                Err(Error::NotFound(_)) => continue, // deleted since the listing
+                Err(e) => return Err(e),
+            };
+            match Head::decode(&name, &body) {
+                Ok(head) => self
+                    .change(|c| c.put_volume(&name, head, None, Some(listed), body.len() as u64)),
+                Err(e) => {
+                    tracing::error!("volume {name}: head unreadable: {e}");
+                    self.change(|c| c.note_damaged_volume(&name, e.to_string()));
+                }
+            }
+        }
+        self.change(|c| c.confirm_volumes(&names, generation));
+
+        let generation = self.change(|c| c.begin_refresh());
+        let listed = self.remote.list(keys::LAYERS)?;
+        let mut deltas: HashMap<LayerId, HashSet<u64>> = HashMap::new();
+        self.change(|c| {
+            for l in &listed {
+                if let Some((layer, seq)) = volume_objects::parse_delta_key(&l.key) {
+                    c.note_delta(layer, seq, l.size, Some(l.modified_ms));
+                    deltas.entry(layer).or_default().insert(seq);
+                }
+            }
+            c.confirm_layers(&deltas, generation);
+        });
+        let layers: Vec<LayerId> = self.read(|c| c.layer_ids());
+        self.load_layers(&layers)
+    }
+
+    /// Fetches the deltas of `layers` not applied yet (those the catalog knows of) and applies
+    /// them in order. A layer applied past its seal is built again from its deltas first.
+    pub fn load_layers(&self, layers: &[LayerId]) -> Result<()> {
+        let mut wanted: Vec<(LayerId, u64)> = Vec::new();
+        self.change(|c| {
+            for &layer in layers {
+                if c.applied_past_seal(layer) {
+                    c.reset_layer(layer);
+                }
+                let seal = c.seal_of(layer);
+                if let Some(l) = c.layer(layer) {
+                    wanted.extend(
+                        l.pending()
+                            .into_iter()
+                            .filter(|s| seal.is_none_or(|seal| *s < seal))
+                            .map(|s| (layer, s)),
+                    );
+                }
+            }
+        });
+        wanted.sort_unstable();
+        let keys: Vec<String> = wanted
+            .iter()
+            .map(|(l, s)| volume_objects::delta_key(*l, *s))
+            .collect();
+        let bodies = self.remote.get_many(&keys);
+        let mut broken: HashSet<LayerId> = HashSet::new();
+        for ((key, body), (layer, _)) in keys.iter().zip(bodies).zip(&wanted) {
+            if broken.contains(layer) {
+                continue; // nothing after a damaged delta is applied
+            }
+            let body = match body {
+                Ok(b) => b,
+                Err(Error::NotFound(_)) => continue, // collected since the listing
+                Err(e) => return Err(e),
+            };
+            match Delta::decode(key, &body) {
+                Ok(delta) => {
+                    self.change(|c| c.apply_delta(&delta));
+                }
+                Err(e) => {
+                    tracing::error!("{key}: unreadable: {e}");
+                    broken.insert(*layer);
+                    self.change(|c| c.note_damaged_delta(*layer, key, e.to_string()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Learns new packs (one ranged GET of each one's index) and forgets deleted ones.
@@ -183,6 +289,7 @@ impl View {
     fn refresh_marks(&self) -> Result<()> {
         let generation = self.change(|c| c.begin_refresh());
         let listed = self.remote.list(keys::CONDEMNED)?;
+        let layer_marks = self.remote.list(keys::CONDEMNED_LAYERS)?;
         self.change(|c| {
             let mut names = HashSet::new();
             for l in &listed {
@@ -191,6 +298,14 @@ impl View {
                 c.condemn(name, Some(l.modified_ms), None);
             }
             c.confirm_condemned(&names, generation);
+            let mut layers = HashSet::new();
+            for l in &layer_marks {
+                if let Some(layer) = volume_objects::parse_condemned_layer(&l.key) {
+                    layers.insert(layer);
+                    c.condemn_layer(layer, Some(l.modified_ms), None);
+                }
+            }
+            c.confirm_condemned_layers(&layers, generation);
         });
         Ok(())
     }

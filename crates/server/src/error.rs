@@ -119,6 +119,9 @@ impl ApiError {
             }
             VmError::VolumeExists(_) => ApiError::new(S::CONFLICT, "VOLUME_EXISTS", e.to_string()),
             VmError::VolumeInUse(_) => ApiError::new(S::CONFLICT, "VOLUME_IN_USE", e.to_string()),
+            VmError::VolumeHeldElsewhere(_) => {
+                ApiError::new(S::CONFLICT, "VOLUME_HELD", e.to_string())
+            }
             VmError::VolumeLocked(_) => ApiError::new(S::LOCKED, "VOLUME_LOCKED", e.to_string()),
             VmError::VolumeWrongSeed(_) => {
                 ApiError::new(S::UNAUTHORIZED, "WRONG_SEED", e.to_string())

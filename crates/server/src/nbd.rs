@@ -77,9 +77,11 @@ impl Exports for VolumeExports {
                 }))
             }
             Err(VmError::VolumeNotFound(_)) => Err(OpenError::Unknown),
-            Err(e @ (VmError::VolumeLocked(_) | VmError::VolumeRefused(_))) => {
-                Err(OpenError::Refused(e.to_string()))
-            }
+            Err(
+                e @ (VmError::VolumeLocked(_)
+                | VmError::VolumeRefused(_)
+                | VmError::VolumeHeldElsewhere(_)),
+            ) => Err(OpenError::Refused(e.to_string())),
             Err(e) => {
                 tracing::error!("nbd: opening volume {name} failed: {e}");
                 Err(OpenError::Refused(format!(

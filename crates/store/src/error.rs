@@ -76,6 +76,11 @@ pub enum Error {
     #[error("store index: {0}")]
     Index(String),
 
+    /// Another server holds it (a volume open for writing elsewhere): the message says which
+    /// and for how long.
+    #[error("{0}")]
+    Held(String),
+
     /// Another process holds the data directory.
     #[error("{0}")]
     Locked(String),

@@ -172,6 +172,16 @@ pub trait BlockStore: Send + Sync + std::fmt::Debug {
     /// Makes every change so far durable, and reclaims what overwrites released.
     fn sync(&self) -> Result<()>;
 
+    /// Takes the right to write a volume, for as long as it is open here: where several
+    /// servers share a store, another one's writes are then refused ([`Error::Held`] for this
+    /// one while another holds it). A store only one process opens needs nothing.
+    fn acquire_volume(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Gives back what [`BlockStore::acquire_volume`] took (the volume closed here).
+    fn release_volume(&self, _name: &str) {}
+
     /// A new volume `name` sharing `source`'s map as it is now: a read-only snapshot of any
     /// volume, or with `writable` a clone of a snapshot. O(1) whatever the size.
     fn snapshot_volume(&self, source: &str, name: &str, writable: bool) -> Result<VolumeRecord>;

@@ -90,6 +90,11 @@ pub enum Error {
     #[error("{0}")]
     VolumeRefused(String),
 
+    /// Another server writes this volume (a store several servers share): close it there, or
+    /// serve its snapshots.
+    #[error("{0}")]
+    VolumeHeldElsewhere(String),
+
     /// Stored data of a volume failed a check.
     #[error("volume {volume}: stored data is corrupt: {what}")]
     VolumeCorrupt { volume: String, what: String },
@@ -134,6 +139,7 @@ impl Error {
             S::NotFound(What::Volume(v)) => Error::VolumeNotFound(v),
             S::AlreadyExists(What::Volume(v)) => Error::VolumeExists(v),
             S::Refused(why) => Error::VolumeRefused(why),
+            S::Held(why) => Error::VolumeHeldElsewhere(why),
             S::NotFound(what) => Error::VolumeCorrupt {
                 volume: name.to_string(),
                 what: format!("{what} is missing from the store"),

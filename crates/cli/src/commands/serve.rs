@@ -105,6 +105,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<u8> {
     let mut config = VmConfig::new(backend.clone());
     config.cache_size = args.cache_size;
     config.capacity = args.capacity;
+    config.volume_chunk_size = args.volume_chunk_size;
     let vm = VirtualMemory::open(config).context("opening the store")?;
     let server_config = ServerConfig {
         token: args.token.clone(),

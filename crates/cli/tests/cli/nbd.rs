@@ -25,9 +25,14 @@ struct Served {
 
 impl Served {
     fn start(data_dir: &Path) -> Served {
+        Served::start_on(&["--data-dir", p(data_dir)])
+    }
+
+    /// A server on the store its arguments name.
+    fn start_on(store: &[&str]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aetherflow"))
             .args(["serve", "--listen", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
-            .args(["--data-dir", p(data_dir)])
+            .args(store)
             .env_remove("AF_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -811,4 +816,102 @@ fn a_full_disk_answers_enospc_and_every_write_lands_once_there_is_room() {
         "the restart lost writes"
     );
     server.stop();
+}
+
+#[test]
+fn two_servers_on_one_bucket_one_writes_and_the_other_serves_its_snapshot() {
+    let endpoint = std::env::var("AF_S3_ENDPOINT").expect(
+        "AF_S3_ENDPOINT is not set: run the tests with `bash scripts/test.sh`, which starts SeaweedFS",
+    );
+    let bucket = std::env::var("AF_S3_BUCKET").unwrap_or_else(|_| "aetherflow-test".into());
+    let url = format!(
+        "s3://{bucket}/nbd-{}?endpoint={endpoint}",
+        uuid::Uuid::new_v4().simple()
+    );
+    let a = Served::start_on(&["--store", &url]);
+    let b = Served::start_on(&["--store", &url]);
+    a.volume(&["create", "vm", "--size", "64MiB"]);
+    qemu_io(
+        &a,
+        &a.uri("vm"),
+        &["write -P 0x5a 0 1M", "write -P 0x33 40M 100000", "flush"],
+    );
+    let snap = a.volume(&["snapshot", "vm", "vm.base"]);
+    assert_eq!(snap["readOnly"], true);
+    qemu_io(&a, &a.uri("vm"), &["write -P 0x77 0 4096"]);
+    // The other server serves the snapshot as it was, read-only.
+    let read_only = ["-r", "-f", "raw"];
+    let mut args: Vec<&str> = read_only.to_vec();
+    args.extend(["-c", "read -P 0x5a 0 1M", "-c", "read -P 0x33 40M 100000"]);
+    let uri = b.uri("vm.base");
+    args.push(&uri);
+    let text = ok(&b, "qemu-io", &args);
+    assert!(
+        !text.contains("failed") && !text.contains("Pattern"),
+        "{text}"
+    );
+    // While the first server has the volume open, the second one is refused it, and says why.
+    let mut holder = Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "read 0 512",
+            "-c",
+            "sleep 30000",
+            &a.uri("vm"),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.volume(&["info", "vm"])["open"] != true {
+        assert!(Instant::now() < deadline, "the volume never showed as open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = tool("qemu-img", &["info", &b.uri("vm")]);
+    assert!(!out.status.success());
+    assert!(
+        all_output(&out).contains("open for writing on another server"),
+        "{}",
+        all_output(&out)
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // Closed there, it is the second server's to write.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = tool(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0x44 8M 65536",
+                "-c",
+                "read -P 0x77 0 4096",
+                &b.uri("vm"),
+            ],
+        );
+        if out.status.success() && !all_output(&out).contains("failed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", all_output(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let info = b.volume(&["info", "vm"]);
+    assert_eq!(
+        info["bytes"]["written"],
+        (1 << 20) + 2 * 65536 + 65536,
+        "{info}"
+    );
+    a.stop();
+    b.stop();
+    let out = af(&["check", "--store", &url, "--read-data"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -105,6 +105,10 @@ impl Drop for VolumeHandle {
         match written {
             Ok(()) if self.volume.buffered() == 0 => {
                 open.remove(&name);
+                drop(open);
+                if !self.volume.read_only() {
+                    self.volume.store().release_volume(&name);
+                }
             }
             Ok(()) => {} // written to while closing: kept until the next close
             Err(err) => tracing::error!(
@@ -285,7 +289,11 @@ impl VirtualMemory {
             Some(e) if e.handles > 0 => return Err(Error::VolumeInUse(name.to_string())),
             Some(e) => {
                 e.volume.flush()?;
+                let read_only = e.volume.read_only();
                 open.remove(name);
+                if !read_only {
+                    self.store.release_volume(name);
+                }
             }
             None => {}
         }
@@ -325,6 +333,12 @@ impl VirtualMemory {
                     .ok_or_else(|| Error::VolumeLocked(name.to_string()))?,
             ),
         };
+        if !record.read_only {
+            // Where servers share the store, the right to write it (another's is refused).
+            self.store
+                .acquire_volume(name)
+                .map_err(|e| Error::from_volume_store(name, e))?;
+        }
         let volume = Arc::new(Volume {
             name: record.name.clone(),
             size: record.size,

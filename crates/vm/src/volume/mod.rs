@@ -124,6 +124,10 @@ impl Volume {
         self.read_only
     }
 
+    pub(crate) fn store(&self) -> &dyn BlockStore {
+        &*self.store
+    }
+
     /// Memory the write-back buffer holds: what was written and not yet written back.
     pub fn buffered(&self) -> u64 {
         self.buffer.bytes()

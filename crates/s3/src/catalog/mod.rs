@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use aetherflow_store::{BlockId, ChunkId, ChunkInfo, Extent, Manifest, Totals};
 
+mod volumes;
+pub use volumes::{KnownVolume, LayerState, VolumeTotals};
+
 /// One copy of a chunk: a record in a pack.
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -70,6 +73,10 @@ pub struct Catalog {
     live: Totals,
     manifest_bytes: u64,
     pack_bytes: u64,
+    /// Volume heads and the layers of their maps (`volumes`).
+    volumes: volumes::Volumes,
+    /// Chunks that lost their last reference, ever: a sweep is worth it when this moved.
+    released: u64,
 }
 
 /// Distinct chunks of a manifest with their lengths.
@@ -124,13 +131,7 @@ impl Catalog {
             return false;
         }
         for (chunk, raw, stored) in distinct_chunks(&manifest) {
-            let n = self.refs.entry(chunk).or_default();
-            *n += 1;
-            if *n == 1 {
-                self.live.chunks += 1;
-                self.live.unique += u64::from(raw);
-                self.live.stored += u64::from(stored);
-            }
+            self.add_ref(chunk, raw, stored);
         }
         self.live.blocks += 1;
         self.live.logical += manifest.size;
@@ -152,15 +153,7 @@ impl Catalog {
         self.damaged_blocks.remove(&id);
         let b = self.blocks.remove(&id)?;
         for (chunk, raw, stored) in distinct_chunks(&b.manifest) {
-            if let Some(n) = self.refs.get_mut(&chunk) {
-                *n -= 1;
-                if *n == 0 {
-                    self.refs.remove(&chunk);
-                    self.live.chunks -= 1;
-                    self.live.unique -= u64::from(raw);
-                    self.live.stored -= u64::from(stored);
-                }
-            }
+            self.drop_ref(chunk, raw, stored);
         }
         self.live.blocks -= 1;
         self.live.logical -= b.manifest.size;
@@ -207,6 +200,36 @@ impl Catalog {
     }
 
     // ----- chunks -----
+
+    /// One more reference to a chunk (from a block, or a row of a volume layer).
+    fn add_ref(&mut self, chunk: ChunkId, raw: u32, stored: u32) {
+        let n = self.refs.entry(chunk).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.live.chunks += 1;
+            self.live.unique += u64::from(raw);
+            self.live.stored += u64::from(stored);
+        }
+    }
+
+    /// One reference fewer; the last one takes the chunk out of the live figures.
+    fn drop_ref(&mut self, chunk: ChunkId, raw: u32, stored: u32) {
+        if let Some(n) = self.refs.get_mut(&chunk) {
+            *n -= 1;
+            if *n == 0 {
+                self.refs.remove(&chunk);
+                self.released += 1;
+                self.live.chunks -= 1;
+                self.live.unique -= u64::from(raw);
+                self.live.stored -= u64::from(stored);
+            }
+        }
+    }
+
+    /// How many chunks lost their last reference so far (see [`Catalog`]'s field).
+    pub fn released(&self) -> u64 {
+        self.released
+    }
 
     /// Whether some block refers to the chunk.
     pub fn is_live(&self, id: &ChunkId) -> bool {
@@ -399,10 +422,14 @@ impl Catalog {
 
     // ----- figures -----
 
-    /// Live figures, with `physical` = packs + manifests + `other_bytes`.
-    pub fn totals(&self, other_bytes: u64) -> Totals {
+    /// Live figures, with `physical` = packs + manifests + volume objects + `other_bytes`.
+    pub fn totals(&mut self, other_bytes: u64) -> Totals {
+        let v = self.volume_totals();
         Totals {
-            physical: self.pack_bytes + self.manifest_bytes + other_bytes,
+            physical: self.pack_bytes + self.manifest_bytes + v.object_bytes + other_bytes,
+            volumes: v.volumes,
+            volume_bytes: v.written + v.zeroed,
+            volume_zeroed: v.zeroed,
             ..self.live
         }
     }
