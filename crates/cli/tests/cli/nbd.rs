@@ -392,6 +392,8 @@ fn fio_verifies_random_and_sequential_writes_of_every_size() {
                 bs,
                 "--size=64m",
                 "--verify=crc32c",
+                // No state file left in the working directory.
+                "--verify_state_save=0",
                 "--iodepth=16",
                 "--output-format=json",
             ],
