@@ -15,7 +15,7 @@ ext4_image() {
     cp -a /usr/bin "$tree/bin"
     local content
     content=$(du -sb "$tree" | cut -f1)
-    mke2fs -q -t ext4 -d "$tree" "$image" "$(( content * 13 / 10 / 1048576 + 64 ))M"
+    mke2fs -q -t ext4 -d "$tree" "$image" "$(( content * 13 / 10 / 1048576 + 64 ))M" >&2
   fi
   echo "$image"
 }

@@ -57,7 +57,7 @@ start_server() {
 peak_rss_kib=0
 note_rss() {
   local hwm
-  hwm=$(sed -n 's/^VmHWM: *\([0-9]*\) kB/\1/p' "/proc/$serve_pid/status")
+  hwm=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$serve_pid/status")
   (( hwm > peak_rss_kib )) && peak_rss_kib=$hwm
   return 0
 }
@@ -74,7 +74,7 @@ j = json.load(sys.stdin)["jobs"][0]
 side = j["write"] if j["write"]["io_bytes"] > j["read"]["io_bytes"] else j["read"]
 if j["error"]:
     sys.exit("fio failed: error %d" % j["error"])
-print(f"{side[\"iops\"]:.0f} {side[\"bw_bytes\"]}")'
+print("%.0f %d" % (side["iops"], side["bw_bytes"]))'
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(qemu-img --version | head -n 1), nbdkit $(nbdkit --version | cut -d' ' -f2), fio $(fio --version)"

@@ -30,7 +30,7 @@ iops() {
   fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs=4k --size=512m --iodepth=16 --time_based \
     --runtime="$runtime" --buffer_compress_percentage=50 --refill_buffers --output-format=json 2>/dev/null |
     sed -n '/^{/,$p' |
-    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(f"{max(j[\"read\"][\"iops\"], j[\"write\"][\"iops\"]):.0f}")'
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("%.0f" % max(j["read"]["iops"], j["write"]["iops"]))'
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores; image $(stat -c %s "$image") bytes, $alloc allocated"

@@ -16,22 +16,34 @@ export RUSTC_BOOTSTRAP=1
 flags=(-O --debug-assertions)
 cargo fuzz build "${flags[@]}"
 targets=${TARGETS:-$(cargo fuzz list)}
+# The targets run from the binaries built above, so that a change to the sources meanwhile
+# (the campaign takes hours) cannot break or change them mid-run.
+bin_dir=target/x86_64-unknown-linux-gnu/release
 mkdir -p logs
 printf '%-16s %12s %8s %8s %8s\n' target executions cov features crashes
 failed=0
 for t in $targets; do
+  mkdir -p "corpus/$t" "artifacts/$t"
   # Leak checks are off: a leak is no danger in these decoders, and the pipelines' threads make
   # libFuzzer's leak scan run after every input. Inputs are capped at 8 KiB: a decoder's cost
   # grows with its input, and every structure here is reached well within that.
-  cargo fuzz run "${flags[@]}" "$t" -- -runs="$runs" -max_total_time="$max_time" -detect_leaks=0 -max_len=8192 \
-    -print_final_stats=1 > "logs/$t.log" 2>&1 || true
+  "$bin_dir/$t" -artifact_prefix="artifacts/$t/" -runs="$runs" -max_total_time="$max_time" \
+    -detect_leaks=0 -max_len=8192 -print_final_stats=1 "corpus/$t" > "logs/$t.log" 2>&1 || true
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "logs/$t.log" | tail -n 1)
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "logs/$t.log" | tail -n 1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$done_line")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$done_line")
-  crashes=$(find "artifacts/$t" -type f 2>/dev/null | wc -l)
+  crashes=$(find "artifacts/$t" -type f | wc -l)
   (( crashes == 0 )) || failed=1
   printf '%-16s %12s %8s %8s %8s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$crashes"
-  cargo fuzz cmin "${flags[@]}" "$t" -- -detect_leaks=0 > "logs/$t.cmin.log" 2>&1 || true
+  # Minimize: the smallest set of inputs with the same coverage replaces the corpus.
+  rm -rf "corpus/$t.min"
+  mkdir "corpus/$t.min"
+  if "$bin_dir/$t" -merge=1 -detect_leaks=0 "corpus/$t.min" "corpus/$t" > "logs/$t.cmin.log" 2>&1; then
+    rm -rf "corpus/$t"
+    mv "corpus/$t.min" "corpus/$t"
+  else
+    rm -rf "corpus/$t.min"
+  fi
 done
 exit $failed
