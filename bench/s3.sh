@@ -33,9 +33,7 @@ tar_file=$(silesia_tar "$scratch" "$corpus")
 blocks_bytes=${BLOCKS_BYTES:-$((copies * $(stat -c %s "$tar_file")))}
 
 cargo build --release --quiet -p aetherflow
-load=$(cargo bench --quiet -p aetherflow-server --bench load --no-run --message-format=json |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
-[[ -x $load ]] || { echo "could not find the load bench executable" >&2; exit 1; }
+load=$(load_bench)
 bin=$top/target/release/aetherflow
 
 work=$scratch/s3
@@ -51,21 +49,18 @@ stop_servers() {
 
 cleanup() {
   stop_servers
-  bash "$top/scripts/seaweedfs.sh" stop "$weed_dir" || true
-  rm -rf "$work/data" "$weed_dir/data"
+  weed_stop "$weed_dir"
+  rm -rf "$work/data"
 }
 
-# A SeaweedFS left behind by an interrupted run would hold the port: stop it first.
-if [[ -d $weed_dir ]]; then bash "$top/scripts/seaweedfs.sh" stop "$weed_dir"; fi
+weed_stop "$weed_dir"
 rm -rf "$work"
 mkdir -p "$work"
 : > "$results"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Credentials, region, endpoint and bucket for the servers.
-exports=$(AF_S3_PORT=$s3_port AF_S3_BUCKET=aetherflow-bench bash "$top/scripts/seaweedfs.sh" start "$weed_dir")
-eval "$exports"
+weed_start "$weed_dir" "$s3_port" aetherflow-bench
 run=run-$(date -u +%Y%m%dT%H%M%S)
 s3_url() { echo "s3://$AF_S3_BUCKET/$run/$1?endpoint=$AF_S3_ENDPOINT"; }
 

@@ -1,5 +1,5 @@
 # Sourced by the bench scripts: start and stop `aetherflow serve` on a free loopback port.
-# Needs $bin (the aetherflow binary). The caller stops what it started (an EXIT trap).
+# Needs $bin (the aetherflow binary) and $top (the checkout). The caller stops what it started (an EXIT trap).
 #
 #   serve_start LOG ARGS...   starts `$bin serve --listen 127.0.0.1:0 ARGS...` (stderr to LOG),
 #                             waits until it says where it listens and answers /healthz, and
@@ -37,4 +37,27 @@ serve_stop() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   wait "$pid" 2>/dev/null || true
+}
+
+# load_bench                  builds the load generator (benches/load) and prints its path
+load_bench() {
+  local exe
+  exe=$(cargo bench --quiet -p aetherflow-server --bench load --no-run --message-format=json |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+  [[ -x $exe ]] || { echo "could not find the load bench executable" >&2; exit 1; }
+  echo "$exe"
+}
+
+# weed_start DIR PORT BUCKET  starts a SeaweedFS of the bench's own in DIR and exports its
+#                             credentials, region, endpoint and bucket (AF_S3_*)
+# weed_stop DIR               stops it (if one runs there: call it first too, as one left by an
+#                             interrupted run would hold the port) and removes its data
+weed_start() {
+  local dir=$1 port=$2 bucket=$3 exports
+  exports=$(AF_S3_PORT=$port AF_S3_BUCKET=$bucket bash "$top/scripts/seaweedfs.sh" start "$dir")
+  eval "$exports"
+}
+weed_stop() {
+  bash "$top/scripts/seaweedfs.sh" stop "$1" || true
+  rm -rf "$1/data"
 }

@@ -29,9 +29,7 @@ source "$top/bench/serve_helpers.sh"
 tar_file=$(silesia_tar "$scratch" "$corpus")
 
 cargo build --release --quiet -p aetherflow
-load=$(cargo bench --quiet -p aetherflow-server --bench load --no-run --message-format=json |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
-[[ -x $load ]] || { echo "could not find the load bench executable" >&2; exit 1; }
+load=$(load_bench)
 bin=$top/target/release/aetherflow
 
 work=$scratch/server

@@ -287,6 +287,11 @@ pub struct ServeArgs {
     /// this server alone writes.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = humantime::parse_duration)]
     pub gc_grace: std::time::Duration,
+    /// For an s3:// store: pack uploads that commits make at once. Commits that arrive while
+    /// they are all in flight share the next pack, so that one PUT lands them all (a lone
+    /// allocation never waits). 0: no limit, each commit uploads its pack at once.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub commit_uploads: usize,
     /// Bytes of decompressed blocks to cache (50MiB, 1GiB, plain bytes).
     #[arg(long, default_value = "50MiB", value_parser = parse_size)]
     pub cache_size: u64,

@@ -52,10 +52,10 @@ impl PackWriter {
         Ok(notes)
     }
 
-    /// Makes sure `slot`'s pack is in the bucket: uploads it if still open, else waits for the
-    /// thread uploading it.
+    /// Makes sure `slot`'s pack is in the bucket: uploads it if still open (once this commit
+    /// has a turn: see `writer`), else waits for the thread uploading it.
     pub fn ensure_uploaded(&self, slot: &Arc<PackSlot>) -> Result<()> {
-        if let Some(sealed) = self.writer.seal(slot) {
+        if let Some((sealed, _turn)) = self.writer.seal_for_commit(slot) {
             self.upload(slot, sealed)?;
         }
         slot.wait_uploaded()
@@ -65,12 +65,8 @@ impl PackWriter {
     pub fn write_now(&self, chunks: &[(ChunkInfo, Bytes)]) -> Result<()> {
         let records: Vec<(ChunkInfo, &[u8])> = chunks.iter().map(|(i, p)| (*i, &p[..])).collect();
         let notes = self.stage(&records)?;
-        let mut done: Vec<*const PackSlot> = Vec::new();
-        for note in notes {
-            if !done.contains(&Arc::as_ptr(&note.slot)) {
-                done.push(Arc::as_ptr(&note.slot));
-                self.ensure_uploaded(&note.slot)?;
-            }
+        for slot in slots_of(&notes) {
+            self.ensure_uploaded(&slot)?;
         }
         Ok(())
     }
@@ -88,4 +84,15 @@ impl PackWriter {
         slot.finish_upload(&result);
         result
     }
+}
+
+/// The distinct pack slots of `notes`.
+pub(crate) fn slots_of<'a>(notes: impl IntoIterator<Item = &'a StagedNote>) -> Vec<Arc<PackSlot>> {
+    let mut slots: Vec<Arc<PackSlot>> = Vec::new();
+    for note in notes {
+        if !slots.iter().any(|s| Arc::ptr_eq(s, &note.slot)) {
+            slots.push(Arc::clone(&note.slot));
+        }
+    }
+    slots
 }

@@ -44,14 +44,14 @@ use crate::housekeeper::{start_housekeeper, Housekeeper};
 use crate::keys;
 use crate::location::S3Location;
 use crate::meta::{open_identity, Identity};
-use crate::packs::PackWriter;
+use crate::packs::{slots_of, PackWriter};
 use crate::prefetch::Prefetcher;
 use crate::reads::ReadCounts;
 use crate::remote::{s3_bucket, Remote, Timeouts};
 use crate::sweep::{SweepReport, Sweeper};
 use crate::view::View;
 use crate::volumes::{record_of, usage_of, Leases};
-use crate::writer::{PackSlot, StagedNote, Writer};
+use crate::writer::{StagedNote, Writer};
 
 /// How a bucket store behaves; the defaults suit several servers on one bucket.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +79,10 @@ pub struct S3Options {
     /// of the way through): after a crash, another server may take the volume over this long
     /// after the last renewal.
     pub volume_lease: Duration,
+    /// Packs that commits upload at once; commits that arrive while they are all in flight
+    /// share the next pack, so that one PUT lands them all (see `writer`). 0: no limit, every
+    /// commit uploads its pack at once.
+    pub commit_uploads: usize,
 }
 
 impl Default for S3Options {
@@ -92,6 +96,7 @@ impl Default for S3Options {
             timeouts: Timeouts::default(),
             read_only: false,
             volume_lease: Duration::from_secs(30),
+            commit_uploads: 2,
         }
     }
 }
@@ -144,14 +149,12 @@ impl Parts {
     /// grace period).
     fn land(&self, what: &str, refs: &[ChunkId], staged: &[StagedChunk]) -> Result<()> {
         let mut staged_ids = HashSet::new();
-        let mut slots: Vec<Arc<PackSlot>> = Vec::new();
+        let mut notes = Vec::with_capacity(staged.len());
         for s in staged {
             let note = note_of(s)?;
             note.slot.restate(note.entry, &s.info);
             staged_ids.insert(s.info.id);
-            if !slots.iter().any(|x| Arc::ptr_eq(x, &note.slot)) {
-                slots.push(Arc::clone(&note.slot));
-            }
+            notes.push(note);
         }
         let homeless = self.view.read(|c| {
             refs.iter()
@@ -163,8 +166,8 @@ impl Parts {
                 "{what} refers to chunk {chunk:?}, which was neither staged nor stored"
             )));
         }
-        for slot in &slots {
-            self.packs.ensure_uploaded(slot)?;
+        for slot in slots_of(notes) {
+            self.packs.ensure_uploaded(&slot)?;
         }
         self.fresh_marks()?;
         self.sweeper.rescue_chunks(refs.iter().copied())
@@ -232,7 +235,7 @@ impl S3Store {
         let gate = EpochGate::starting_at(0);
         let view = Arc::new(View::new(Arc::clone(&remote), identity.bytes));
         let packs = Arc::new(PackWriter::new(
-            Writer::new(writer_id.clone(), options.pack_size),
+            Writer::new(writer_id.clone(), options.pack_size, options.commit_uploads),
             Arc::clone(&remote),
             Arc::clone(&view),
             Arc::clone(&gate),

@@ -7,6 +7,8 @@ use aetherflow_engine::{ChunkParams, KdfParams};
 use aetherflow_s3::{S3Location, S3Options};
 
 /// Where blocks are kept.
+// One value per process, made at start: the S3 variant's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// RAM only: fast, and lost when the process exits (stats say so).

@@ -34,12 +34,16 @@ fn backend(args: &ServeArgs) -> anyhow::Result<Backend> {
                     std::time::Duration::from_secs(10),
                     std::time::Duration::from_secs(300),
                 )),
+                commit_uploads: args.commit_uploads,
                 ..S3Options::default()
             };
             if args.gc_grace.is_zero() {
                 return Ok(Backend::S3(
                     crate::store_url::s3(url)?,
-                    S3Options::single_writer(),
+                    S3Options {
+                        commit_uploads: args.commit_uploads,
+                        ..S3Options::single_writer()
+                    },
                 ));
             }
             Ok(Backend::S3(crate::store_url::s3(url)?, options))
