@@ -133,6 +133,14 @@ pub trait Export: Send + Sync + 'static {
     /// The bytes of `offset..offset + len`, as pieces that cover the range exactly.
     fn read(&self, offset: u64, len: u32) -> ExportResult<Vec<Piece>>;
 
+    /// [`Export::read`] if the export can answer from memory at once, without waiting for a
+    /// disk or the network; `None` to have the read run on the blocking pool. A read answered
+    /// here skips two thread handoffs, which cost more than the read itself when its data is
+    /// cached.
+    fn read_from_memory(&self, _offset: u64, _len: u32) -> Option<ExportResult<Vec<Piece>>> {
+        None
+    }
+
     /// Writes `data` at `offset`; with `fua`, durable before this returns.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> ExportResult<()>;
 

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::export::{Errno, Export, ExportError, Exports, Extent, Piece};
+use crate::export::{Errno, Export, ExportError, ExportResult, Exports, Extent, Piece};
 use crate::handshake::{negotiate, Negotiated, BASE_ALLOCATION_ID};
 use crate::reply::{encode, Framing, Reply};
 use crate::request::{check, parse_header, payload_len, Command, Header, Session, MAX_DISCARD};
@@ -308,6 +308,24 @@ impl Connection {
                 Some(p) => p,
                 None => break Ok(()),
             };
+            // A small read the export can answer from memory is answered here, at once.
+            if let Command::Read { offset, len, df } = command {
+                if len <= MEMORY_READ_MAX {
+                    if let Some(result) = export.read_from_memory(offset, len) {
+                        let reply = read_reply(&h, offset, df, result);
+                        self.observer.request(
+                            command.name(),
+                            moved,
+                            !matches!(reply, Reply::Error { .. }),
+                        );
+                        if replies.send(reply).await.is_err() {
+                            break Ok(());
+                        }
+                        drop(permits);
+                        continue;
+                    }
+                }
+            }
             let data = if let Command::Write { len, .. } = command {
                 let mut buf = vec![0u8; len as usize];
                 if let Err(e) = reader.read_exact(&mut buf).await {
@@ -386,14 +404,9 @@ fn run(export: &dyn Export, h: &Header, command: Command, data: Bytes) -> Reply 
         offset: h.offset,
     };
     let result = match command {
-        Command::Read { offset, len, df } => export.read(offset, len).map(|pieces| {
-            let pieces = if df { whole(pieces) } else { pieces };
-            Reply::Read {
-                cookie: h.cookie,
-                offset,
-                pieces,
-            }
-        }),
+        Command::Read { offset, len, df } => {
+            return read_reply(h, offset, df, export.read(offset, len));
+        }
         Command::Write { offset, fua, .. } => export.write(offset, &data, fua).map(|_| done()),
         Command::Flush => export.flush().map(|_| done()),
         Command::Trim { offset, len, fua } => export.trim(offset, len, fua).map(|_| done()),
@@ -421,17 +434,31 @@ fn run(export: &dyn Export, h: &Header, command: Command, data: Bytes) -> Reply 
         }),
         Command::Disconnect => unreachable!("a disconnect never runs"),
     };
-    result.unwrap_or_else(|e| {
-        if e.errno == Errno::Io {
-            tracing::warn!(
-                "nbd: {} at {} failed: {}",
-                command.name(),
-                h.offset,
-                e.message
-            );
-        }
-        error_reply(h, e.errno, &e.message)
-    })
+    result.unwrap_or_else(|e| failed(h, command.name(), e))
+}
+
+/// Reads at most this long may be answered on the connection's own task
+/// ([`Export::read_from_memory`]): copying them out of memory takes microseconds.
+const MEMORY_READ_MAX: u32 = 256 * 1024;
+
+/// The reply to a read of `offset` that gave `result`.
+fn read_reply(h: &Header, offset: u64, df: bool, result: ExportResult<Vec<Piece>>) -> Reply {
+    match result {
+        Ok(pieces) => Reply::Read {
+            cookie: h.cookie,
+            offset,
+            pieces: if df { whole(pieces) } else { pieces },
+        },
+        Err(e) => failed(h, "read", e),
+    }
+}
+
+/// The error reply for a failed command, logged if the failure is the server's.
+fn failed(h: &Header, command: &str, e: ExportError) -> Reply {
+    if e.errno == Errno::Io {
+        tracing::warn!("nbd: {command} at {} failed: {}", h.offset, e.message);
+    }
+    error_reply(h, e.errno, &e.message)
 }
 
 /// A read as one piece: what `NBD_CMD_FLAG_DF` asks for.

@@ -156,13 +156,15 @@ impl Export for VolumeExport {
             .volume
             .read_at(offset, len as usize)
             .map_err(|e| self.fail(e))?;
-        Ok(spans
-            .into_iter()
-            .map(|s| match s {
-                Span::Data(b) => Piece::Data(b),
-                Span::Zeros(n) => Piece::Zeros(n),
-            })
-            .collect())
+        Ok(pieces(spans))
+    }
+
+    fn read_from_memory(&self, offset: u64, len: u32) -> Option<ExportResult<Vec<Piece>>> {
+        match self.volume.read_cached(offset, len as usize) {
+            Ok(Some(spans)) => Some(Ok(pieces(spans))),
+            Ok(None) => None,
+            Err(e) => Some(Err(self.fail(e))),
+        }
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> ExportResult<()> {
@@ -215,6 +217,16 @@ impl Export for VolumeExport {
             .map(|Allocation { len, hole, zero }| Extent { len, hole, zero })
             .collect())
     }
+}
+
+fn pieces(spans: Vec<Span>) -> Vec<Piece> {
+    spans
+        .into_iter()
+        .map(|s| match s {
+            Span::Data(b) => Piece::Data(b),
+            Span::Zeros(n) => Piece::Zeros(n),
+        })
+        .collect()
 }
 
 /// Counts NBD connections and requests into the server's metrics.

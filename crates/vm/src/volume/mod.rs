@@ -250,9 +250,22 @@ impl Volume {
 
     /// `len` bytes from `offset`, as data and zero spans that cover the range exactly.
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<Span>> {
+        let spans = self.read_spans(offset, len, false)?;
+        Ok(spans.expect("a read that may fetch always answers"))
+    }
+
+    /// [`Volume::read_at`] if every chunk the read needs is buffered or in the cache, so that
+    /// no chunk is fetched or decoded: cheap enough for a caller that must not block for long
+    /// (the map lookup reads the store's index, whose pages are usually in memory). `None`
+    /// otherwise.
+    pub fn read_cached(&self, offset: u64, len: usize) -> Result<Option<Vec<Span>>> {
+        self.read_spans(offset, len, true)
+    }
+
+    fn read_spans(&self, offset: u64, len: usize, cached_only: bool) -> Result<Option<Vec<Span>>> {
         self.check(offset, len as u64, false)?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let cs = u64::from(self.chunk_size);
         let (first, last) = (offset / cs, (offset + len as u64 - 1) / cs);
@@ -264,8 +277,18 @@ impl Volume {
             .filter(|i| !buffered.contains_key(i))
             .filter_map(|i| mapped.get(&i).and_then(|e| e.chunk()))
             .collect();
-        let fetched: BTreeMap<ChunkId, Bytes> =
-            wanted.iter().copied().zip(self.chunks(&wanted)?).collect();
+        let fetched: BTreeMap<ChunkId, Bytes> = if cached_only {
+            let mut cached = BTreeMap::new();
+            for id in wanted {
+                match self.cache.chunk(&id) {
+                    Some(plain) => cached.insert(id, plain),
+                    None => return Ok(None),
+                };
+            }
+            cached
+        } else {
+            wanted.iter().copied().zip(self.chunks(&wanted)?).collect()
+        };
         let mut spans: Vec<Span> = Vec::new();
         let mut push = |span: Span| match (spans.last_mut(), &span) {
             (Some(Span::Zeros(n)), Span::Zeros(m)) => *n += m,
@@ -291,7 +314,7 @@ impl Volume {
             };
             push(span);
         }
-        Ok(spans)
+        Ok(Some(spans))
     }
 
     /// Writes `data` at `offset` (any size and alignment); with `durable`, flushed before this

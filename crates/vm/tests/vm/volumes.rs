@@ -215,6 +215,34 @@ proptest! {
 }
 
 #[test]
+fn reads_from_memory_answer_only_what_is_buffered_cached_or_unwritten() {
+    let disk = SimDisk::new();
+    let vm = manager(&disk);
+    vm.create_volume("m", 16 * CHUNK, None).unwrap();
+    let v = vm.open_volume("m").unwrap();
+    v.write_at(CHUNK + 10, b"buffered", false).unwrap();
+    let cached =
+        |v: &aetherflow_vm::VolumeHandle, at, len| v.read_cached(at, len).unwrap().map(flat);
+    assert_eq!(cached(&v, CHUNK + 10, 8).as_deref(), Some(&b"buffered"[..]));
+    // Written back, the chunk stays decoded in the cache.
+    v.flush().unwrap();
+    assert_eq!(
+        cached(&v, CHUNK + 8, 12).as_deref(),
+        Some(&b"\0\0buffered\0\0"[..])
+    );
+    drop(v);
+    drop(vm);
+    // A new process has it on disk only: that read must go where it may block.
+    let vm = manager(&disk);
+    let v = vm.open_volume("m").unwrap();
+    assert_eq!(cached(&v, CHUNK + 10, 8), None);
+    // What was never written is known without reading anything.
+    assert_eq!(cached(&v, 5 * CHUNK, 3).as_deref(), Some(&b"\0\0\0"[..]));
+    assert_eq!(flat(v.read_at(CHUNK + 10, 8).unwrap()), b"buffered");
+    assert_eq!(cached(&v, CHUNK + 10, 8).as_deref(), Some(&b"buffered"[..]));
+}
+
+#[test]
 fn snapshots_keep_old_content_and_clones_diverge() {
     let disk = SimDisk::new();
     let vm = manager(&disk);
