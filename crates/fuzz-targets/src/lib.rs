@@ -281,16 +281,34 @@ pub fn s3_volume_delta(data: &[u8]) {
     }
 }
 
-/// An export document imported into an empty in-memory manager.
+/// An export document imported into an empty in-memory manager. One manager per thread serves
+/// every input (opening one costs far more than most imports), emptied after each.
 pub fn import(data: &[u8]) {
     use aetherflow_vm::{Backend, VirtualMemory, VmConfig};
-    let mut config = VmConfig::new(Backend::Memory);
-    config.kdf = aetherflow_engine::KdfParams::MINIMUM;
-    config.capacity = 64 << 20;
-    let Ok(vm) = VirtualMemory::open(config) else {
-        return;
-    };
-    let _ = vm.import(io::Cursor::new(data).take(1 << 20), None);
+    thread_local! {
+        static VM: Option<VirtualMemory> = {
+            let mut config = VmConfig::new(Backend::Memory);
+            config.kdf = aetherflow_engine::KdfParams::MINIMUM;
+            config.capacity = 64 << 20;
+            VirtualMemory::open(config).ok()
+        };
+    }
+    VM.with(|vm| {
+        let Some(vm) = vm else {
+            return;
+        };
+        let _ = vm.import(io::Cursor::new(data).take(1 << 20), None);
+        let mut imported = Vec::new();
+        vm.store()
+            .blocks(&mut |b| {
+                imported.push(b.id);
+                true
+            })
+            .expect("an in-memory store lists its blocks");
+        for id in imported {
+            vm.free(id).expect("a block just listed can be freed");
+        }
+    });
 }
 
 /// A target: arbitrary bytes in, nothing out, no panic.

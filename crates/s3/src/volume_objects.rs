@@ -208,6 +208,10 @@ impl Head {
         };
         let record_len = c.count(true, 1)?;
         let record = VolumeRecord::decode(name, c.take(record_len)?)?;
+        // A head keeps no usage counts (they are summed from the layers): `encode` writes zeros.
+        if record.written != 0 || record.zeroed != 0 {
+            return Err(Error::Corrupt(format!("{what}: usage counts in the head")));
+        }
         let links = c.count(false, 25)?;
         if links == 0 {
             return Err(Error::Corrupt(format!("{what}: no layers")));
@@ -216,10 +220,14 @@ impl Head {
         for _ in 0..links {
             let layer = c.u128()?;
             let sealed = match c.u8()? {
-                0 => {
-                    c.u64()?;
-                    None
-                }
+                0 => match c.u64()? {
+                    0 => None,
+                    n => {
+                        return Err(Error::Corrupt(format!(
+                            "{what}: an open layer with a seal of {n}"
+                        )))
+                    }
+                },
                 1 => Some(c.u64()?),
                 k => return Err(Error::Corrupt(format!("{what}: a seal flag of {k}"))),
             };
@@ -368,6 +376,43 @@ mod tests {
             written: 0,
             zeroed: 0,
         }
+    }
+
+    #[test]
+    fn a_head_has_one_encoding() {
+        let head = |record, sealed| Head {
+            record,
+            chain: vec![ChainLink { layer: 5, sealed }],
+            lease: None,
+        };
+        // What `encode` never writes is refused, even under a valid checksum: usage counts,
+        // and a seal number on an open layer.
+        let counted = VolumeRecord {
+            written: 1 << 16,
+            ..record(false)
+        };
+        let mut bytes = HEAD_MAGIC.to_vec();
+        let r = counted.encode();
+        bytes.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&r);
+        bytes.extend_from_slice(&1u16.to_le_bytes());
+        bytes.extend_from_slice(&5u128.to_le_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes.push(0);
+        let sum = check(&bytes);
+        bytes.extend_from_slice(&sum);
+        assert!(Head::decode("v", &bytes).is_err(), "usage counts in a head");
+        let good = head(record(false), None).encode();
+        assert!(Head::decode("v", &good).is_ok());
+        // The open layer's seal field, set: the flag byte sits right before it.
+        let mut bad = good[..good.len() - CHECK_LEN].to_vec();
+        let flag = bad.len() - 1 - 8 - 1;
+        assert_eq!(bad[flag], 0);
+        bad[flag + 1] = 7;
+        let sum = check(&bad);
+        bad.extend_from_slice(&sum);
+        assert!(Head::decode("v", &bad).is_err(), "a seal on an open layer");
     }
 
     #[test]

@@ -45,6 +45,14 @@ impl MapEntry {
     }
 
     pub fn decode(v: &[u8; MapEntry::LEN]) -> Result<MapEntry> {
+        // One encoding per entry: a hole or a zero entry carries no chunk, so its other bytes
+        // are zeros (anything else was not written by `encode`).
+        if v[0] < 2 && v[1..].iter().any(|&b| b != 0) {
+            return Err(Error::Corrupt(format!(
+                "volume map entry of kind {} with bytes after its kind",
+                v[0]
+            )));
+        }
         match v[0] {
             0 => Ok(MapEntry::Hole),
             1 => Ok(MapEntry::Zero),
@@ -235,6 +243,22 @@ mod tests {
             created: 1_800_000_000,
             written: 12345 << 16,
             zeroed: 7 << 16,
+        }
+    }
+
+    #[test]
+    fn holes_and_zeros_have_one_encoding() {
+        for entry in [MapEntry::Hole, MapEntry::Zero] {
+            let bytes = entry.encode();
+            assert_eq!(MapEntry::decode(&bytes).unwrap(), entry);
+            for at in 1..MapEntry::LEN {
+                let mut bad = bytes;
+                bad[at] = 0x40;
+                assert!(
+                    MapEntry::decode(&bad).is_err(),
+                    "{entry:?} with byte {at} set"
+                );
+            }
         }
     }
 
