@@ -28,6 +28,7 @@ pub(crate) mod volumes;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
@@ -81,6 +82,9 @@ pub struct LocalStore {
     counters: Mutex<Counters>,
     /// One reclaim pass at a time; others skip rather than wait.
     reclaiming: Mutex<()>,
+    /// Bytes of chunks that relaxed passes deleted since the last full pass (see
+    /// [`LocalStore::reclaim_relaxed`]).
+    freed_relaxed: AtomicU64,
     /// Packs holding bytes that relaxed commits (volume write-backs) referred to and that no
     /// sync has covered yet; the next durable commit syncs them first.
     unsynced: Mutex<BTreeSet<u32>>,
@@ -165,6 +169,7 @@ impl LocalStore {
             salt,
             counters: Mutex::new(counters),
             reclaiming: Mutex::default(),
+            freed_relaxed: AtomicU64::new(0),
             unsynced: Mutex::default(),
             _lock: lock,
             in_memory: false,

@@ -2,6 +2,10 @@
 //!
 //! Runs after every free and on open. Each step is its own transaction and each is safe to stop
 //! at any point: a crash between steps leaves only dead bytes, which the next pass reclaims.
+//! After a volume's write-back between flushes, a lighter pass runs instead (see
+//! [`LocalStore::reclaim_relaxed`]).
+
+use std::sync::atomic::Ordering;
 
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -15,6 +19,9 @@ use crate::types::ChunkId;
 
 /// Zombies deleted per transaction, so one pass never holds the writer for long.
 const ZOMBIE_BATCH: usize = 10_000;
+
+/// Packs' worth of chunk bytes that relaxed passes may free before a full pass compacts them.
+const RELAXED_FREED_PACKS: u64 = 4;
 
 impl LocalStore {
     /// Whether no running allocation can still commit chunks staged into `pack`.
@@ -33,7 +40,8 @@ impl LocalStore {
         let Ok(_guard) = self.reclaiming.try_lock() else {
             return Ok(());
         };
-        while self.delete_zombies()? == ZOMBIE_BATCH {}
+        self.freed_relaxed.store(0, Ordering::Relaxed);
+        while self.delete_zombies(true)?.0 == ZOMBIE_BATCH {}
         self.seal_mostly_dead_active()?;
         let packs: Vec<(u32, u64, u64)> = {
             let r = self.db.begin_read()?;
@@ -76,8 +84,35 @@ impl LocalStore {
         Ok(())
     }
 
-    /// Deletes up to a batch of zombies whose death no running allocation can have seen.
-    fn delete_zombies(&self) -> Result<usize> {
+    /// The pass after a volume write-back between flushes, which must not cost an fsync per
+    /// write: chunks nothing uses are deleted in relaxed transactions (a crash brings them back
+    /// as zombies, which the next pass deletes again), and the steps that must follow a durable
+    /// commit (compaction, deleting pack files) wait for the next flush, or for a full pass once
+    /// the bytes freed meanwhile add up to a few packs, so that the disk does not fill with them.
+    pub(crate) fn reclaim_relaxed(&self) -> Result<()> {
+        let freed = {
+            let Ok(_guard) = self.reclaiming.try_lock() else {
+                return Ok(());
+            };
+            let mut freed = 0;
+            loop {
+                let (deleted, bytes) = self.delete_zombies(false)?;
+                freed += bytes;
+                if deleted < ZOMBIE_BATCH {
+                    break;
+                }
+            }
+            self.freed_relaxed.fetch_add(freed, Ordering::Relaxed) + freed
+        };
+        if freed >= RELAXED_FREED_PACKS * self.options.pack_size {
+            self.reclaim()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes up to a batch of zombies whose death no running allocation can have seen, in a
+    /// durable or a relaxed transaction; answers how many were looked at and the bytes freed.
+    fn delete_zombies(&self, durable: bool) -> Result<(usize, u64)> {
         let settled: Vec<[u8; 32]> = {
             let r = self.db.begin_read()?;
             let z = r.open_table(ZOMBIES)?;
@@ -94,9 +129,14 @@ impl LocalStore {
             v
         };
         if settled.is_empty() {
-            return Ok(0);
+            return Ok((0, 0));
         }
-        let txn = self.begin_write()?;
+        let txn = if durable {
+            self.begin_write()?
+        } else {
+            self.begin_relaxed(&[])?
+        };
+        let mut freed = 0;
         let counters = {
             let mut chunks = txn.open_table(CHUNKS)?;
             let mut locations = txn.open_table(LOCATIONS)?;
@@ -121,6 +161,7 @@ impl LocalStore {
                 }
                 chunks.remove(*id)?;
                 locations.remove(entry.location_key())?;
+                freed += entry.record_len();
                 let recorded = packs.get(entry.pack)?.map(|v| v.value());
                 if let Some((end, live)) = recorded {
                     packs.insert(entry.pack, (end, live.saturating_sub(entry.record_len())))?;
@@ -132,7 +173,7 @@ impl LocalStore {
         };
         txn.commit()?;
         self.set_counters(counters);
-        Ok(settled.len())
+        Ok((settled.len(), freed))
     }
 
     /// Seals the active pack when most of it is dead, so that compaction can reach it.

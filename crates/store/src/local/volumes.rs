@@ -354,8 +354,9 @@ impl LocalStore {
         })?;
         self.set_counters(counters);
         if released {
-            // Overwritten chunks nothing else uses go, as after a free (best effort).
-            let _ = self.reclaim();
+            // Overwritten chunks nothing else uses go, as after a free (best effort); between
+            // flushes without an fsync of their own.
+            let _ = self.reclaim_after(durable);
         }
         Ok(())
     }
@@ -431,7 +432,7 @@ impl LocalStore {
             Ok(counters)
         })?;
         self.set_counters(counters);
-        let _ = self.reclaim();
+        let _ = self.reclaim_after(durable);
         Ok(())
     }
 
@@ -624,6 +625,16 @@ impl LocalStore {
             self.begin_write()
         } else {
             self.begin_relaxed(touched)
+        }
+    }
+
+    /// The reclaim pass after a volume change: a full one after a durable commit, a relaxed one
+    /// between flushes.
+    fn reclaim_after(&self, durable: bool) -> Result<()> {
+        if durable {
+            self.reclaim()
+        } else {
+            self.reclaim_relaxed()
         }
     }
 
