@@ -151,12 +151,18 @@ impl Write for Bounded {
 }
 
 fn decompress_options() -> DecompressOptions<'static> {
+    // Built field by field: the default asks the system for its parallelism, which costs more
+    // than a small input's decompression.
     DecompressOptions {
         threads: 1,
+        seed: None,
         limits: limits(),
-        ..DecompressOptions::default()
     }
 }
+
+/// Output beyond which a decompression of fuzzed bytes stops: a few chunks reach every path,
+/// and a large zero run would otherwise be hashed at length for each input.
+const DECOMPRESS_OUTPUT: u64 = 256 << 10;
 
 /// A whole `.af` file decompressed, from a stream and from a file (where the trailer and index
 /// are read first).
@@ -164,7 +170,7 @@ pub fn af_decompress(data: &[u8]) {
     let Some(bytes) = input(data, |b| repair::af_file(b)) else {
         return;
     };
-    let mut out = Bounded(1 << 20);
+    let mut out = Bounded(DECOMPRESS_OUTPUT);
     let _ = decompress(
         AfSource::Stream(Box::new(io::Cursor::new(bytes.clone()))),
         Sink::Stream(&mut out),
@@ -172,7 +178,7 @@ pub fn af_decompress(data: &[u8]) {
         &NoProgress,
     );
     let Ok(file) = file_of(&bytes) else { return };
-    let mut out = Bounded(1 << 20);
+    let mut out = Bounded(DECOMPRESS_OUTPUT);
     let _ = decompress(
         AfSource::File(file),
         Sink::Stream(&mut out),
@@ -201,8 +207,18 @@ pub fn af_stats(data: &[u8]) {
     }
 }
 
+thread_local! {
+    /// One temporary file per thread, rewritten for each input: creating one per input cost
+    /// more than decoding it.
+    static SCRATCH: std::fs::File = tempfile::tempfile().expect("a temporary file");
+}
+
+/// The bytes as a file (a handle on the thread's scratch file, its content replaced).
 fn file_of(bytes: &[u8]) -> io::Result<std::fs::File> {
-    let mut file = tempfile::tempfile()?;
+    use std::io::{Seek, SeekFrom};
+    let mut file = SCRATCH.with(std::fs::File::try_clone)?;
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
     file.write_all(bytes)?;
     Ok(file)
 }

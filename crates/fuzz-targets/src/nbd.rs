@@ -129,38 +129,49 @@ impl Exports for OneExport {
     }
 }
 
-/// Arbitrary client bytes through a whole server connection: the handshake, then requests.
-pub fn nbd_session(data: &[u8]) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let runtime = tokio::runtime::Builder::new_current_thread()
+thread_local! {
+    /// One runtime and one export for all inputs of a thread: building them per input cost
+    /// far more than serving the input.
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    let exports: Arc<dyn Exports> =
-        Arc::new(OneExport(Arc::new(Ram(Mutex::new(vec![0; 1 << 20])))));
+    static RAM: Arc<Ram> = Arc::new(Ram(Mutex::new(vec![0; 1 << 20])));
+}
+
+/// Arbitrary client bytes through a whole server connection: the handshake, then requests.
+pub fn nbd_session(data: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ram = RAM.with(Arc::clone);
+    // Each input starts from a zeroed export, so that a finding replays alone.
+    ram.0.lock().expect("ram lock").fill(0);
+    let exports: Arc<dyn Exports> = Arc::new(OneExport(ram));
     let input = data.to_vec();
-    runtime.block_on(async move {
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let limits = Limits {
-            handshake_timeout: std::time::Duration::from_secs(1),
-            ..Limits::default()
-        };
-        let served = tokio::spawn(aetherflow_nbd::serve_connection(
-            server,
-            exports,
-            Arc::new(aetherflow_nbd::Unobserved),
-            limits,
-            shutdown,
-        ));
-        let (mut from_server, mut to_server) = tokio::io::split(client);
-        let drain = tokio::spawn(async move {
-            let mut sink = vec![0u8; 64 * 1024];
-            while from_server.read(&mut sink).await.is_ok_and(|n| n > 0) {}
-        });
-        let _ = to_server.write_all(&input).await;
-        let _ = to_server.shutdown().await;
-        let _ = served.await;
-        drain.abort();
+    RUNTIME.with(|runtime| {
+        runtime.block_on(async move {
+            let (client, server) = tokio::io::duplex(1 << 20);
+            let (_stop, shutdown) = tokio::sync::watch::channel(false);
+            let limits = Limits {
+                handshake_timeout: std::time::Duration::from_secs(1),
+                ..Limits::default()
+            };
+            let served = tokio::spawn(aetherflow_nbd::serve_connection(
+                server,
+                exports,
+                Arc::new(aetherflow_nbd::Unobserved),
+                limits,
+                shutdown,
+            ));
+            let (mut from_server, mut to_server) = tokio::io::split(client);
+            let drain = tokio::spawn(async move {
+                let mut sink = vec![0u8; 64 * 1024];
+                while from_server.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+            });
+            let _ = to_server.write_all(&input).await;
+            let _ = to_server.shutdown().await;
+            let _ = served.await;
+            drain.abort();
+            let _ = drain.await;
+        })
     });
 }

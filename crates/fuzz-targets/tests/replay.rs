@@ -15,7 +15,13 @@ fn every_corpus_input_decodes_without_panicking() {
         inputs.sort();
         assert!(inputs.len() >= 2, "{name}: corpus too small");
         for input in inputs {
-            let bytes = std::fs::read(&input).unwrap();
+            // A campaign (scripts/fuzz.sh) may be minimizing this corpus meanwhile: an input it
+            // removed after the listing above is no longer part of the corpus.
+            let bytes = match std::fs::read(&input) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("{}: {e}", input.display()),
+            };
             let result = std::panic::catch_unwind(|| target(&bytes));
             assert!(result.is_ok(), "{name} panicked on {}", input.display());
         }

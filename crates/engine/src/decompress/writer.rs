@@ -180,20 +180,32 @@ impl<'a> ContentWriter<'a> {
     }
 
     /// Advances over `len` zero bytes: hashed when they are content (a zero run), not when they
-    /// are a hole; written out only to a stream (a file sink leaves a hole behind).
+    /// are a hole; written out only to a stream (a file sink leaves a hole behind). To a stream
+    /// they are hashed piece by piece as they are written, so that the hashing thread never
+    /// runs far ahead of a stream that fails (a hostile file can declare a run of 2^63 zeros).
     pub(super) fn skip(&mut self, len: u64, hash: bool) -> Result<()> {
-        if let Sink::Content(sink) = &mut self.sink {
-            sink.zeros(self.logical, len)?;
-        }
-        if hash {
-            self.sha.zeros(len);
-        }
-        if let Sink::Stream(out) = &mut self.sink {
-            let mut left = len;
-            while left > 0 {
-                let n = left.min(ZEROS.len() as u64) as usize;
-                out.write_all(&ZEROS[..n])?;
-                left -= n as u64;
+        match &mut self.sink {
+            Sink::Stream(out) => {
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(ZEROS.len() as u64) as usize;
+                    if hash {
+                        self.sha.zeros(n as u64);
+                    }
+                    out.write_all(&ZEROS[..n])?;
+                    left -= n as u64;
+                }
+            }
+            Sink::Content(sink) => {
+                sink.zeros(self.logical, len)?;
+                if hash {
+                    self.sha.zeros(len);
+                }
+            }
+            Sink::File(_) => {
+                if hash {
+                    self.sha.zeros(len);
+                }
             }
         }
         self.logical += len;
