@@ -25,7 +25,7 @@ targets=${TARGETS:-$(cargo fuzz list)}
 # (the campaign takes hours) cannot break or change them mid-run.
 bin_dir=target/x86_64-unknown-linux-gnu/release
 mkdir -p logs
-printf '%-16s %12s %8s %8s %8s\n' target executions cov features crashes
+printf '%-16s %12s %8s %8s %8s %6s\n' target executions cov features crashes slow
 failed=0
 for t in $targets; do
   mkdir -p "corpus/$t" "artifacts/$t"
@@ -38,9 +38,14 @@ for t in $targets; do
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "logs/$t.log" | tail -n 1 || true)
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$done_line")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$done_line")
-  crashes=$(find "artifacts/$t" -type f | wc -l)
+  # libFuzzer also writes slow-unit-* there: an input that took over 10 s of wall time. A
+  # stopped or starved process makes those too, so they are counted apart (replay one with
+  # `$bin_dir/$t FILE` to see whether it is really slow); crashes, timeouts, leaks and OOMs
+  # fail the campaign.
+  crashes=$(find "artifacts/$t" -type f ! -name 'slow-unit-*' | wc -l)
+  slow=$(find "artifacts/$t" -type f -name 'slow-unit-*' | wc -l)
   (( crashes == 0 )) || failed=1
-  printf '%-16s %12s %8s %8s %8s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$crashes"
+  printf '%-16s %12s %8s %8s %8s %6s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$crashes" "$slow"
   # Minimize: the smallest set of inputs with the same coverage replaces the corpus.
   rm -rf "corpus/$t.min"
   mkdir "corpus/$t.min"
