@@ -42,16 +42,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 seconds() { python3 -c "print(f'{$2 - $1:.3f}')"; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "$@"; }
 mb_s() { python3 -c "print(f'{$1 / ($2) / 1e6:.0f}')"; }
-api() { curl -fsS "$serve_url$1" "${@:2}"; }
-physical() { api /api/memory/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes"]["physical"])'; }
 volume_field() { api "/api/volumes/$1" | python3 -c "import json,sys; v=json.load(sys.stdin)['volume']; print(v$2)"; }
-create() { api /api/volumes -H 'Content-Type: application/json' -d "{\"name\": \"$1\", \"size\": \"$2\"}" > /dev/null; }
 
 start_server() {
   nbd_port=$(free_port)
@@ -68,19 +64,6 @@ note_rss() {
 }
 stop_server() { note_rss; serve_stop "$serve_pid"; serve_pid=; }
 
-# fio against an NBD URI; prints "IOPS BYTES_PER_SECOND" of the side that ran.
-fio_run() {
-  local uri=$1 rw=$2 bs=$3 size=$4
-  shift 4
-  fio --name=b --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --size="$size" --iodepth=16 \
-    --output-format=json "$@" 2>/dev/null | sed -n '/^{/,$p' | python3 -c '
-import json, sys
-j = json.load(sys.stdin)["jobs"][0]
-side = j["write"] if j["write"]["io_bytes"] > j["read"]["io_bytes"] else j["read"]
-if j["error"]:
-    sys.exit("fio failed: error %d" % j["error"])
-print("%.0f %d" % (side["iops"], side["bw_bytes"]))'
-}
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(qemu-img --version | head -n 1), nbdkit $(nbdkit --version | cut -d' ' -f2), fio $(fio --version)"
 
@@ -176,23 +159,19 @@ echo "| read: nbdcopy of the volume, new server (cold cache) | ${read_s} s | $(m
 
 # ---- speed: fio against nbdkit file ----
 create fio 512MiB
-fio_run "$nbd/fio" write 1m 512m --buffer_compress_percentage=50 --refill_buffers > /dev/null
-af_rr=$(fio_run "$nbd/fio" randread 4k 512m --time_based --runtime="$runtime")
-af_rw=$(fio_run "$nbd/fio" randwrite 4k 512m --time_based --runtime="$runtime" --buffer_compress_percentage=50 --refill_buffers)
+fio_nbd "$nbd/fio" write 1m 512m --buffer_compress_percentage=50 --refill_buffers > /dev/null
+af_rr=$(fio_nbd "$nbd/fio" randread 4k 512m --time_based --runtime="$runtime")
+af_rw=$(fio_nbd "$nbd/fio" randwrite 4k 512m --time_based --runtime="$runtime" --buffer_compress_percentage=50 --refill_buffers)
 create seq 4GiB
-af_sw=$(fio_run "$nbd/seq" write 1m 2g --buffer_compress_percentage=50 --refill_buffers)
+af_sw=$(fio_nbd "$nbd/seq" write 1m 2g --buffer_compress_percentage=50 --refill_buffers)
 stop_server
 
-kit_port=$(free_port)
 truncate -s 4G "$scratch/kit.raw"
-nbdkit -p "$kit_port" -f --exit-with-parent file "$scratch/kit.raw" &
-kit_pid=$!
-kit=nbd://127.0.0.1:$kit_port
-for _ in $(seq 50); do nbdinfo --size "$kit" > /dev/null 2>&1 && break; sleep 0.1; done
-fio_run "$kit" write 1m 512m --buffer_compress_percentage=50 --refill_buffers > /dev/null
-kit_rr=$(fio_run "$kit" randread 4k 512m --time_based --runtime="$runtime")
-kit_rw=$(fio_run "$kit" randwrite 4k 512m --time_based --runtime="$runtime" --buffer_compress_percentage=50 --refill_buffers)
-kit_sw=$(fio_run "$kit" write 1m 2g --buffer_compress_percentage=50 --refill_buffers)
+nbdkit_start file "$scratch/kit.raw"
+fio_nbd "$kit" write 1m 512m --buffer_compress_percentage=50 --refill_buffers > /dev/null
+kit_rr=$(fio_nbd "$kit" randread 4k 512m --time_based --runtime="$runtime")
+kit_rw=$(fio_nbd "$kit" randwrite 4k 512m --time_based --runtime="$runtime" --buffer_compress_percentage=50 --refill_buffers)
+kit_sw=$(fio_nbd "$kit" write 1m 2g --buffer_compress_percentage=50 --refill_buffers)
 kill "$kit_pid"; wait "$kit_pid" 2>/dev/null || true; kit_pid=
 
 row() {
@@ -218,11 +197,7 @@ af_map=$(seconds "$t0" "$t1")
 t0=$(now); qemu-img map -f raw --output=json "$nbd/huge" > "$scratch/af.qmap"; t1=$(now)
 af_qmap=$(seconds "$t0" "$t1")
 stop_server
-kit_port=$(free_port)
-nbdkit -p "$kit_port" -f --exit-with-parent memory 100T &
-kit_pid=$!
-kit=nbd://127.0.0.1:$kit_port
-for _ in $(seq 50); do nbdinfo --size "$kit" > /dev/null 2>&1 && break; sleep 0.1; done
+nbdkit_start memory 100T
 t0=$(now); nbdinfo --map "$kit" > "$scratch/kit.map"; t1=$(now)
 kit_map=$(seconds "$t0" "$t1")
 t0=$(now); qemu-img map -f raw --output=json "$kit" > "$scratch/kit.qmap"; t1=$(now)

@@ -31,37 +31,23 @@ cleanup() {
   [[ -n $kit_pid ]] && kill "$kit_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-# fio against an NBD URI; prints the IOPS of the side that ran.
-fio_iops() {
-  local uri=$1 rw=$2 bs=$3
-  shift 3
-  fio --name=b --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --size=512m --iodepth=16 \
-    --buffer_compress_percentage=50 --refill_buffers --output-format=json "$@" 2>/dev/null |
-    sed -n '/^{/,$p' | python3 -c '
-import json, sys
-j = json.load(sys.stdin)["jobs"][0]
-if j["error"]:
-    sys.exit("fio failed: error %d" % j["error"])
-print("%.0f" % j["write"]["iops"])'
+# 4 KiB random writes of half-compressible data for FIO_SECONDS; prints their IOPS.
+randwrite_iops() {
+  fio_nbd "$1" randwrite 4k 512m --time_based --runtime="$runtime" \
+    --buffer_compress_percentage=50 --refill_buffers | cut -d' ' -f1
 }
+fill() { fio_nbd "$1" write 1m 512m --buffer_compress_percentage=50 --refill_buffers > /dev/null; }
 
 nbd_port=$(free_port)
 serve_start "$scratch/serve.log" --data-dir "$scratch/store" --cache-size 1GiB \
   --nbd "127.0.0.1:$nbd_port"
-curl -fsS "$serve_url/api/volumes" -H 'Content-Type: application/json' \
-  -d '{"name": "rw", "size": "512MiB"}' > /dev/null
+create rw 512MiB
 af=nbd://127.0.0.1:$nbd_port/rw
-fio_iops "$af" write 1m > /dev/null
+fill "$af"
 
-kit_port=$(free_port)
 truncate -s 512M "$scratch/kit.raw"
-nbdkit -p "$kit_port" -f --exit-with-parent file "$scratch/kit.raw" &
-kit_pid=$!
-kit=nbd://127.0.0.1:$kit_port
-for _ in $(seq 50); do nbdinfo --size "$kit" > /dev/null 2>&1 && break; sleep 0.1; done
-fio_iops "$kit" write 1m > /dev/null
+nbdkit_start file "$scratch/kit.raw"
+fill "$kit"
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, nbdkit $(nbdkit --version | cut -d' ' -f2), fio $(fio --version), $rounds rounds of $runtime s"
 echo "| round | aetherflow IOPS | nbdkit file IOPS | store on disk after the round |"
@@ -69,9 +55,9 @@ echo "|---:|---:|---:|---:|"
 af_all=()
 kit_all=()
 for r in $(seq "$rounds"); do
-  a=$(fio_iops "$af" randwrite 4k --time_based --runtime="$runtime")
+  a=$(randwrite_iops "$af")
   on_disk=$(du -sb "$scratch/store" | cut -f1)
-  k=$(fio_iops "$kit" randwrite 4k --time_based --runtime="$runtime")
+  k=$(randwrite_iops "$kit")
   af_all+=("$a")
   kit_all+=("$k")
   echo "| $r | $a | $k | $on_disk |"

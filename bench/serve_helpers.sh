@@ -5,6 +5,14 @@
 #                             waits until it says where it listens and answers /healthz, and
 #                             sets serve_pid and serve_url; exits the script if it does not come up
 #   serve_stop PID            SIGTERM, up to 35 s to close the store, then SIGKILL
+#   api PATH CURL_ARGS...     a request to the running server ($serve_url)
+#   create NAME SIZE          creates a volume there; physical: the store's physical bytes
+#   free_port                 a free loopback TCP port
+#   nbdkit_start PLUGIN ARGS  starts `nbdkit PLUGIN ARGS` on a free port, waits until it answers,
+#                             and sets kit_pid and kit (its URI); the caller kills kit_pid
+#   fio_nbd URI RW BS SIZE ARGS...
+#                             fio's nbd engine at queue depth 16; prints "IOPS BYTES_PER_SECOND"
+#                             of the side that ran, exits the script if fio failed
 
 serve_start() {
   local log=$1
@@ -60,4 +68,34 @@ weed_start() {
 weed_stop() {
   bash "$top/scripts/seaweedfs.sh" stop "$1" || true
   rm -rf "$1/data"
+}
+
+api() { curl -fsS "$serve_url$1" "${@:2}"; }
+create() { api /api/volumes -H 'Content-Type: application/json' -d "{\"name\": \"$1\", \"size\": \"$2\"}" > /dev/null; }
+physical() { api /api/memory/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes"]["physical"])'; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+nbdkit_start() {
+  local port
+  port=$(free_port)
+  nbdkit -p "$port" -f --exit-with-parent "$@" &
+  kit_pid=$!
+  kit=nbd://127.0.0.1:$port
+  for _ in $(seq 50); do nbdinfo --size "$kit" > /dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "nbdkit $* did not answer on $kit" >&2
+  exit 1
+}
+
+fio_nbd() {
+  local uri=$1 rw=$2 bs=$3 size=$4
+  shift 4
+  fio --name=b --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --size="$size" --iodepth=16 \
+    --output-format=json "$@" 2>/dev/null | sed -n '/^{/,$p' | python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+side = j["write"] if j["write"]["io_bytes"] > j["read"]["io_bytes"] else j["read"]
+if j["error"]:
+    sys.exit("fio failed: error %d" % j["error"])
+print("%.0f %d" % (side["iops"], side["bw_bytes"]))'
 }

@@ -22,15 +22,9 @@ alloc=$(( $(stat -c %b "$image") * 512 ))
 serve_pid=
 trap 'serve_stop "$serve_pid"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-api() { curl -fsS "$serve_url$1" "${@:2}"; }
-physical() { api /api/memory/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes"]["physical"])'; }
-create() { api /api/volumes -H 'Content-Type: application/json' -d "{\"name\": \"$1\", \"size\": \"$2\"}" > /dev/null; }
 iops() {
-  fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs=4k --size=512m --iodepth=16 --time_based \
-    --runtime="$runtime" --buffer_compress_percentage=50 --refill_buffers --output-format=json 2>/dev/null |
-    sed -n '/^{/,$p' |
-    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print("%.0f" % max(j["read"]["iops"], j["write"]["iops"]))'
+  fio_nbd "$1" "$2" 4k 512m --time_based --runtime="$runtime" --buffer_compress_percentage=50 \
+    --refill_buffers | cut -d' ' -f1
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores; image $(stat -c %s "$image") bytes, $alloc allocated"
