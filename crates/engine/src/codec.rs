@@ -50,18 +50,27 @@ pub fn is_zero(data: &[u8]) -> bool {
 fn sampled_entropy(data: &[u8]) -> f64 {
     const WINDOW: usize = 4096;
     const SAMPLES: usize = 8;
-    let mut counts = [0u32; 256];
-    let mut total = 0u32;
+    // Four tables, filled in turn: a run of equal bytes (zeros, often) would otherwise make
+    // every increment wait for the one before it.
+    let mut tables = [[0u32; 256]; 4];
     let step = (data.len() / SAMPLES).max(WINDOW);
     for start in (0..data.len()).step_by(step).take(SAMPLES) {
-        for &b in &data[start..(start + WINDOW).min(data.len())] {
-            counts[b as usize] += 1;
+        let window = &data[start..(start + WINDOW).min(data.len())];
+        let mut quads = window.chunks_exact(4);
+        for q in quads.by_ref() {
+            tables[0][q[0] as usize] += 1;
+            tables[1][q[1] as usize] += 1;
+            tables[2][q[2] as usize] += 1;
+            tables[3][q[3] as usize] += 1;
+        }
+        for &b in quads.remainder() {
+            tables[0][b as usize] += 1;
         }
     }
-    for &c in &counts {
-        total += c;
-    }
-    let total = f64::from(total);
+    let counts: Vec<u32> = (0..256)
+        .map(|b| tables.iter().map(|t| t[b]).sum())
+        .collect();
+    let total = f64::from(counts.iter().sum::<u32>());
     counts
         .iter()
         .filter(|&&c| c > 0)
@@ -129,6 +138,20 @@ impl ChunkEncoder {
 
     /// Encodes a non-zero chunk whose identity is already known.
     pub fn encode(&mut self, data: &[u8], id: ChunkId) -> Result<EncodedChunk> {
+        let sealed = self.encode_for_store(data, id)?;
+        Ok(EncodedChunk {
+            payload_check: payload_check(sealed.codec, self.keys.is_some(), &sealed.payload),
+            id,
+            codec: sealed.codec,
+            raw_len: sealed.raw_len,
+            payload: sealed.payload,
+        })
+    }
+
+    /// [`ChunkEncoder::encode`] without the `.af` record's payload check, for a store, which
+    /// keeps a check of its own over every payload: computing both would hash each payload
+    /// twice for one use.
+    pub fn encode_for_store(&mut self, data: &[u8], id: ChunkId) -> Result<StorePayload> {
         let raw_len = u32::try_from(data.len())
             .map_err(|_| Error::InvalidArgument("chunk larger than 4 GiB".into()))?;
         let mut codec = Codec::Raw;
@@ -150,14 +173,28 @@ impl ChunkEncoder {
         if let Some(keys) = &self.keys {
             keys.seal_chunk(&id, self.nonce, &aad(codec, raw_len), &mut payload);
         }
-        Ok(EncodedChunk {
-            payload_check: payload_check(codec, self.keys.is_some(), &payload),
-            id,
+        Ok(StorePayload {
             codec,
             raw_len,
             payload,
         })
     }
+
+    /// Seals later chunks under `keys` (the identity's keys, or none) with nonces from
+    /// `nonce`: an encoder kept by a thread serves one domain after another without building
+    /// a new zstd context each time.
+    pub fn set_keys(&mut self, keys: Option<Arc<Keys>>, nonce: NonceSource) {
+        self.keys = keys;
+        self.nonce = nonce;
+    }
+}
+
+/// A chunk encoded for a store (see [`ChunkEncoder::encode_for_store`]).
+#[derive(Debug)]
+pub struct StorePayload {
+    pub codec: Codec,
+    pub raw_len: u32,
+    pub payload: Vec<u8>,
 }
 
 /// Associated data bound to every encrypted payload: how to decode it and to what size.
@@ -193,6 +230,47 @@ impl ChunkDecoder {
         })
     }
 
+    /// Opens later chunks under `keys` (see [`ChunkEncoder::set_keys`]).
+    pub fn set_keys(&mut self, keys: Option<Arc<Keys>>) {
+        self.keys = keys;
+    }
+
+    /// Decrypts and decompresses a payload whose bytes the caller has checked already (a store
+    /// keeps a check of its own over each payload), without checking the result: the caller
+    /// checks the plaintext against its identity, which covers every codec. An encrypted
+    /// payload is still authenticated.
+    pub fn open_payload(
+        &mut self,
+        codec: Codec,
+        raw_len: u32,
+        id: &ChunkId,
+        payload: &[u8],
+        nonce: NonceSource,
+    ) -> Result<Vec<u8>> {
+        let plain = match (&self.keys, codec) {
+            (None, Codec::Raw) => payload.to_vec(),
+            (None, Codec::Zstd) => self.decompress(payload, raw_len)?,
+            (Some(keys), _) => {
+                let mut opened = payload.to_vec();
+                keys.open_chunk(id, nonce, &aad(codec, raw_len), &mut opened)?;
+                match codec {
+                    Codec::Raw => opened,
+                    Codec::Zstd => self.decompress(&opened, raw_len)?,
+                }
+            }
+        };
+        if plain.len() != raw_len as usize {
+            return Err(Error::corrupt("chunk decoded to the wrong size"));
+        }
+        Ok(plain)
+    }
+
+    fn decompress(&mut self, payload: &[u8], raw_len: u32) -> Result<Vec<u8>> {
+        self.decompressor
+            .decompress(payload, raw_len as usize)
+            .map_err(|e| Error::corrupt(format!("zstd: {e}")))
+    }
+
     /// Restores a chunk of an `.af` file and checks it against `id`. The output is never larger
     /// than `raw_len`, which the record reader has already bounded.
     pub fn decode(&mut self, record: &Record, payload: Vec<u8>) -> Result<Vec<u8>> {
@@ -224,10 +302,7 @@ impl ChunkDecoder {
         }
         let plain = match codec {
             Codec::Raw => payload,
-            Codec::Zstd => self
-                .decompressor
-                .decompress(&payload, raw_len as usize)
-                .map_err(|e| Error::corrupt(format!("zstd: {e}")))?,
+            Codec::Zstd => self.decompress(&payload, raw_len)?,
         };
         if plain.len() != raw_len as usize {
             return Err(Error::corrupt("chunk decoded to the wrong size"));

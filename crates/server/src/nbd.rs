@@ -197,14 +197,12 @@ impl Export for VolumeExport {
     }
 
     fn cache(&self, offset: u64, len: u64) -> ExportResult<()> {
-        // Reading through the cache is what warming it means; the bytes are dropped.
+        // Reading through the cache, scan or not, is what warming it means.
         let end = offset + len.min(CACHE_AHEAD);
         let mut at = offset;
         while at < end {
             let n = (end - at).min(u64::from(MAX_PAYLOAD));
-            self.volume
-                .read_at(at, n as usize)
-                .map_err(|e| self.fail(e))?;
+            self.volume.warm(at, n as usize).map_err(|e| self.fail(e))?;
             at += n;
         }
         Ok(())

@@ -172,6 +172,13 @@ pub trait BlockStore: Send + Sync + std::fmt::Debug {
     /// Makes every change so far durable, and reclaims what overwrites released.
     fn sync(&self) -> Result<()>;
 
+    /// Does the work that relaxed volume commits put off (the embedded store's full reclaim
+    /// pass, once their light passes have freed enough; see docs/design.md). A volume calls it
+    /// after a write-back, outside its locks, so that no other writer waits for that work.
+    fn housekeep(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Takes the right to write a volume, for as long as it is open here: where several
     /// servers share a store, another one's writes are then refused ([`Error::Held`] for this
     /// one while another holds it). A store only one process opens needs nothing.

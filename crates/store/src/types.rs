@@ -121,6 +121,9 @@ pub fn payload_check(payload: &[u8]) -> [u8; 16] {
 }
 
 /// A chunk handed to the store: its identity and encoded payload.
+///
+/// Made by [`NewChunk::new`], which computes the payload's check: on the thread that encoded
+/// the payload (one of many), not in the store's append, which runs one batch at a time.
 #[derive(Debug, Clone)]
 pub struct NewChunk {
     pub id: ChunkId,
@@ -129,9 +132,27 @@ pub struct NewChunk {
     pub nonce_stored: bool,
     pub raw_len: u32,
     pub payload: Bytes,
+    check: [u8; 16],
 }
 
 impl NewChunk {
+    pub fn new(
+        id: ChunkId,
+        codec: Codec,
+        nonce_stored: bool,
+        raw_len: u32,
+        payload: Bytes,
+    ) -> Self {
+        NewChunk {
+            check: payload_check(&payload),
+            id,
+            codec,
+            nonce_stored,
+            raw_len,
+            payload,
+        }
+    }
+
     pub fn info(&self) -> ChunkInfo {
         ChunkInfo {
             id: self.id,
@@ -139,7 +160,7 @@ impl NewChunk {
             nonce_stored: self.nonce_stored,
             raw_len: self.raw_len,
             stored_len: self.payload.len() as u32,
-            check: payload_check(&self.payload),
+            check: self.check,
         }
     }
 }

@@ -258,14 +258,16 @@ impl VirtualMemory {
                     let encoder = encoder
                         .as_mut()
                         .map_err(|e| Error::Internal(format!("chunk encoder: {e}")))?;
-                    let e = encoder.encode(batch[i], id).map_err(Error::from_encoder)?;
-                    Ok(NewChunk {
+                    let e = encoder
+                        .encode_for_store(batch[i], id)
+                        .map_err(Error::from_encoder)?;
+                    Ok(NewChunk::new(
                         id,
-                        codec: e.codec,
-                        nonce_stored: keys.is_some(),
-                        raw_len: e.raw_len,
-                        payload: e.payload.into(),
-                    })
+                        e.codec,
+                        keys.is_some(),
+                        e.raw_len,
+                        e.payload.into(),
+                    ))
                 },
             )
             .collect::<Result<_>>()?;

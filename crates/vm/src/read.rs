@@ -8,9 +8,8 @@ use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
 
-use aetherflow_engine::codec::{payload_check, ChunkDecoder};
+use aetherflow_engine::codec::ChunkDecoder;
 use aetherflow_engine::crypto::{ChunkId, Keys, NonceSource, Seed};
-use aetherflow_engine::format::record::Record;
 use aetherflow_store::{BlockId, Checksum, Extent, Manifest};
 use bytes::Bytes;
 use rayon::prelude::*;
@@ -372,19 +371,12 @@ pub(crate) fn open_stored(
     keys: Option<&Keys>,
 ) -> aetherflow_engine::Result<Vec<u8>> {
     let info = stored.info;
-    let record = Record::Data {
-        codec: info.codec,
-        raw_len: info.raw_len,
-        stored_len: info.stored_len,
-        id: *chunk,
-        payload_check: payload_check(info.codec, keys.is_some(), &stored.payload),
-    };
     let nonce = if info.nonce_stored {
         NonceSource::Stored
     } else {
         NonceSource::Identity
     };
-    let plain = decoder.decode_sealed(&record, stored.payload.to_vec(), nonce)?;
+    let plain = decoder.open_payload(info.codec, info.raw_len, chunk, &stored.payload, nonce)?;
     if ChunkId::of(keys, &plain) != *chunk {
         return Err(aetherflow_engine::Error::Corrupt(
             "a chunk does not match its identity".into(),
@@ -461,13 +453,13 @@ mod tests {
         let stored_len = encoded.payload.len() as u32;
         let staged = vm
             .store
-            .stage_chunks(&[NewChunk {
-                id: chunk,
-                codec: encoded.codec,
-                nonce_stored: false,
-                raw_len: encoded.raw_len,
-                payload: encoded.payload.into(),
-            }])
+            .stage_chunks(&[NewChunk::new(
+                chunk,
+                encoded.codec,
+                false,
+                encoded.raw_len,
+                encoded.payload.into(),
+            )])
             .unwrap();
         let id = BlockId::random();
         let mut sealed = Sha256::digest(&data).to_vec();

@@ -57,14 +57,14 @@ pub fn chunk(seed: u8, len: usize) -> NewChunk {
     let payload: Vec<u8> = (0..len)
         .map(|i| seed.wrapping_mul(31).wrapping_add(i as u8))
         .collect();
-    NewChunk {
-        id: ChunkId::plain(&[seed; 8]),
-        codec: Codec::Raw,
+    NewChunk::new(
+        ChunkId::plain(&[seed; 8]),
+        Codec::Raw,
         // Even seeds look like chunks sealed since format 2: every backend keeps the flag.
-        nonce_stored: seed % 2 == 0,
-        raw_len: len as u32,
-        payload: Bytes::from(payload),
-    }
+        seed % 2 == 0,
+        len as u32,
+        Bytes::from(payload),
+    )
 }
 
 /// A manifest over `chunks`, with a zero run in front.

@@ -570,6 +570,10 @@ impl BlockStore for LocalStore {
         self.sync_volumes()
     }
 
+    fn housekeep(&self) -> Result<()> {
+        self.reclaim_if_due()
+    }
+
     fn snapshot_volume(
         &self,
         source: &str,

@@ -88,23 +88,31 @@ impl LocalStore {
     /// write: chunks nothing uses are deleted in relaxed transactions (a crash brings them back
     /// as zombies, which the next pass deletes again), and the steps that must follow a durable
     /// commit (compaction, deleting pack files) wait for the next flush, or for a full pass once
-    /// the bytes freed meanwhile add up to a few packs, so that the disk does not fill with them.
+    /// the bytes freed meanwhile add up to a few packs ([`LocalStore::reclaim_if_due`]), so that
+    /// the disk does not fill with them.
     pub(crate) fn reclaim_relaxed(&self) -> Result<()> {
-        let freed = {
-            let Ok(_guard) = self.reclaiming.try_lock() else {
-                return Ok(());
-            };
-            let mut freed = 0;
-            loop {
-                let (deleted, bytes) = self.delete_zombies(false)?;
-                freed += bytes;
-                if deleted < ZOMBIE_BATCH {
-                    break;
-                }
-            }
-            self.freed_relaxed.fetch_add(freed, Ordering::Relaxed) + freed
+        let Ok(_guard) = self.reclaiming.try_lock() else {
+            return Ok(());
         };
-        if freed >= RELAXED_FREED_PACKS * self.options.pack_size {
+        let mut freed = 0;
+        loop {
+            let (deleted, bytes) = self.delete_zombies(false)?;
+            freed += bytes;
+            if deleted < ZOMBIE_BATCH {
+                break;
+            }
+        }
+        self.freed_relaxed.fetch_add(freed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The full pass, if light passes have freed [`RELAXED_FREED_PACKS`] packs' worth since the
+    /// last one: called after a write-back, outside the commit, so that the pass (its syncs,
+    /// its compaction) holds up no writer.
+    pub(crate) fn reclaim_if_due(&self) -> Result<()> {
+        if self.freed_relaxed.load(Ordering::Relaxed)
+            >= RELAXED_FREED_PACKS * self.options.pack_size
+        {
             self.reclaim()?;
         }
         Ok(())

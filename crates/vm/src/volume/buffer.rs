@@ -25,6 +25,17 @@ pub enum Pending {
 struct Entry {
     content: Pending,
     generation: u64,
+    rewrite: bool,
+}
+
+/// One entry as a write-back takes it.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub index: u64,
+    pub content: Pending,
+    pub generation: u64,
+    /// Whether the chunk's new content patches content the store held (see [`Buffer::put`]).
+    pub rewrite: bool,
 }
 
 /// See the module documentation.
@@ -49,13 +60,13 @@ fn data_len(p: &Pending) -> u64 {
 }
 
 impl Buffer {
-    /// The buffered content of chunk `index`, if any.
-    pub fn get(&self, index: u64) -> Option<Pending> {
+    /// The buffered content of chunk `index` and whether it is a rewrite, if any.
+    pub fn get(&self, index: u64) -> Option<(Pending, bool)> {
         self.chunks
             .lock()
             .expect("buffer lock")
             .get(&index)
-            .map(|e| e.content.clone())
+            .map(|e| (e.content.clone(), e.rewrite))
     }
 
     /// The buffered chunks in `range`, in order.
@@ -68,8 +79,11 @@ impl Buffer {
             .collect()
     }
 
-    /// Makes `content` the newest content of chunk `index`.
-    pub fn put(&self, index: u64, content: Pending) {
+    /// Makes `content` the newest content of chunk `index`. `rewrite` says that it patches
+    /// content the store held, a chunk written piecemeal after it was written back: such a
+    /// chunk is likely to be patched again (random writes), and its write-back is the cost of
+    /// each patch.
+    pub fn put(&self, index: u64, content: Pending, rewrite: bool) {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let added = data_len(&content);
         let old = self.chunks.lock().expect("buffer lock").insert(
@@ -77,6 +91,7 @@ impl Buffer {
             Entry {
                 content,
                 generation,
+                rewrite,
             },
         );
         self.bytes.fetch_add(added, Ordering::Relaxed);
@@ -99,12 +114,17 @@ impl Buffer {
     }
 
     /// Everything buffered now, with generations, for a write-back.
-    pub fn snapshot(&self) -> Vec<(u64, Pending, u64)> {
+    pub fn snapshot(&self) -> Vec<Taken> {
         self.chunks
             .lock()
             .expect("buffer lock")
             .iter()
-            .map(|(i, e)| (*i, e.content.clone(), e.generation))
+            .map(|(i, e)| Taken {
+                index: *i,
+                content: e.content.clone(),
+                generation: e.generation,
+                rewrite: e.rewrite,
+            })
             .collect()
     }
 
@@ -139,22 +159,35 @@ impl Buffer {
 mod tests {
     use super::*;
 
+    fn done(snap: &[Taken]) -> Vec<(u64, u64)> {
+        snap.iter().map(|t| (t.index, t.generation)).collect()
+    }
+
     #[test]
     fn a_newer_write_survives_the_write_back_of_an_older_one() {
         let b = Buffer::default();
-        b.put(3, Pending::Data(Bytes::from_static(b"old")));
+        b.put(3, Pending::Data(Bytes::from_static(b"old")), false);
         let snap = b.snapshot();
-        b.put(3, Pending::Data(Bytes::from_static(b"newer")));
-        b.put(4, Pending::Zero);
-        b.committed(&snap.iter().map(|(i, _, g)| (*i, *g)).collect::<Vec<_>>());
-        assert_eq!(b.get(3), Some(Pending::Data(Bytes::from_static(b"newer"))));
+        b.put(3, Pending::Data(Bytes::from_static(b"newer")), true);
+        b.put(4, Pending::Zero, false);
+        b.committed(&done(&snap));
+        assert_eq!(
+            b.get(3),
+            Some((Pending::Data(Bytes::from_static(b"newer")), true))
+        );
         assert_eq!(b.bytes(), 5 + 2 * ENTRY_COST);
         let snap = b.snapshot();
-        b.committed(&snap.iter().map(|(i, _, g)| (*i, *g)).collect::<Vec<_>>());
+        assert_eq!(
+            snap.iter()
+                .map(|t| (t.index, t.rewrite))
+                .collect::<Vec<_>>(),
+            [(3, true), (4, false)]
+        );
+        b.committed(&done(&snap));
         assert!(b.is_empty());
         assert_eq!(b.bytes(), 0);
-        b.put(1, Pending::Data(Bytes::from_static(b"x")));
-        b.put(9, Pending::Zero);
+        b.put(1, Pending::Data(Bytes::from_static(b"x")), false);
+        b.put(9, Pending::Zero, false);
         b.drop_range(0..5);
         assert_eq!(b.range(0..100), vec![(9, Pending::Zero)]);
         assert_eq!(b.bytes(), ENTRY_COST);

@@ -12,6 +12,7 @@
 //! the volume reads as of the last flush or later, each chunk old or new, never torn.
 
 pub(crate) mod buffer;
+mod coders;
 mod manage;
 mod writeback;
 
@@ -23,7 +24,7 @@ pub(crate) mod manage_registry {
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use aetherflow_engine::codec::{is_zero, ChunkDecoder};
+use aetherflow_engine::codec::is_zero;
 use aetherflow_engine::crypto::{ChunkId, Keys};
 use aetherflow_store::{BlockStore, MapEntry};
 use bytes::Bytes;
@@ -64,11 +65,28 @@ pub struct Allocation {
     pub zero: bool,
 }
 
+/// Where a read may take stored chunks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// The buffer and the cache only: the read answers nothing if it would need the store.
+    MemoryOnly,
+    /// The store too; a scan's chunks stay out of the cache (see [`SCAN_CHUNKS`]).
+    Read,
+    /// The store too, every chunk fetched kept in the cache.
+    Warm,
+}
+
 /// Part of one chunk, as (offset, length) in the volume.
 type Partial = Option<(u64, u64)>;
 
 /// Stripes of chunk locks: a chunk's read-modify-write holds its stripe.
 const STRIPES: usize = 256;
+
+/// A read that fetches more chunks than this from the store is a scan (a copy, a backup, a
+/// conversion: each byte read once) and leaves them out of the cache, where they would only push
+/// out what random readers and writers use again; it decodes into memory it then frees, which
+/// the allocator hands to the next request warm.
+const SCAN_CHUNKS: usize = 2;
 
 /// Map rows one [`Volume::extents`] call reads at most; the answer then covers less, and the
 /// caller asks again from where it ends.
@@ -178,8 +196,8 @@ impl Volume {
     }
 
     /// The plaintext of stored chunks, from the cache or decoded (several at once) and
-    /// verified.
-    fn chunks(&self, ids: &[ChunkId]) -> Result<Vec<Bytes>> {
+    /// verified; decoded ones enter the cache if `keep`.
+    fn chunks(&self, ids: &[ChunkId], keep: bool) -> Result<Vec<Bytes>> {
         let mut out: Vec<Option<Bytes>> = ids.iter().map(|id| self.cache.chunk(id)).collect();
         let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
         if missing.is_empty() {
@@ -187,58 +205,59 @@ impl Volume {
         }
         self.store
             .prefetch(&missing.iter().map(|&i| ids[i]).collect::<Vec<_>>());
-        let keys = self.keys.clone();
-        let decoded: Vec<(usize, Bytes)> = missing
-            .par_iter()
-            .map_init(
-                || ChunkDecoder::new(keys.clone()),
-                |decoder, &i| -> Result<(usize, Bytes)> {
-                    let decoder = decoder
-                        .as_mut()
-                        .map_err(|e| Error::Internal(format!("chunk decoder: {e}")))?;
-                    let stored = self
-                        .store
-                        .chunk(&ids[i])
-                        .map_err(|e| self.store_error(e.missing_is_corrupt()))?;
-                    let plain =
-                        crate::read::open_stored(&stored, &ids[i], decoder, keys.as_deref())
-                            .map_err(|e| match e {
-                                aetherflow_engine::Error::Io(io) => {
-                                    Error::Internal(format!("chunk codec: {io}"))
-                                }
-                                other => self.corrupt(other),
-                            })?;
-                    Ok((i, Bytes::from(plain)))
-                },
-            )
-            .collect::<Result<_>>()?;
+        let keys = self.keys.as_ref();
+        let decode = |&i: &usize| -> Result<(usize, Bytes)> {
+            let stored = self
+                .store
+                .chunk(&ids[i])
+                .map_err(|e| self.store_error(e.missing_is_corrupt()))?;
+            let plain = coders::with_decoder(keys, |decoder| {
+                crate::read::open_stored(&stored, &ids[i], decoder, keys.map(|k| &**k))
+            })
+            .map_err(|e| match e {
+                aetherflow_engine::Error::Io(io) => Error::Internal(format!("chunk codec: {io}")),
+                other => self.corrupt(other),
+            })?;
+            Ok((i, Bytes::from(plain)))
+        };
+        // One chunk (a read-modify-write, a small read) is decoded here: handing it to the
+        // pool would cost more than it saves.
+        let decoded: Vec<(usize, Bytes)> = if missing.len() == 1 {
+            vec![decode(&missing[0])?]
+        } else {
+            missing.par_iter().map(decode).collect::<Result<_>>()?
+        };
         for (i, plain) in decoded {
-            self.cache.insert_chunk(ids[i], plain.clone());
+            if keep {
+                self.cache.insert_chunk(ids[i], plain.clone());
+            }
             out[i] = Some(plain);
         }
         Ok(out.into_iter().map(|b| b.expect("all filled")).collect())
     }
 
-    /// The whole current content of chunk `index`, for a read-modify-write.
-    fn current(&self, index: u64) -> Result<Vec<u8>> {
+    /// The whole current content of chunk `index`, for a read-modify-write, and whether it
+    /// is (or patches) content the store held: the new content is then a rewrite (see
+    /// [`buffer::Buffer::put`]).
+    fn current(&self, index: u64) -> Result<(Vec<u8>, bool)> {
         let len = self.chunk_len(index);
         match self.buffer.get(index) {
-            Some(Pending::Data(b)) => return Ok(b.to_vec()),
-            Some(Pending::Zero) => return Ok(vec![0; len]),
+            Some((Pending::Data(b), rewrite)) => return Ok((b.to_vec(), rewrite)),
+            Some((Pending::Zero, rewrite)) => return Ok((vec![0; len], rewrite)),
             None => {}
         }
         match self.entries(index..index + 1)?.remove(&index) {
             Some(MapEntry::Chunk { id, .. }) => {
-                let plain = self.chunks(&[id])?.remove(0);
+                let plain = self.chunks(&[id], true)?.remove(0);
                 if plain.len() != len {
                     return Err(self.corrupt(format!(
                         "chunk {index} holds {} bytes, not {len}",
                         plain.len()
                     )));
                 }
-                Ok(plain.to_vec())
+                Ok((plain.to_vec(), true))
             }
-            _ => Ok(vec![0; len]),
+            _ => Ok((vec![0; len], false)),
         }
     }
 
@@ -250,8 +269,14 @@ impl Volume {
 
     /// `len` bytes from `offset`, as data and zero spans that cover the range exactly.
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<Span>> {
-        let spans = self.read_spans(offset, len, false)?;
+        let spans = self.read_spans(offset, len, Fetch::Read)?;
         Ok(spans.expect("a read that may fetch always answers"))
+    }
+
+    /// Reads `len` bytes from `offset` into the cache, scan or not (`NBD_CMD_CACHE`).
+    pub fn warm(&self, offset: u64, len: usize) -> Result<()> {
+        self.read_spans(offset, len, Fetch::Warm)?;
+        Ok(())
     }
 
     /// [`Volume::read_at`] if every chunk the read needs is buffered or in the cache, so that
@@ -259,10 +284,10 @@ impl Volume {
     /// (the map lookup reads the store's index, whose pages are usually in memory). `None`
     /// otherwise.
     pub fn read_cached(&self, offset: u64, len: usize) -> Result<Option<Vec<Span>>> {
-        self.read_spans(offset, len, true)
+        self.read_spans(offset, len, Fetch::MemoryOnly)
     }
 
-    fn read_spans(&self, offset: u64, len: usize, cached_only: bool) -> Result<Option<Vec<Span>>> {
+    fn read_spans(&self, offset: u64, len: usize, fetch: Fetch) -> Result<Option<Vec<Span>>> {
         self.check(offset, len as u64, false)?;
         if len == 0 {
             return Ok(Some(Vec::new()));
@@ -277,7 +302,7 @@ impl Volume {
             .filter(|i| !buffered.contains_key(i))
             .filter_map(|i| mapped.get(&i).and_then(|e| e.chunk()))
             .collect();
-        let fetched: BTreeMap<ChunkId, Bytes> = if cached_only {
+        let fetched: BTreeMap<ChunkId, Bytes> = if fetch == Fetch::MemoryOnly {
             let mut cached = BTreeMap::new();
             for id in wanted {
                 match self.cache.chunk(&id) {
@@ -287,7 +312,12 @@ impl Volume {
             }
             cached
         } else {
-            wanted.iter().copied().zip(self.chunks(&wanted)?).collect()
+            let keep = fetch == Fetch::Warm || wanted.len() <= SCAN_CHUNKS;
+            wanted
+                .iter()
+                .copied()
+                .zip(self.chunks(&wanted, keep)?)
+                .collect()
         };
         let mut spans: Vec<Span> = Vec::new();
         let mut push = |span: Span| match (spans.last_mut(), &span) {
@@ -332,12 +362,12 @@ impl Volume {
             let n = (len - within).min(data.len() - at);
             let piece = &data[at..at + n];
             let _stripe = self.stripe(index);
-            let content = if within == 0 && n == len {
-                piece.to_vec()
+            let (content, rewrite) = if within == 0 && n == len {
+                (piece.to_vec(), false)
             } else {
-                let mut current = self.current(index)?;
+                let (mut current, rewrite) = self.current(index)?;
                 current[within..within + n].copy_from_slice(piece);
-                current
+                (current, rewrite)
             };
             // A chunk left all zeros waits as a zero chunk: no data, and block status says
             // zero before the write-back as after it.
@@ -346,7 +376,7 @@ impl Volume {
             } else {
                 Pending::Data(Bytes::from(content))
             };
-            self.buffer.put(index, pending);
+            self.buffer.put(index, pending, rewrite);
             at += n;
         }
         self.after_write(durable)
@@ -423,7 +453,19 @@ impl Volume {
         if self.buffer.bytes() <= 2 * self.limit {
             return Ok(());
         }
-        self.write_back(&guard, false)
+        self.write_back(&guard, false)?;
+        drop(guard);
+        self.housekeep();
+        Ok(())
+    }
+
+    /// The store's deferred work after a write-back, with no lock of the volume held: other
+    /// writers go on meanwhile, and other write-backs too. Its failure is the store's to retry
+    /// (the next pass); the write-back it follows is committed.
+    fn housekeep(&self) {
+        if let Err(e) = self.store.housekeep() {
+            tracing::warn!("volume {}: housekeeping after a write-back: {e}", self.name);
+        }
     }
 
     fn after_write(&self, durable: bool) -> Result<()> {
@@ -438,11 +480,14 @@ impl Volume {
         // a disk reports a failed write-back of its cache), and the next writes' once the
         // buffer is far past the limit.
         if let Ok(guard) = self.writeback.try_lock() {
-            if let Err(e) = self.write_back(&guard, false) {
-                tracing::warn!(
+            let written = self.write_back(&guard, false);
+            drop(guard);
+            match written {
+                Ok(()) => self.housekeep(),
+                Err(e) => tracing::warn!(
                     "volume {}: write-back failed, kept buffered: {e}",
                     self.name
-                );
+                ),
             }
         }
         Ok(())

@@ -243,6 +243,35 @@ fn reads_from_memory_answer_only_what_is_buffered_cached_or_unwritten() {
 }
 
 #[test]
+fn scans_stay_out_of_the_cache_and_warming_keeps_what_it_reads() {
+    let disk = SimDisk::new();
+    let vm = manager(&disk);
+    vm.create_volume("s", 16 * CHUNK, None).unwrap();
+    let v = vm.open_volume("s").unwrap();
+    let data = pattern(7, 12 * CHUNK);
+    v.write_at(0, &data, false).unwrap();
+    v.flush().unwrap();
+    drop(v);
+    drop(vm);
+    let vm = manager(&disk);
+    let v = vm.open_volume("s").unwrap();
+    let cached = |at: u64| v.read_cached(at * CHUNK, 1).unwrap().is_some();
+    // A scan (more than two chunks fetched) reads right and keeps nothing.
+    assert_eq!(
+        flat(v.read_at(0, 4 * CHUNK as usize).unwrap()),
+        data[..4 * CHUNK as usize]
+    );
+    assert!((0..4).all(|i| !cached(i)));
+    // A small read keeps what it fetched.
+    v.read_at(4 * CHUNK, 2 * CHUNK as usize).unwrap();
+    assert!(cached(4) && cached(5));
+    // Warming (NBD_CMD_CACHE) keeps everything it reads, whatever its size.
+    v.warm(6 * CHUNK, 4 * CHUNK as usize).unwrap();
+    assert!((6..10).all(cached));
+    assert!(!cached(10));
+}
+
+#[test]
 fn overwrites_between_flushes_leave_only_a_few_packs_of_dead_space() {
     // Write-backs between flushes delete overwritten chunks without an fsync and leave
     // compaction for later, but not for ever: the disk holds the live chunks plus a bounded
