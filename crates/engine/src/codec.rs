@@ -67,9 +67,7 @@ fn sampled_entropy(data: &[u8]) -> f64 {
             tables[0][b as usize] += 1;
         }
     }
-    let counts: Vec<u32> = (0..256)
-        .map(|b| tables.iter().map(|t| t[b]).sum())
-        .collect();
+    let counts: [u32; 256] = std::array::from_fn(|b| tables.iter().map(|t| t[b]).sum());
     let total = f64::from(counts.iter().sum::<u32>());
     counts
         .iter()

@@ -132,17 +132,15 @@ impl Volume {
             }
         }
         let mut stored_len: HashMap<ChunkId, u32> = HashMap::new();
-        let ids: Vec<ChunkId> = distinct
-            .keys()
-            .filter(|id| match staging.get(id) {
+        let mut ids: Vec<ChunkId> = Vec::new();
+        for id in distinct.keys() {
+            match staging.get(id) {
                 Some(len) => {
-                    stored_len.insert(**id, *len);
-                    false
+                    stored_len.insert(*id, *len);
                 }
-                None => true,
-            })
-            .copied()
-            .collect();
+                None => ids.push(*id),
+            }
+        }
         let found = self
             .store
             .find_chunks(&ids)
