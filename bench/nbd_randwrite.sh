@@ -31,9 +31,12 @@ cleanup() {
   [[ -n $kit_pid ]] && kill "$kit_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
-# 4 KiB random writes of half-compressible data for FIO_SECONDS; prints their IOPS.
+# 4 KiB random writes of half-compressible data for FIO_SECONDS; prints their IOPS. Each round
+# draws new offsets and data (--randrepeat=0): fio's default seeds would repeat the round before,
+# writing back what the volume already holds, which deduplicates and flatters every round but
+# the first.
 randwrite_iops() {
-  fio_nbd "$1" randwrite 4k 512m --time_based --runtime="$runtime" \
+  fio_nbd "$1" randwrite 4k 512m --time_based --runtime="$runtime" --randrepeat=0 \
     --buffer_compress_percentage=50 --refill_buffers | cut -d' ' -f1
 }
 fill() { fio_nbd "$1" write 1m 512m --buffer_compress_percentage=50 --refill_buffers > /dev/null; }

@@ -313,8 +313,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub nbd: Option<String>,
     /// Chunk size of volumes created from now on: a power of two from 4KiB to 1MiB (existing
-    /// volumes keep theirs).
-    #[arg(long, default_value = "64KiB", value_parser = parse_chunk_size)]
+    /// volumes keep theirs). Below 64KiB, chunks written whole together are stored in groups
+    /// of 64KiB, and a chunk patched later on its own.
+    #[arg(long, default_value = "16KiB", value_parser = parse_chunk_size)]
     pub volume_chunk_size: u32,
 }
 

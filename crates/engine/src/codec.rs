@@ -165,7 +165,13 @@ impl ChunkEncoder {
             }
         }
         let mut payload = match codec {
-            Codec::Zstd => self.scratch.clone(),
+            // The compressed bytes leave with the scratch buffer (its spare room given back),
+            // rather than being copied out of it: the next chunk starts a fresh one.
+            Codec::Zstd => {
+                let mut out = std::mem::take(&mut self.scratch);
+                out.shrink_to_fit();
+                out
+            }
             Codec::Raw => data.to_vec(),
         };
         if let Some(keys) = &self.keys {

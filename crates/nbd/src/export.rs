@@ -144,6 +144,13 @@ pub trait Export: Send + Sync + 'static {
     /// Writes `data` at `offset`; with `fua`, durable before this returns.
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> ExportResult<()>;
 
+    /// [`Export::write`] without FUA if the export can do it in memory at once, without
+    /// waiting; `None`, with nothing written, to have the write run on the blocking pool. As
+    /// for [`Export::read_from_memory`], a small write answered here skips two thread handoffs.
+    fn write_to_memory(&self, _offset: u64, _data: &[u8]) -> Option<ExportResult<()>> {
+        None
+    }
+
     /// Makes `offset..offset + len` read as zeros. `punch`: the space may be deallocated (a
     /// hole). `fast`: fail with [`Errno::NotSup`] unless this is cheaper than writing zeros.
     fn write_zeroes(

@@ -335,6 +335,33 @@ impl Connection {
             } else {
                 Bytes::new()
             };
+            // So is a small write the export can take in memory.
+            if let Command::Write {
+                offset, fua: false, ..
+            } = command
+            {
+                if data.len() <= MEMORY_WRITE_MAX {
+                    if let Some(result) = export.write_to_memory(offset, &data) {
+                        let reply = match result {
+                            Ok(()) => Reply::Done {
+                                cookie: h.cookie,
+                                offset: h.offset,
+                            },
+                            Err(e) => failed(&h, command.name(), e),
+                        };
+                        self.observer.request(
+                            command.name(),
+                            moved,
+                            !matches!(reply, Reply::Error { .. }),
+                        );
+                        if replies.send(reply).await.is_err() {
+                            break Ok(());
+                        }
+                        drop(permits);
+                        continue;
+                    }
+                }
+            }
             let export = Arc::clone(&export);
             let observer = Arc::clone(&self.observer);
             let replies = replies.clone();
@@ -436,6 +463,10 @@ fn run(export: &dyn Export, h: &Header, command: Command, data: Bytes) -> Reply 
     };
     result.unwrap_or_else(|e| failed(h, command.name(), e))
 }
+
+/// Writes at most this long may be taken on the connection's own task
+/// ([`Export::write_to_memory`]): a copy into memory, as for reads.
+const MEMORY_WRITE_MAX: usize = 256 * 1024;
 
 /// Reads at most this long may be answered on the connection's own task
 /// ([`Export::read_from_memory`]): copying them out of memory takes microseconds.

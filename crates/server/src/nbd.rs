@@ -173,6 +173,14 @@ impl Export for VolumeExport {
             .map_err(|e| self.fail(e))
     }
 
+    fn write_to_memory(&self, offset: u64, data: &[u8]) -> Option<ExportResult<()>> {
+        match self.volume.write_in_memory(offset, data) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(self.fail(e))),
+        }
+    }
+
     fn write_zeroes(
         &self,
         offset: u64,

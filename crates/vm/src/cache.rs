@@ -88,6 +88,14 @@ impl BlockCache {
         }
     }
 
+    /// Takes a chunk's plaintext out of the cache: for a caller about to supersede it, so that
+    /// the cache keeps what is still read, and the caller may reuse the buffer if no reader
+    /// holds it.
+    pub fn take_chunk(&self, id: &ChunkId) -> Option<Bytes> {
+        self.counted(self.cache.remove(&Key::Chunk(*id)).map(|(_, c)| c))
+            .map(|c| c.data)
+    }
+
     fn counted(&self, found: Option<CachedBlock>) -> Option<CachedBlock> {
         let counter = if found.is_some() {
             &self.hits

@@ -61,7 +61,7 @@ impl VmConfig {
             chunking: VmConfig::CHUNKING,
             kdf: KdfParams::DEFAULT,
             max_whole_read: 4 << 30,
-            volume_chunk_size: 64 * 1024,
+            volume_chunk_size: 16 * 1024,
             volume_buffer: 64 << 20,
         }
     }

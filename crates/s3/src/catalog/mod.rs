@@ -56,6 +56,14 @@ struct KnownBlock {
     confirmed: Instant,
 }
 
+/// The references to one chunk, and the lengths it was counted with in the live figures.
+#[derive(Debug, Clone, Copy)]
+struct Refs {
+    count: u32,
+    raw: u32,
+    stored: u32,
+}
+
 /// The catalog itself; the store keeps it behind one lock (`crate::view`).
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -65,7 +73,7 @@ pub struct Catalog {
     /// may be deleted while one exists.
     damaged_blocks: BTreeMap<BlockId, String>,
     /// Number of blocks referring to each chunk (each block counted once).
-    refs: HashMap<ChunkId, u32>,
+    refs: HashMap<ChunkId, Refs>,
     homes: HashMap<ChunkId, Vec<Home>>,
     packs: BTreeMap<Arc<str>, PackEntry>,
     /// Packs whose index could not be read, with why.
@@ -152,8 +160,8 @@ impl Catalog {
     pub fn remove_block(&mut self, id: BlockId) -> Option<Arc<Manifest>> {
         self.damaged_blocks.remove(&id);
         let b = self.blocks.remove(&id)?;
-        for (chunk, raw, stored) in distinct_chunks(&b.manifest) {
-            self.drop_ref(chunk, raw, stored);
+        for (chunk, _, _) in distinct_chunks(&b.manifest) {
+            self.drop_ref(chunk);
         }
         self.live.blocks -= 1;
         self.live.logical -= b.manifest.size;
@@ -201,29 +209,40 @@ impl Catalog {
 
     // ----- chunks -----
 
-    /// One more reference to a chunk (from a block, or a row of a volume layer).
+    /// One more reference to a chunk (from a block, or a row of a volume layer). The first one
+    /// counts the chunk in the live figures with the lengths it gives.
     fn add_ref(&mut self, chunk: ChunkId, raw: u32, stored: u32) {
-        let n = self.refs.entry(chunk).or_default();
-        *n += 1;
-        if *n == 1 {
+        let r = self.refs.entry(chunk).or_insert(Refs {
+            count: 0,
+            raw,
+            stored,
+        });
+        r.count += 1;
+        if r.count == 1 {
             self.live.chunks += 1;
-            self.live.unique += u64::from(raw);
-            self.live.stored += u64::from(stored);
+            self.live.unique += u64::from(r.raw);
+            self.live.stored += u64::from(r.stored);
         }
     }
 
-    /// One reference fewer; the last one takes the chunk out of the live figures.
-    fn drop_ref(&mut self, chunk: ChunkId, raw: u32, stored: u32) {
-        if let Some(n) = self.refs.get_mut(&chunk) {
-            *n -= 1;
-            if *n == 0 {
-                self.refs.remove(&chunk);
+    /// One reference fewer; the last one takes the chunk out of the live figures, with the
+    /// lengths it was counted with.
+    fn drop_ref(&mut self, chunk: ChunkId) {
+        if let Some(r) = self.refs.get_mut(&chunk) {
+            r.count -= 1;
+            if r.count == 0 {
+                let r = self.refs.remove(&chunk).expect("present");
                 self.released += 1;
                 self.live.chunks -= 1;
-                self.live.unique -= u64::from(raw);
-                self.live.stored -= u64::from(stored);
+                self.live.unique -= u64::from(r.raw);
+                self.live.stored -= u64::from(r.stored);
             }
         }
+    }
+
+    /// The plaintext length of a chunk a pack the catalog knows holds.
+    fn raw_len_of(&self, id: &ChunkId) -> Option<u32> {
+        self.homes.get(id)?.first().map(|h| h.info.raw_len)
     }
 
     /// How many chunks lost their last reference so far (see [`Catalog`]'s field).

@@ -277,15 +277,18 @@ impl Catalog {
                 .collect();
             for (index, entry) in gone {
                 layer.rows.remove(&index);
-                self.release_row(&layer, index, entry);
+                self.release_row(entry);
             }
         }
         for &(index, entry) in &delta.rows {
             if let Some(old) = layer.rows.insert(index, entry) {
-                self.release_row(&layer, index, old);
+                self.release_row(old);
             }
             if let MapEntry::Chunk { id, stored_len } = entry {
-                self.add_ref(id, layer.chunk_len(index), stored_len);
+                // A group's rows name a chunk longer than any one row (see
+                // aetherflow-vm's volumes): its pack tells its length.
+                let raw = self.raw_len_of(&id).unwrap_or(layer.chunk_len(index));
+                self.add_ref(id, raw, stored_len);
             }
         }
         layer.applied = Some(delta.seq);
@@ -294,9 +297,9 @@ impl Catalog {
         true
     }
 
-    fn release_row(&mut self, layer: &LayerState, index: u64, entry: MapEntry) {
-        if let MapEntry::Chunk { id, stored_len } = entry {
-            self.drop_ref(id, layer.chunk_len(index), stored_len);
+    fn release_row(&mut self, entry: MapEntry) {
+        if let MapEntry::Chunk { id, .. } = entry {
+            self.drop_ref(id);
         }
     }
 
@@ -307,8 +310,8 @@ impl Catalog {
             return;
         };
         let rows = std::mem::take(&mut l.rows);
-        for (index, entry) in rows {
-            self.release_row(&l, index, entry);
+        for entry in rows.into_values() {
+            self.release_row(entry);
         }
         l.applied = None;
         self.volumes.layers.insert(layer, l);
@@ -327,8 +330,8 @@ impl Catalog {
     pub fn remove_layer(&mut self, layer: LayerId) {
         self.volumes.damaged_deltas.retain(|_, (l, _)| *l != layer);
         if let Some(l) = self.volumes.layers.remove(&layer) {
-            for (&index, &entry) in &l.rows {
-                self.release_row(&l, index, entry);
+            for &entry in l.rows.values() {
+                self.release_row(entry);
             }
             self.layer_changed(layer);
         }
@@ -567,7 +570,7 @@ impl Catalog {
                         usage.chunks += 1;
                         usage.unique += u64::from(home.info.raw_len);
                         usage.stored += u64::from(home.info.stored_len);
-                        if own.get(&id) == self.refs.get(&id) {
+                        if own.get(&id).copied() == self.refs.get(&id).map(|r| r.count) {
                             usage.exclusive += crate::pack::record_len(&home.info);
                         }
                     }

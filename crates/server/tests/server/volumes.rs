@@ -195,12 +195,13 @@ fn nbd_clients_see_a_thin_100_tib_volume_and_exact_figures() {
         "can_fast_zero: true",
         "is_read_only: false",
         "block_size_minimum: 1",
-        "block_size_preferred: 65536",
+        "block_size_preferred: 16384",
         "block_size_maximum: 33554432",
     ] {
         assert!(info.contains(line), "{line} missing from: {info}");
     }
-    // 1 MiB of one pattern is 16 identical chunks: stored once. Zeros written with NO_HOLE
+    // 1 MiB of one pattern is 16 identical groups of 64 KiB (four 16 KiB chunks each): stored
+    // once. Zeros written with NO_HOLE
     // cost no data and read as zero without a hole; the last bytes of the volume work too.
     qemu_io(
         &uri,
@@ -231,8 +232,8 @@ fn nbd_clients_see_a_thin_100_tib_volume_and_exact_figures() {
             (0, 1 << 20, true, false),
             (1 << 20, 7 << 20, false, true),
             (8 << 20, 2 << 20, true, true),
-            (10 << 20, end - 65536 - (10 << 20), false, true),
-            (end - 65536, 65536, true, false),
+            (10 << 20, end - 16384 - (10 << 20), false, true),
+            (end - 16384, 16384, true, false),
         ],
         "{}",
         text(&map)
@@ -242,17 +243,17 @@ fn nbd_clients_see_a_thin_100_tib_volume_and_exact_figures() {
     assert!(nbd_map.contains("3  hole,zero"), "{nbd_map}");
     let (_, v) = get(&server, "/api/volumes/big");
     let b = &v["volume"]["bytes"];
-    // The last chunk holds 4 KiB of 0x11 and 60 KiB of zeros: its whole 64 KiB is data.
-    assert_eq!(b["written"], (1 << 20) + 65536, "{v}");
+    // The last chunk holds 4 KiB of 0x11 and 12 KiB of zeros: its whole 16 KiB is data.
+    assert_eq!(b["written"], (1 << 20) + 16384, "{v}");
     assert_eq!(b["zeroed"], 2 << 20, "{v}");
-    assert_eq!(b["unique"], 2 * 65536, "{v}");
+    assert_eq!(b["unique"], 65536 + 16384, "{v}");
     assert_eq!(b["buffered"], 0, "{v}");
     let physical = b["physical"].as_u64().unwrap();
     assert!(physical > 0 && physical < 64 * 1024, "{v}");
     let (_, stats) = get(&server, "/api/memory/stats");
     assert_eq!(
         stats["stats"]["bytes"]["volumes"],
-        (1u64 << 20) + 65536 + (2 << 20),
+        (1u64 << 20) + 16384 + (2 << 20),
         "{stats}"
     );
     qemu_io(

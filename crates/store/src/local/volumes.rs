@@ -155,6 +155,7 @@ fn add_ref(
     chunks: &mut Table<[u8; 32], [u8; ChunkEntry::LEN]>,
     zombies: &mut Table<[u8; 32], u64>,
     id: &ChunkId,
+    n: u32,
     volume: &str,
 ) -> Result<()> {
     let mut entry = get_chunk(chunks, id)?.ok_or_else(|| {
@@ -162,23 +163,24 @@ fn add_ref(
             "volume {volume} refers to chunk {id:?}, which is neither stored nor staged"
         ))
     })?;
-    entry.refs += 1;
-    if entry.refs == 1 {
+    if entry.refs == 0 {
         zombies.remove(id.0)?;
     }
+    entry.refs += u64::from(n);
     chunks.insert(id.0, entry.encode())?;
     Ok(())
 }
 
-/// One reference fewer; a chunk left without any becomes a zombie stamped `death`.
+/// `n` references fewer; a chunk left without any becomes a zombie stamped `death`.
 fn drop_ref(
     chunks: &mut Table<[u8; 32], [u8; ChunkEntry::LEN]>,
     zombies: &mut Table<[u8; 32], u64>,
     id: &ChunkId,
+    n: u32,
     death: u64,
 ) -> Result<()> {
     if let Some(mut entry) = get_chunk(chunks, id)? {
-        entry.refs = entry.refs.saturating_sub(1);
+        entry.refs = entry.refs.saturating_sub(u64::from(n));
         if entry.refs == 0 {
             zombies.insert(id.0, death)?;
         }
@@ -308,6 +310,10 @@ impl LocalStore {
                 let mut packs = txn.open_table(super::index::PACKS)?;
                 super::insert_staged(&mut chunks, &mut locations, &mut packs, staged, &mut c)?;
                 let before = (record.written, record.zeroed);
+                // Reference changes gathered per chunk (the rows of a group name one), then
+                // applied once each: gains before losses, so that a chunk that is both
+                // released and named again is never a zombie in between.
+                let mut refs: HashMap<ChunkId, (u32, u32)> = HashMap::new();
                 for &(index, new) in changes {
                     if index >= record.chunks() {
                         return Err(Error::Refused(format!(
@@ -326,10 +332,10 @@ impl LocalStore {
                     account(&mut record, &old, len, -1);
                     account(&mut record, &new, len, 1);
                     if let Some(id) = new.chunk() {
-                        add_ref(&mut chunks, &mut zombies, &id, name)?;
+                        refs.entry(id).or_default().0 += 1;
                     }
                     if let Some(id) = old_top.and_then(|e| e.chunk()) {
-                        drop_ref(&mut chunks, &mut zombies, &id, death)?;
+                        refs.entry(id).or_default().1 += 1;
                         released = true;
                     }
                     if new == MapEntry::Hole && below == MapEntry::Hole {
@@ -342,6 +348,14 @@ impl LocalStore {
                             c.map_rows += 1;
                         }
                         vmap.insert(key(top, index), new.encode())?;
+                    }
+                }
+                for (id, (gained, lost)) in &refs {
+                    if *gained > 0 {
+                        add_ref(&mut chunks, &mut zombies, id, *gained, name)?;
+                    }
+                    if *lost > 0 {
+                        drop_ref(&mut chunks, &mut zombies, id, *lost, death)?;
                     }
                 }
                 c.volume_changed(before, (record.written, record.zeroed));
@@ -404,7 +418,7 @@ impl LocalStore {
                 }
                 for (k, e) in &own {
                     if let Some(id) = e.chunk() {
-                        drop_ref(&mut chunks, &mut zombies, &id, death)?;
+                        drop_ref(&mut chunks, &mut zombies, &id, 1, death)?;
                     }
                     vmap.remove(*k)?;
                 }
@@ -536,7 +550,7 @@ impl LocalStore {
                     }
                     for (k, e) in &rows {
                         if let Some(id) = e.chunk() {
-                            drop_ref(&mut chunks, &mut zombies, &id, death)?;
+                            drop_ref(&mut chunks, &mut zombies, &id, 1, death)?;
                         }
                         vmap.remove(*k)?;
                     }

@@ -343,6 +343,7 @@ impl VirtualMemory {
             name: record.name.clone(),
             size: record.size,
             chunk_size: record.chunk_size,
+            group: u64::from((super::GROUP_BYTES / record.chunk_size).max(1)),
             read_only: record.read_only,
             store: Arc::clone(&self.store),
             cache: Arc::clone(&self.cache),

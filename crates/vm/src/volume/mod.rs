@@ -1,6 +1,11 @@
 //! Volumes: the virtual memory as thin, writable block devices of any size up to the capacity.
 //!
-//! A volume is cut into fixed-size aligned chunks ([`crate::VmConfig::volume_chunk_size`]). A
+//! A volume is cut into fixed-size aligned chunks ([`crate::VmConfig::volume_chunk_size`]), the
+//! unit of its map and of a read-modify-write. Chunks written whole together are stored
+//! together: an aligned group of them (up to [`GROUP_BYTES`]) that a write-back finds all
+//! freshly written becomes one stored chunk, which each of their map rows names (see
+//! [`Volume::unit_of`]); a chunk patched later is stored on its own. So a stream compresses in
+//! large pieces while a small random write re-encodes one small chunk. A
 //! write of any size and alignment lands in the write-back buffer ([`buffer`]) as whole chunks:
 //! a partial one is read, patched and kept under a lock of its own (a stripe), so that
 //! concurrent writers of one chunk never lose each other's bytes. The buffer is written back
@@ -92,8 +97,13 @@ const SCAN_CHUNKS: usize = 2;
 /// caller asks again from where it ends.
 const EXTENT_ROWS: usize = 64 * 1024;
 
+/// The most bytes one stored chunk covers: an aligned group of a volume's chunks written whole
+/// together is stored as one (see the module documentation). 64 KiB compresses as well as the
+/// larger sizes measured, about as well as qcow2's zstd clusters (docs/design.md).
+pub const GROUP_BYTES: u32 = 64 * 1024;
+
 /// Chunks of zeros written with `NO_HOLE` in one request that are kept as zero entries. A larger
-/// request (over 16 Mi chunks: a terabyte at 64 KiB) deallocates instead: it still reads as
+/// request (over 16 Mi chunks: 256 GiB at 16 KiB) deallocates instead: it still reads as
 /// zeros, but is reported as a hole, so that a request's cost stays bounded.
 pub const ZERO_ROWS_MAX: u64 = 16 << 20;
 
@@ -102,6 +112,8 @@ pub struct Volume {
     name: String,
     size: u64,
     chunk_size: u32,
+    /// Chunks per group (see [`GROUP_BYTES`]); 1 for chunks of that size or larger.
+    group: u64,
     read_only: bool,
     store: Arc<dyn BlockStore>,
     cache: Arc<BlockCache>,
@@ -154,6 +166,43 @@ impl Volume {
     fn chunk_len(&self, index: u64) -> usize {
         let start = index * u64::from(self.chunk_size);
         (self.size - start).min(u64::from(self.chunk_size)) as usize
+    }
+
+    /// The chunks of the group of chunk `index`: from its first to past its last.
+    fn group_of(&self, index: u64) -> std::ops::Range<u64> {
+        let first = index - index % self.group;
+        let chunks = self.size.div_ceil(u64::from(self.chunk_size));
+        first..(first + self.group).min(chunks)
+    }
+
+    /// Bytes of the group of chunk `index`.
+    fn group_len(&self, index: u64) -> usize {
+        self.group_of(index).map(|i| self.chunk_len(i)).sum()
+    }
+
+    /// Chunk `index`'s bytes out of the plaintext of the stored chunk its map row names: all of
+    /// it when the chunk was stored on its own, its part when its whole group was stored as one
+    /// (the lengths tell: a group of several chunks is longer than any one of them).
+    fn unit_of(&self, index: u64, plain: &Bytes) -> Result<Bytes> {
+        Ok(plain.slice(self.unit_range(index, plain.len())?))
+    }
+
+    /// Where chunk `index`'s bytes lie in a stored plaintext of `plain_len` bytes (see
+    /// [`Volume::unit_of`]).
+    fn unit_range(&self, index: u64, plain_len: usize) -> Result<std::ops::Range<usize>> {
+        let len = self.chunk_len(index);
+        if plain_len == len {
+            return Ok(0..len);
+        }
+        let group = self.group_of(index);
+        if group.end - group.start > 1 && plain_len == self.group_len(index) {
+            let at = ((index - group.start) * u64::from(self.chunk_size)) as usize;
+            return Ok(at..at + len);
+        }
+        Err(self.corrupt(format!(
+            "chunk {index} names stored content of {plain_len} bytes, neither its own {len} \
+             nor its group's"
+        )))
     }
 
     fn check(&self, offset: u64, len: u64, writing: bool) -> Result<()> {
@@ -239,26 +288,51 @@ impl Volume {
     /// The whole current content of chunk `index`, for a read-modify-write, and whether it
     /// is (or patches) content the store held: the new content is then a rewrite (see
     /// [`buffer::Buffer::put`]).
-    fn current(&self, index: u64) -> Result<(Vec<u8>, bool)> {
+    ///
+    /// With `memory_only`, `None` if the content is stored and not in the cache.
+    fn current(&self, index: u64, memory_only: bool) -> Result<Option<(Vec<u8>, bool)>> {
         let len = self.chunk_len(index);
         match self.buffer.get(index) {
-            Some((Pending::Data(b), rewrite)) => return Ok((b.to_vec(), rewrite)),
-            Some((Pending::Zero, rewrite)) => return Ok((vec![0; len], rewrite)),
+            Some((Pending::Data(b), rewrite)) => return Ok(Some((b.to_vec(), rewrite))),
+            Some((Pending::Zero, rewrite)) => return Ok(Some((vec![0; len], rewrite))),
             None => {}
         }
         match self.entries(index..index + 1)?.remove(&index) {
             Some(MapEntry::Chunk { id, .. }) => {
-                let plain = self.chunks(&[id], true)?.remove(0);
-                if plain.len() != len {
-                    return Err(self.corrupt(format!(
-                        "chunk {index} holds {} bytes, not {len}",
-                        plain.len()
-                    )));
+                let plain = match self.cache.chunk(&id) {
+                    Some(plain) => plain,
+                    None if memory_only => return Ok(None),
+                    None => self.chunks(&[id], false)?.remove(0),
+                };
+                if plain.len() == len {
+                    // The chunk's own content is about to be superseded, so it leaves the
+                    // cache (another copy of it, in a snapshot or a duplicate, is decoded
+                    // again when read): random writes would otherwise fill the cache with dead
+                    // versions and push out the live ones. The patch reuses its buffer if no
+                    // reader holds it.
+                    drop(self.cache.take_chunk(&id));
+                    return Ok(Some((Vec::from(plain), true)));
                 }
-                Ok((plain.to_vec(), true))
+                // A group's content stays cached: the rest of the group still reads it, and
+                // random writes patch its other chunks next.
+                let unit = self.unit_of(index, &plain)?;
+                self.cache.insert_chunk(id, plain);
+                Ok(Some((unit.to_vec(), true)))
             }
-            _ => Ok((vec![0; len], false)),
+            _ => Ok(Some((vec![0; len], false))),
         }
+    }
+
+    /// Buffers `content` as chunk `index`'s newest; the caller holds the chunk's stripe. A
+    /// chunk left all zeros waits as a zero chunk: no data, and block status says zero before
+    /// the write-back as after it.
+    fn buffer_chunk(&self, index: u64, content: Vec<u8>, rewrite: bool) {
+        let pending = if is_zero(&content) {
+            Pending::Zero
+        } else {
+            Pending::Data(Bytes::from(content))
+        };
+        self.buffer.put(index, pending, rewrite);
     }
 
     fn stripe(&self, index: u64) -> std::sync::MutexGuard<'_, ()> {
@@ -298,10 +372,12 @@ impl Volume {
             self.buffer.range(first..last + 1).into_iter().collect();
         let mapped = self.entries(first..last + 1)?;
         // The stored chunks the read needs, fetched together.
-        let wanted: Vec<ChunkId> = (first..=last)
+        let mut wanted: Vec<ChunkId> = (first..=last)
             .filter(|i| !buffered.contains_key(i))
             .filter_map(|i| mapped.get(&i).and_then(|e| e.chunk()))
             .collect();
+        // The chunks of a group name one stored chunk.
+        wanted.dedup();
         let fetched: BTreeMap<ChunkId, Bytes> = if fetch == Fetch::MemoryOnly {
             let mut cached = BTreeMap::new();
             for id in wanted {
@@ -324,25 +400,40 @@ impl Volume {
             (Some(Span::Zeros(n)), Span::Zeros(m)) => *n += m,
             _ => spans.push(span),
         };
+        // Consecutive parts of one stored plaintext (a group's chunks) go out as one span:
+        // (its identity, from, to).
+        let mut run: Option<(ChunkId, usize, usize)> = None;
         for index in first..=last {
             let start = index * cs;
-            let lo = offset.max(start) - start;
-            let hi = (offset + len as u64).min(start + cs) - start;
-            let whole = |b: &Bytes| -> Result<Span> {
-                if b.len() != self.chunk_len(index) {
-                    return Err(self.corrupt(format!("chunk {index} has the wrong length")));
+            let lo = (offset.max(start) - start) as usize;
+            let hi = ((offset + len as u64).min(start + cs) - start) as usize;
+            let stored = match (buffered.get(&index), mapped.get(&index)) {
+                (None, Some(MapEntry::Chunk { id, .. })) => Some(*id),
+                _ => None,
+            };
+            if let Some(id) = stored {
+                let at = self.unit_range(index, fetched[&id].len())?.start;
+                match &mut run {
+                    Some((run_id, _, to)) if *run_id == id && *to == at + lo => *to = at + hi,
+                    _ => {
+                        if let Some((id, from, to)) = run.take() {
+                            push(Span::Data(fetched[&id].slice(from..to)));
+                        }
+                        run = Some((id, at + lo, at + hi));
+                    }
                 }
-                Ok(Span::Data(b.slice(lo as usize..hi as usize)))
-            };
-            let span = match buffered.get(&index) {
-                Some(Pending::Data(b)) => whole(b)?,
-                Some(_) => Span::Zeros(hi - lo),
-                None => match mapped.get(&index) {
-                    Some(MapEntry::Chunk { id, .. }) => whole(&fetched[id])?,
-                    _ => Span::Zeros(hi - lo),
-                },
-            };
-            push(span);
+                continue;
+            }
+            if let Some((id, from, to)) = run.take() {
+                push(Span::Data(fetched[&id].slice(from..to)));
+            }
+            push(match buffered.get(&index) {
+                Some(Pending::Data(b)) => Span::Data(b.slice(lo..hi)),
+                _ => Span::Zeros((hi - lo) as u64),
+            });
+        }
+        if let Some((id, from, to)) = run.take() {
+            push(Span::Data(fetched[&id].slice(from..to)));
         }
         Ok(Some(spans))
     }
@@ -365,21 +456,50 @@ impl Volume {
             let (content, rewrite) = if within == 0 && n == len {
                 (piece.to_vec(), false)
             } else {
-                let (mut current, rewrite) = self.current(index)?;
+                let (mut current, rewrite) = self.current(index, false)?.expect("may fetch");
                 current[within..within + n].copy_from_slice(piece);
                 (current, rewrite)
             };
-            // A chunk left all zeros waits as a zero chunk: no data, and block status says
-            // zero before the write-back as after it.
-            let pending = if is_zero(&content) {
-                Pending::Zero
-            } else {
-                Pending::Data(Bytes::from(content))
-            };
-            self.buffer.put(index, pending, rewrite);
+            self.buffer_chunk(index, content, rewrite);
             at += n;
         }
         self.after_write(durable)
+    }
+
+    /// [`Volume::write_at`] of a write inside one chunk, not durable, if it can be done at
+    /// once: the chunk's current content is buffered, cached or never written, its stripe is
+    /// free, and the buffer has room without a write-back (below its limit, or past it while
+    /// another writer writes back). `Ok(false)`, with nothing written, otherwise: the caller
+    /// then calls [`Volume::write_at`], which may wait. Cheap enough for a caller that must not
+    /// block for long (as [`Volume::read_cached`]).
+    pub fn write_in_memory(&self, offset: u64, data: &[u8]) -> Result<bool> {
+        self.check(offset, data.len() as u64, true)?;
+        let cs = u64::from(self.chunk_size);
+        let index = offset / cs;
+        let within = (offset % cs) as usize;
+        let len = self.chunk_len(index);
+        if data.is_empty() || within + data.len() > len {
+            return Ok(false);
+        }
+        let held = self.buffer.bytes();
+        // Past the limit with no write-back under way, this write is the one to start it.
+        if held > 2 * self.limit || (held > self.limit && self.writeback.try_lock().is_ok()) {
+            return Ok(false);
+        }
+        let Ok(_stripe) = self.stripes[(index as usize) % STRIPES].try_lock() else {
+            return Ok(false);
+        };
+        let (content, rewrite) = if within == 0 && data.len() == len {
+            (data.to_vec(), false)
+        } else {
+            let Some((mut current, rewrite)) = self.current(index, true)? else {
+                return Ok(false);
+            };
+            current[within..within + data.len()].copy_from_slice(data);
+            (current, rewrite)
+        };
+        self.buffer_chunk(index, content, rewrite);
+        Ok(true)
     }
 
     /// Makes `len` bytes from `offset` read as zeros. With `punch`, whole chunks are

@@ -60,9 +60,18 @@ fn range() -> impl Strategy<Value = (u64, u64)> {
     (0..SIZE).prop_flat_map(|offset| (Just(offset), 1..=(SIZE - offset).min(3 * CHUNK + 17)))
 }
 
+/// A long write (a stream's), often aligned to the 64 KiB groups whole chunks are stored in.
+fn long_range() -> impl Strategy<Value = (u64, u64)> {
+    (0u64..4, any::<bool>(), 16u64..=40).prop_map(|(group, aligned, chunks)| {
+        let offset = group * 16 * CHUNK + if aligned { 0 } else { 1000 };
+        (offset, (chunks * CHUNK).min(SIZE - offset))
+    })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (range(), any::<u8>()).prop_map(|((offset, len), seed)| Op::Write { offset, len, seed }),
+        2 => (long_range(), any::<u8>()).prop_map(|((offset, len), seed)| Op::Write { offset, len, seed }),
         2 => (range(), any::<bool>()).prop_map(|((offset, len), punch)| Op::Zeroes { offset, len, punch }),
         1 => range().prop_map(|(offset, len)| Op::Trim { offset, len }),
         2 => Just(Op::Flush),
@@ -269,6 +278,46 @@ fn scans_stay_out_of_the_cache_and_warming_keeps_what_it_reads() {
     v.warm(6 * CHUNK, 4 * CHUNK as usize).unwrap();
     assert!((6..10).all(cached));
     assert!(!cached(10));
+}
+
+#[test]
+fn chunks_written_whole_together_are_stored_as_one_and_a_patch_splits_one_off() {
+    let disk = SimDisk::new();
+    let vm = manager(&disk);
+    // 16 chunks of 4 KiB make a 64 KiB group; the volume ends in a short group of 2 chunks.
+    vm.create_volume("g", 2 * 16 * CHUNK - 14 * CHUNK - 100, None)
+        .unwrap();
+    let v = vm.open_volume("g").unwrap();
+    let mut model = super::noise(v.size() as usize, 7);
+    v.write_at(0, &model, false).unwrap();
+    v.flush().unwrap();
+    let usage = vm.store().volume_usage("g").unwrap();
+    assert_eq!(usage.chunks, 2, "one stored chunk per group: {usage:?}");
+    assert_eq!(usage.unique, v.size(), "{usage:?}");
+    // A patch re-encodes only its own chunk; the rest of the group reads the group's.
+    let patch = [0xAB; 300];
+    v.write_at(3 * CHUNK + 50, &patch, false).unwrap();
+    model[3 * CHUNK as usize + 50..][..300].copy_from_slice(&patch);
+    v.flush().unwrap();
+    let usage = vm.store().volume_usage("g").unwrap();
+    assert_eq!(usage.chunks, 3, "{usage:?}");
+    assert_eq!(usage.unique, v.size() + CHUNK, "{usage:?}");
+    assert_eq!(flat(v.read_at(0, v.size() as usize).unwrap()), model);
+    // Unaligned reads across the group's parts and the patched chunk.
+    let at = 2 * CHUNK as usize + 7;
+    assert_eq!(
+        flat(v.read_at(at as u64, 3 * CHUNK as usize).unwrap()),
+        model[at..at + 3 * CHUNK as usize]
+    );
+    drop(v);
+    let reopened = manager(&disk);
+    assert_eq!(read_all(&reopened, "g"), model);
+    let mut damage = Vec::new();
+    reopened
+        .store()
+        .verify(true, &mut |d| damage.push(d))
+        .unwrap();
+    assert!(damage.is_empty(), "{damage:?}");
 }
 
 #[test]
