@@ -160,9 +160,16 @@ impl VirtualMemory {
         seed: Option<&Seed>,
         summary: &mut ImportSummary,
     ) -> Result<()> {
-        // Every id is checked, even of a block that will be skipped: a document with a
-        // malformed id is not an export document.
+        // Every id and checksum is checked, even of a block that will be skipped: a document
+        // with a malformed one is not an export document.
         let id = crate::parse_block_id(&block.id)?;
+        if let Some(checksum) = &block.checksum {
+            if checksum.len() != 64 || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::InvalidArgument(format!(
+                    "block {id}: checksum is not 64 hexadecimal digits"
+                )));
+            }
+        }
         let Some(data) = block.data else {
             summary
                 .skipped

@@ -420,6 +420,18 @@ fn an_export_moves_every_block_to_another_server() {
             .unwrap(),
     );
     assert_eq!(unb64(body["data"].as_str().unwrap()), b"secret");
+
+    // A checksum that is not a SHA-256 makes the document invalid, even on a block that
+    // carries no data and would be skipped.
+    let bad = json!({"blocks": [{"id": "e3e70682-c209-1cac-a29f-6fbed82c07cd", "checksum": "3M"}]});
+    let (status, body) = json(
+        http.post(format!("{}/api/memory/import", b.url))
+            .header("Content-Type", "application/json")
+            .send(bad.to_string().as_bytes())
+            .unwrap(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].to_string().contains("checksum"), "{body}");
 }
 
 #[test]
