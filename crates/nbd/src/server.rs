@@ -308,24 +308,6 @@ impl Connection {
                 Some(p) => p,
                 None => break Ok(()),
             };
-            // A small read the export can answer from memory is answered here, at once.
-            if let Command::Read { offset, len, df } = command {
-                if len <= MEMORY_READ_MAX {
-                    if let Some(result) = export.read_from_memory(offset, len) {
-                        let reply = read_reply(&h, offset, df, result);
-                        self.observer.request(
-                            command.name(),
-                            moved,
-                            !matches!(reply, Reply::Error { .. }),
-                        );
-                        if replies.send(reply).await.is_err() {
-                            break Ok(());
-                        }
-                        drop(permits);
-                        continue;
-                    }
-                }
-            }
             let data = if let Command::Write { len, .. } = command {
                 let mut buf = vec![0u8; len as usize];
                 if let Err(e) = reader.read_exact(&mut buf).await {
@@ -335,32 +317,34 @@ impl Connection {
             } else {
                 Bytes::new()
             };
-            // So is a small write the export can take in memory.
-            if let Command::Write {
-                offset, fua: false, ..
-            } = command
-            {
-                if data.len() <= MEMORY_WRITE_MAX {
-                    if let Some(result) = export.write_to_memory(offset, &data) {
-                        let reply = match result {
+            // A small read the export can answer from memory, or a small write it can take in
+            // memory, is answered here, at once.
+            let answered =
+                match command {
+                    Command::Read { offset, len, df } if len <= MEMORY_READ_MAX => export
+                        .read_from_memory(offset, len)
+                        .map(|result| read_reply(&h, offset, df, result)),
+                    Command::Write {
+                        offset, fua: false, ..
+                    } if data.len() <= MEMORY_WRITE_MAX => export
+                        .write_to_memory(offset, &data)
+                        .map(|result| match result {
                             Ok(()) => Reply::Done {
                                 cookie: h.cookie,
                                 offset: h.offset,
                             },
                             Err(e) => failed(&h, command.name(), e),
-                        };
-                        self.observer.request(
-                            command.name(),
-                            moved,
-                            !matches!(reply, Reply::Error { .. }),
-                        );
-                        if replies.send(reply).await.is_err() {
-                            break Ok(());
-                        }
-                        drop(permits);
-                        continue;
-                    }
+                        }),
+                    _ => None,
+                };
+            if let Some(reply) = answered {
+                self.observer
+                    .request(command.name(), moved, !matches!(reply, Reply::Error { .. }));
+                if replies.send(reply).await.is_err() {
+                    break Ok(());
                 }
+                drop(permits);
+                continue;
             }
             let export = Arc::clone(&export);
             let observer = Arc::clone(&self.observer);

@@ -88,12 +88,11 @@ impl BlockCache {
         }
     }
 
-    /// Takes a chunk's plaintext out of the cache: for a caller about to supersede it, so that
-    /// the cache keeps what is still read, and the caller may reuse the buffer if no reader
-    /// holds it.
-    pub fn take_chunk(&self, id: &ChunkId) -> Option<Bytes> {
-        self.counted(self.cache.remove(&Key::Chunk(*id)).map(|(_, c)| c))
-            .map(|c| c.data)
+    /// Drops a chunk's plaintext from the cache (not counted as a lookup): for a caller about
+    /// to supersede it, so that the cache keeps what is still read, and the caller's own copy
+    /// of the buffer is the last one if no reader holds it.
+    pub fn forget_chunk(&self, id: &ChunkId) {
+        self.cache.remove(&Key::Chunk(*id));
     }
 
     fn counted(&self, found: Option<CachedBlock>) -> Option<CachedBlock> {

@@ -299,10 +299,10 @@ impl Volume {
         }
         match self.entries(index..index + 1)?.remove(&index) {
             Some(MapEntry::Chunk { id, .. }) => {
-                let plain = match self.cache.chunk(&id) {
-                    Some(plain) => plain,
+                let (plain, cached) = match self.cache.chunk(&id) {
+                    Some(plain) => (plain, true),
                     None if memory_only => return Ok(None),
-                    None => self.chunks(&[id], false)?.remove(0),
+                    None => (self.chunks(&[id], false)?.remove(0), false),
                 };
                 if plain.len() == len {
                     // The chunk's own content is about to be superseded, so it leaves the
@@ -310,17 +310,39 @@ impl Volume {
                     // again when read): random writes would otherwise fill the cache with dead
                     // versions and push out the live ones. The patch reuses its buffer if no
                     // reader holds it.
-                    drop(self.cache.take_chunk(&id));
+                    self.cache.forget_chunk(&id);
                     return Ok(Some((Vec::from(plain), true)));
                 }
                 // A group's content stays cached: the rest of the group still reads it, and
                 // random writes patch its other chunks next.
                 let unit = self.unit_of(index, &plain)?;
-                self.cache.insert_chunk(id, plain);
+                if !cached {
+                    self.cache.insert_chunk(id, plain);
+                }
                 Ok(Some((unit.to_vec(), true)))
             }
             _ => Ok(Some((vec![0; len], false))),
         }
+    }
+
+    /// Chunk `index`'s new content once `piece` is written `within` it, and whether it is a
+    /// rewrite: the piece itself if it covers the chunk, else the chunk's current content
+    /// patched (`None` with `memory_only` if that content is not in memory).
+    fn patched(
+        &self,
+        index: u64,
+        within: usize,
+        piece: &[u8],
+        memory_only: bool,
+    ) -> Result<Option<(Vec<u8>, bool)>> {
+        if within == 0 && piece.len() == self.chunk_len(index) {
+            return Ok(Some((piece.to_vec(), false)));
+        }
+        let Some((mut current, rewrite)) = self.current(index, memory_only)? else {
+            return Ok(None);
+        };
+        current[within..within + piece.len()].copy_from_slice(piece);
+        Ok(Some((current, rewrite)))
     }
 
     /// Buffers `content` as chunk `index`'s newest; the caller holds the chunk's stripe. A
@@ -453,13 +475,9 @@ impl Volume {
             let n = (len - within).min(data.len() - at);
             let piece = &data[at..at + n];
             let _stripe = self.stripe(index);
-            let (content, rewrite) = if within == 0 && n == len {
-                (piece.to_vec(), false)
-            } else {
-                let (mut current, rewrite) = self.current(index, false)?.expect("may fetch");
-                current[within..within + n].copy_from_slice(piece);
-                (current, rewrite)
-            };
+            let (content, rewrite) = self
+                .patched(index, within, piece, false)?
+                .expect("may fetch");
             self.buffer_chunk(index, content, rewrite);
             at += n;
         }
@@ -489,14 +507,8 @@ impl Volume {
         let Ok(_stripe) = self.stripes[(index as usize) % STRIPES].try_lock() else {
             return Ok(false);
         };
-        let (content, rewrite) = if within == 0 && data.len() == len {
-            (data.to_vec(), false)
-        } else {
-            let Some((mut current, rewrite)) = self.current(index, true)? else {
-                return Ok(false);
-            };
-            current[within..within + data.len()].copy_from_slice(data);
-            (current, rewrite)
+        let Some((content, rewrite)) = self.patched(index, within, data, true)? else {
+            return Ok(false);
         };
         self.buffer_chunk(index, content, rewrite);
         Ok(true)
