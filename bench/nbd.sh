@@ -22,7 +22,7 @@ scratch=${SCRATCH:-$top/target/bench/nbd}
 corpus=${CORPUS:-$top/../shared/corpus/silesia}
 bin=$top/target/release/aetherflow
 runtime=${FIO_SECONDS:-20}
-seq_rounds=${SEQ_ROUNDS:-3}
+seq_rounds=${SEQ_ROUNDS:-7}
 store_dir=$scratch/store
 cache=1GiB
 cd "$top"
