@@ -160,8 +160,8 @@ impl VirtualMemory {
         seed: Option<&Seed>,
         summary: &mut ImportSummary,
     ) -> Result<()> {
-        // Every id and checksum is checked, even of a block that will be skipped: a document
-        // with a malformed one is not an export document.
+        // Every id, checksum and data field is checked, even of a block that will be skipped:
+        // a document with a malformed one is not an export document.
         let id = crate::parse_block_id(&block.id)?;
         if let Some(checksum) = &block.checksum {
             if checksum.len() != 64 || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -176,6 +176,9 @@ impl VirtualMemory {
                 .push((block.id, "no data in the document".into()));
             return Ok(());
         };
+        let bytes = STANDARD.decode(data.as_bytes()).map_err(|e| {
+            Error::InvalidArgument(format!("block {id}: data is not valid base64: {e}"))
+        })?;
         if block.seeded && seed.is_none() {
             summary.skipped.push((
                 block.id,
@@ -183,9 +186,6 @@ impl VirtualMemory {
             ));
             return Ok(());
         }
-        let bytes = STANDARD.decode(data.as_bytes()).map_err(|e| {
-            Error::InvalidArgument(format!("block {id}: data is not valid base64: {e}"))
-        })?;
         if let Some(expected) = &block.checksum {
             let actual = aetherflow_engine::hex::encode(&Sha256::digest(&bytes));
             if !expected.eq_ignore_ascii_case(&actual) {

@@ -432,6 +432,16 @@ fn an_export_moves_every_block_to_another_server() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].to_string().contains("checksum"), "{body}");
+    // So does data that is not base64, even on a seeded block that, without a seed, is skipped.
+    let bad = json!({"blocks": [{"id": "e3e70682-c209-1cac-a29f-6fbed82c07cd", "data": "%%", "seeded": true}]});
+    let (status, body) = json(
+        http.post(format!("{}/api/memory/import", b.url))
+            .header("Content-Type", "application/json")
+            .send(bad.to_string().as_bytes())
+            .unwrap(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].to_string().contains("base64"), "{body}");
 }
 
 #[test]
