@@ -421,27 +421,28 @@ fn an_export_moves_every_block_to_another_server() {
     );
     assert_eq!(unb64(body["data"].as_str().unwrap()), b"secret");
 
-    // A checksum that is not a SHA-256 makes the document invalid, even on a block that
-    // carries no data and would be skipped.
-    let bad = json!({"blocks": [{"id": "e3e70682-c209-1cac-a29f-6fbed82c07cd", "checksum": "3M"}]});
-    let (status, body) = json(
-        http.post(format!("{}/api/memory/import", b.url))
-            .header("Content-Type", "application/json")
-            .send(bad.to_string().as_bytes())
-            .unwrap(),
-    );
-    assert_eq!(status, 400, "{body}");
-    assert!(body["error"].to_string().contains("checksum"), "{body}");
-    // So does data that is not base64, even on a seeded block that, without a seed, is skipped.
-    let bad = json!({"blocks": [{"id": "e3e70682-c209-1cac-a29f-6fbed82c07cd", "data": "%%", "seeded": true}]});
-    let (status, body) = json(
-        http.post(format!("{}/api/memory/import", b.url))
-            .header("Content-Type", "application/json")
-            .send(bad.to_string().as_bytes())
-            .unwrap(),
-    );
-    assert_eq!(status, 400, "{body}");
-    assert!(body["error"].to_string().contains("base64"), "{body}");
+    // A checksum that is not a SHA-256, or data that is not base64, makes the document
+    // invalid, even on a block that would be skipped (no data; seeded, but no seed given).
+    let malformed = [
+        (
+            json!({"id": "e3e70682-c209-1cac-a29f-6fbed82c07cd", "checksum": "3M"}),
+            "checksum",
+        ),
+        (
+            json!({"id": "e3e70682-c209-1cac-a29f-6fbed82c07cd", "data": "%%", "seeded": true}),
+            "base64",
+        ),
+    ];
+    for (block, fault) in malformed {
+        let (status, body) = json(
+            http.post(format!("{}/api/memory/import", b.url))
+                .header("Content-Type", "application/json")
+                .send(json!({ "blocks": [block] }).to_string().as_bytes())
+                .unwrap(),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].to_string().contains(fault), "{body}");
+    }
 }
 
 #[test]
