@@ -4,6 +4,7 @@
 #   serve_start LOG ARGS...   starts `$bin serve --listen 127.0.0.1:0 ARGS...` (stderr to LOG),
 #                             waits until it says where it listens and answers /healthz, and
 #                             sets serve_pid and serve_url; exits the script if it does not come up
+#                             within SERVE_WAIT seconds (10; a server opening a large bucket needs more)
 #   serve_stop PID            SIGTERM, up to 35 s to close the store, then SIGKILL
 #   api PATH CURL_ARGS...     a request to the running server ($serve_url)
 #   create NAME SIZE          creates a volume there; physical: the store's physical bytes
@@ -20,7 +21,7 @@ serve_start() {
   AF_LOG=${AF_LOG:-info} "$bin" serve --listen 127.0.0.1:0 "$@" 2> "$log" &
   serve_pid=$!
   serve_url=
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 $((${SERVE_WAIT:-10} * 10))); do
     serve_url=$(sed -n 's/.*listening on \(http:\/\/127\.0\.0\.1:[0-9]*\).*/\1/p' "$log" | head -n 1)
     [[ -n $serve_url ]] && break
     kill -0 "$serve_pid" 2>/dev/null || { cat "$log" >&2; exit 1; }

@@ -26,6 +26,20 @@ use object_store::{
 
 use crate::location::S3Location;
 
+/// GETs of one batch ([`Remote::for_each_object`]) in flight at once.
+const IN_FLIGHT: usize = 32;
+/// Results of one batch in flight or waiting for the caller at once.
+pub const AHEAD: usize = 2 * IN_FLIGHT;
+
+/// Cancels a task when dropped: a walk its caller ended early leaves no requests behind.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One object as listed.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -262,51 +276,97 @@ impl Remote {
         }
     }
 
-    /// Many whole objects, up to 32 requests in flight; results in the order of `keys`.
-    pub fn get_many(&self, keys: &[String]) -> Vec<Result<Bytes>> {
-        self.get_many_opts(keys, None)
-            .into_iter()
-            .map(|r| r.map(|(bytes, _)| bytes))
-            .collect()
+    /// GETs every object of `keys`, whole, and hands each result to `each` with its index in
+    /// `keys`, in that order, as it arrives (see [`Remote::for_each_get`]).
+    pub fn for_each_object(
+        &self,
+        keys: &[String],
+        each: impl FnMut(usize, Result<Bytes>) -> Result<()>,
+    ) -> Result<()> {
+        let mut each = each;
+        self.for_each_get(keys, None, |i, r| each(i, r.map(|(bytes, _)| bytes)))
     }
 
-    /// The last `n` bytes of many objects, with their sizes, as [`Remote::get_many`].
-    pub fn get_many_tails(&self, keys: &[String], n: u64) -> Vec<Result<(Bytes, u64)>> {
-        self.get_many_opts(keys, Some(GetRange::Suffix(n)))
+    /// The last `n` bytes of every object of `keys`, with its size, as
+    /// [`Remote::for_each_object`].
+    pub fn for_each_tail(
+        &self,
+        keys: &[String],
+        n: u64,
+        each: impl FnMut(usize, Result<(Bytes, u64)>) -> Result<()>,
+    ) -> Result<()> {
+        self.for_each_get(keys, Some(GetRange::Suffix(n)), each)
     }
 
-    fn get_many_opts(&self, keys: &[String], range: Option<GetRange>) -> Vec<Result<(Bytes, u64)>> {
+    /// GETs `keys` ([`IN_FLIGHT`] at a time) and hands each result to `each` in the order of
+    /// `keys` as it arrives, on the calling thread. A GET starts only while fewer than
+    /// [`AHEAD`] results are in flight or waiting for `each`, so that the bodies held at once
+    /// are bounded whatever the number of keys: a cold open of a large bucket parses each
+    /// pack's tail and drops it instead of holding them all. The first error `each` returns
+    /// ends the walk, cancels the GETs under way and is returned.
+    fn for_each_get(
+        &self,
+        keys: &[String],
+        range: Option<GetRange>,
+        mut each: impl FnMut(usize, Result<(Bytes, u64)>) -> Result<()>,
+    ) -> Result<()> {
         if keys.is_empty() {
-            return Vec::new();
+            return Ok(());
         }
-        self.counts
-            .get
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
         let bucket = Arc::clone(&self.bucket);
         let paths: Vec<Path> = keys.iter().map(|k| self.path(k)).collect();
-        let results = self.run(async move {
-            futures_util::stream::iter(paths)
-                .map(|path| {
-                    let bucket = Arc::clone(&bucket);
-                    let options = GetOptions {
-                        range: range.clone(),
-                        ..GetOptions::default()
-                    };
-                    async move {
-                        let got = bucket.get_opts(&path, options).await?;
-                        let size = got.meta.size;
-                        Ok::<_, object_store::Error>((got.bytes().await?, size))
+        let room = Arc::new(tokio::sync::Semaphore::new(AHEAD));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let producer_room = Arc::clone(&room);
+        let producer = self
+            .runtime
+            .as_ref()
+            .expect("runtime lives as long as the remote")
+            .spawn(async move {
+                let results = futures_util::stream::iter(paths)
+                    .then(|path| {
+                        let room = Arc::clone(&producer_room);
+                        async move {
+                            // Given back by the consumer once it has handled a result.
+                            if let Ok(permit) = room.acquire_owned().await {
+                                permit.forget();
+                            }
+                            path
+                        }
+                    })
+                    .map(|path| {
+                        let bucket = Arc::clone(&bucket);
+                        let options = GetOptions {
+                            range: range.clone(),
+                            ..GetOptions::default()
+                        };
+                        async move {
+                            let got = bucket.get_opts(&path, options).await?;
+                            let size = got.meta.size;
+                            Ok::<_, object_store::Error>((got.bytes().await?, size))
+                        }
+                    })
+                    .buffered(IN_FLIGHT);
+                let mut results = std::pin::pin!(results);
+                while let Some(result) = results.next().await {
+                    if tx.send(result).is_err() {
+                        return; // the consumer stopped
                     }
-                })
-                .buffered(32)
-                .collect::<Vec<_>>()
-                .await
-        });
-        results
-            .into_iter()
-            .zip(keys)
-            .map(|(r, key)| r.map_err(|e| self.error("reading", key, e)))
-            .collect()
+                }
+            });
+        let _cancel = AbortOnDrop(producer);
+        for (i, key) in keys.iter().enumerate() {
+            let Ok(result) = rx.recv() else {
+                return Err(Error::Unavailable(format!(
+                    "reading {}{key} in bucket {}: the request task stopped",
+                    self.prefix, self.location.bucket
+                )));
+            };
+            self.counts.get.fetch_add(1, Ordering::Relaxed);
+            each(i, result.map_err(|e| self.error("reading", key, e)))?;
+            room.add_permits(1);
+        }
+        Ok(())
     }
 
     /// An object's size and modification time.
@@ -337,31 +397,30 @@ impl Remote {
     /// complete one.
     pub fn list(&self, dir: &str) -> Result<Vec<Listed>> {
         let (bucket, path) = (Arc::clone(&self.bucket), self.path(dir));
+        let prefix = self.prefix.clone();
+        // Each entry is cut down to what the store keeps as it arrives: a listing of a large
+        // bucket is held once, not once as the client's metadata and again as ours.
         let r = self.run(async move {
             let mut stream = bucket.list(Some(&path));
             let mut out = Vec::new();
             while let Some(meta) = stream.next().await {
-                out.push(meta?);
+                let meta = meta?;
+                if let Some(key) = meta.location.as_ref().strip_prefix(&prefix) {
+                    out.push(Listed {
+                        key: key.to_string(),
+                        size: meta.size,
+                        modified_ms: meta.last_modified.timestamp_millis(),
+                    });
+                }
             }
             Ok::<_, object_store::Error>(out)
         });
-        let metas = r.map_err(|e| self.error("listing", dir, e))?;
+        let mut out = r.map_err(|e| self.error("listing", dir, e))?;
         // One request per page of up to 1,000 keys.
         self.counts
             .list
-            .fetch_add(1 + metas.len() as u64 / 1000, Ordering::Relaxed);
-        let mut out: Vec<Listed> = metas
-            .into_iter()
-            .filter_map(|m| {
-                let key = m.location.as_ref().strip_prefix(&self.prefix)?.to_string();
-                Some(Listed {
-                    key,
-                    size: m.size,
-                    modified_ms: m.last_modified.timestamp_millis(),
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+            .fetch_add(1 + out.len() as u64 / 1000, Ordering::Relaxed);
+        out.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 

@@ -100,27 +100,27 @@ impl View {
             }
             names.insert(name);
         }
-        let bodies = self.remote.get_many(
-            &changed
-                .iter()
-                .map(|(n, _)| volume_objects::volume_key(n))
-                .collect::<Vec<_>>(),
-        );
-        for ((name, listed), body) in changed.into_iter().zip(bodies) {
+        let keys: Vec<String> = changed
+            .iter()
+            .map(|(n, _)| volume_objects::volume_key(n))
+            .collect();
+        self.remote.for_each_object(&keys, |i, body| {
+            let (name, listed) = &changed[i];
             let body = match body {
                 Ok(b) => b,
-                Err(Error::NotFound(_)) => continue, // deleted since the listing
+                Err(Error::NotFound(_)) => return Ok(()), // deleted since the listing
                 Err(e) => return Err(e),
             };
-            match Head::decode(&name, &body) {
+            match Head::decode(name, &body) {
                 Ok(head) => self
-                    .change(|c| c.put_volume(&name, head, None, Some(listed), body.len() as u64)),
+                    .change(|c| c.put_volume(name, head, None, Some(*listed), body.len() as u64)),
                 Err(e) => {
                     tracing::error!("volume {name}: head unreadable: {e}");
-                    self.change(|c| c.note_damaged_volume(&name, e.to_string()));
+                    self.change(|c| c.note_damaged_volume(name, e.to_string()));
                 }
             }
-        }
+            Ok(())
+        })?;
         self.change(|c| c.confirm_volumes(&names, generation));
 
         let generation = self.change(|c| c.begin_refresh());
@@ -164,15 +164,15 @@ impl View {
             .iter()
             .map(|(l, s)| volume_objects::delta_key(*l, *s))
             .collect();
-        let bodies = self.remote.get_many(&keys);
         let mut broken: HashSet<LayerId> = HashSet::new();
-        for ((key, body), (layer, _)) in keys.iter().zip(bodies).zip(&wanted) {
+        self.remote.for_each_object(&keys, |i, body| {
+            let (key, (layer, _)) = (&keys[i], &wanted[i]);
             if broken.contains(layer) {
-                continue; // nothing after a damaged delta is applied
+                return Ok(()); // nothing after a damaged delta is applied
             }
             let body = match body {
                 Ok(b) => b,
-                Err(Error::NotFound(_)) => continue, // collected since the listing
+                Err(Error::NotFound(_)) => return Ok(()), // collected since the listing
                 Err(e) => return Err(e),
             };
             match Delta::decode(key, &body) {
@@ -185,8 +185,8 @@ impl View {
                     self.change(|c| c.note_damaged_delta(*layer, key, e.to_string()));
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Learns new packs (one ranged GET of each one's index) and forgets deleted ones.
@@ -203,25 +203,26 @@ impl View {
                 })
                 .collect()
         });
-        let tails = self.remote.get_many_tails(
-            &new.iter().map(|l| l.key.clone()).collect::<Vec<_>>(),
-            pack::TAIL_GUESS,
-        );
-        for (l, tail) in new.into_iter().zip(tails) {
-            let name = name_of(l);
-            match tail.and_then(|tail| self.read_index(&name, l.size, tail)) {
-                Ok(entries) => {
-                    self.change(|c| c.add_pack(&name, l.size, Some(l.modified_ms), entries, None))
+        let keys: Vec<String> = new.iter().map(|l| l.key.clone()).collect();
+        // Each tail is parsed as it arrives and dropped: the open holds the entries the catalog
+        // keeps, not every pack's last 16 KiB.
+        self.remote
+            .for_each_tail(&keys, pack::TAIL_GUESS, |i, tail| {
+                let l = new[i];
+                let name = name_of(l);
+                match tail.and_then(|tail| self.read_index(&name, l.size, tail)) {
+                    Ok(entries) => self
+                        .change(|c| c.add_pack(&name, l.size, Some(l.modified_ms), entries, None)),
+                    Err(Error::Corrupt(why)) => {
+                        tracing::error!("pack {name}: {why}");
+                        self.change(|c| c.note_bad_pack(&name, why));
+                    }
+                    // Deleted between the listing and the read: the next listing forgets it.
+                    Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
                 }
-                Err(Error::Corrupt(why)) => {
-                    tracing::error!("pack {name}: {why}");
-                    self.change(|c| c.note_bad_pack(&name, why));
-                }
-                // Deleted between the listing and the read: the next listing forgets it.
-                Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
+                Ok(())
+            })?;
         let names: HashSet<String> = listed.iter().map(name_of).collect();
         self.change(|c| c.confirm_packs(&names, generation));
         Ok(())
@@ -264,11 +265,11 @@ impl View {
                 .collect()
         });
         let keys: Vec<String> = new.iter().map(|id| keys::block(*id)).collect();
-        let bodies = self.remote.get_many(&keys);
-        for (id, body) in new.into_iter().zip(bodies) {
+        self.remote.for_each_object(&keys, |i, body| {
+            let id = new[i];
             let body = match body {
                 Ok(b) => b,
-                Err(Error::NotFound(_)) => continue, // freed since the listing
+                Err(Error::NotFound(_)) => return Ok(()), // freed since the listing
                 Err(e) => return Err(e),
             };
             match Manifest::decode(&body, &format_args!("block {id}")) {
@@ -280,7 +281,8 @@ impl View {
                     self.change(|c| c.note_damaged_block(id, e.to_string()));
                 }
             }
-        }
+            Ok(())
+        })?;
         self.change(|c| c.confirm_blocks(&ids, generation));
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ pub enum Fault {
 pub struct Faulty {
     inner: Arc<dyn ObjectStore>,
     faults: Mutex<Vec<(String, Fault)>>,
+    gets: AtomicU64,
 }
 
 impl fmt::Display for Faulty {
@@ -44,7 +46,13 @@ impl Faulty {
         Arc::new(Faulty {
             inner,
             faults: Mutex::default(),
+            gets: AtomicU64::new(0),
         })
+    }
+
+    /// GETs begun so far.
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::SeqCst)
     }
 
     /// From now on, applies `fault` to keys containing `key`.
@@ -108,6 +116,7 @@ impl ObjectStore for Faulty {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         let cut = self.before(location.as_ref()).await?;
         let got = self.inner.get_opts(location, options).await?;
         let Some(n) = cut else { return Ok(got) };

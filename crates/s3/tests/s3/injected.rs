@@ -116,3 +116,54 @@ fn an_unreachable_bucket_fails_requests_and_service_resumes() {
     assert_eq!(store.manifest(id).unwrap().chunk_refs().count(), 1);
     put(&store, &[&chunk(8, 2000)]);
 }
+
+#[test]
+fn a_walk_over_many_objects_holds_a_bounded_number_of_them() {
+    use aetherflow_s3::remote::{Remote, AHEAD};
+    let location = fresh_location();
+    let faulty = Faulty::new(s3_bucket(&location, quick_timeouts()).unwrap());
+    let remote = Remote::new(faulty.clone(), &location).unwrap();
+    let keys: Vec<String> = (0..300).map(|i| format!("many/{i:04}")).collect();
+    for k in &keys {
+        remote.put(k, bytes::Bytes::from(k.clone()), false).unwrap();
+    }
+    let before = faulty.gets();
+    let mut handled = 0;
+    remote
+        .for_each_object(&keys, |i, body| {
+            assert_eq!(
+                body.unwrap(),
+                keys[i].as_bytes(),
+                "in the order of the keys"
+            );
+            if i % 50 == 0 {
+                // Time for the fetches to run ahead as far as they may.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let begun = faulty.gets() - before;
+            assert!(
+                begun <= (i + 1 + AHEAD) as u64,
+                "{begun} GETs begun with {i} objects handled"
+            );
+            handled += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(handled, keys.len());
+
+    // An error of the caller ends the walk, and the GETs not begun are never made.
+    let before = faulty.gets();
+    let err = remote
+        .for_each_object(&keys, |i, _| match i {
+            10 => Err(Error::Refused("enough".into())),
+            _ => Ok(()),
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err}");
+    std::thread::sleep(Duration::from_millis(300));
+    let begun = faulty.gets() - before;
+    assert!(
+        begun <= (11 + AHEAD) as u64,
+        "{begun} GETs after the walk ended"
+    );
+}

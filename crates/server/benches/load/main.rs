@@ -12,7 +12,7 @@
 //!
 //! | scenario | what it does |
 //! |---|---|
-//! | `mixed` | `--conns` (64) connections for `--secs` (30): JSON allocate of 64 KiB–1 MiB text-like blocks (45 %), JSON read of earlier blocks (50 %), stats (5 %) |
+//! | `mixed` | `--conns` (64) connections for `--secs` (30): JSON allocate of 64 KiB–1 MiB text-like blocks (45 %), JSON read of earlier blocks (50 %), stats (`--stats-percent`, 5 %; the reads take the rest) |
 //! | `hit` | allocates one 64 KiB block, reads it once to warm the cache, then `--conns` (64) connections read it for `--secs` (10) |
 //! | `json-vs-raw` | `--mib` (192) MiB in 1 MiB blocks through JSON allocate, then the same amount through the raw octet-stream route, `--conns` (4) connections; MB/s of each and the ratio |
 //! | `gen` | writes `--bytes` of `--source` repeated, each copy stamped so that no copy deduplicates against another, to stdout (the same bytes every run) |
@@ -56,6 +56,8 @@ struct Args {
     rate: Option<f64>,
     /// Prefix of the results keys of `blocks` (so one results file can hold several runs).
     label: Option<String>,
+    /// Share of `mixed`'s requests that ask for the stats (5 %); the rest of the 55 % are reads.
+    stats_percent: Option<u64>,
 }
 
 fn parse_size(text: &str) -> u64 {
@@ -99,6 +101,7 @@ fn parse_args() -> Args {
         results: None,
         rate: None,
         label: None,
+        stats_percent: None,
     };
     while let Some(a) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -113,6 +116,14 @@ fn parse_args() -> Args {
             "--results" => args.results = Some(value()),
             "--rate" => args.rate = Some(value().parse().expect("--rate REQUESTS_PER_SECOND")),
             "--label" => args.label = Some(value()),
+            "--stats-percent" => {
+                let n: u64 = value().parse().expect("--stats-percent 0..=55");
+                assert!(
+                    n <= 55,
+                    "--stats-percent: at most 55 (allocations take 45 %)"
+                );
+                args.stats_percent = Some(n);
+            }
             s if !s.starts_with('-') && args.scenario.is_empty() => args.scenario = s.into(),
             other => panic!("unknown argument {other:?}"),
         }
@@ -133,7 +144,7 @@ fn main() {
         "blocks" => blocks::blocks(&args, &mut results),
         "shared" => shared::shared(&args, &mut results),
         other => {
-            eprintln!("usage: load (mixed|hit|json-vs-raw|gen|blocks|shared) --url http://127.0.0.1:PORT [--url2 URL] [--conns N] [--secs S] [--mib N] [--bytes N --source FILE] [--label NAME] [--results FILE]");
+            eprintln!("usage: load (mixed|hit|json-vs-raw|gen|blocks|shared) --url http://127.0.0.1:PORT [--url2 URL] [--conns N] [--secs S] [--mib N] [--bytes N --source FILE] [--label NAME] [--stats-percent N] [--results FILE]");
             eprintln!("unknown scenario {other:?}");
             std::process::exit(2);
         }

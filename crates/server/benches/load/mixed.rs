@@ -20,6 +20,7 @@ struct Known {
 pub fn mixed(args: &Args, results: &mut Results) {
     let conns = args.conns.unwrap_or(64);
     let secs = args.secs.unwrap_or(30.0);
+    let stats_percent = args.stats_percent.unwrap_or(5);
     let corpus = Arc::new(text_corpus(48 << 20, 7));
     let known = Arc::new(Mutex::new(Known::default()));
     // A few blocks first, so that the first reads have something to read.
@@ -80,7 +81,7 @@ pub fn mixed(args: &Args, results: &mut Results) {
                         if let Some(id) = id {
                             known.lock().unwrap().blocks.push((id, len as u64));
                         }
-                    } else if roll < 95 {
+                    } else if roll < 100 - stats_percent {
                         let (id, len) = {
                             let k = known.lock().unwrap();
                             let n = k.blocks.len() as u64;
@@ -121,7 +122,8 @@ pub fn mixed(args: &Args, results: &mut Results) {
     let (_, s) = stats(&new_agent(), &args.url);
     let blocks = s.map_or(0, |s| s.total_blocks);
     println!(
-        "## Mixed load: {conns} connections, {elapsed:.1} s (allocate 45 %, read 50 %, stats 5 %)"
+        "## Mixed load: {conns} connections, {elapsed:.1} s (allocate 45 %, read {} %, stats {stats_percent} %)",
+        55 - stats_percent
     );
     println!();
     print_routes(&mut routes, elapsed, results, "mixed");

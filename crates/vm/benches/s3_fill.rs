@@ -1,0 +1,76 @@
+//! Bulk loader for `bench/s3_scale.sh`: fills a bucket prefix with many distinct 4 KiB blocks
+//! through the store's own staging and commit path (in process, no HTTP), as 16 clients of a
+//! server would, so that a fill of 10^5 blocks takes minutes rather than an hour.
+//!
+//! Env: `AF_S3_ENDPOINT`, `AF_S3_BUCKET`, `PREFIX` (the store's prefix in the bucket), `BLOCKS`
+//! (10000), `FIRST` (0: the number of the first block, so that a fill can be topped up),
+//! `THREADS` (16). Block `n`'s content is a function of `n` alone, so no two blocks dedup.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aetherflow_vm::{Backend, S3Location, S3Options, VirtualMemory, VmConfig};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// 4 KiB of xorshift output seeded by `n`: incompressible and distinct for every `n`.
+fn block(n: u64) -> Vec<u8> {
+    let mut state = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..4096 / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench` asks benches for their tests; there are none.
+    }
+    let endpoint = std::env::var("AF_S3_ENDPOINT").expect("AF_S3_ENDPOINT: run bench/s3_scale.sh");
+    let bucket = std::env::var("AF_S3_BUCKET").expect("AF_S3_BUCKET");
+    let prefix = std::env::var("PREFIX").expect("PREFIX");
+    let first = env("FIRST", 0);
+    let end = first + env("BLOCKS", 10_000);
+    let threads = env("THREADS", 16);
+    let location: S3Location = format!("s3://{bucket}/{prefix}?endpoint={endpoint}")
+        .parse()
+        .expect("location");
+    // No refreshes or sweeps while filling: this process is the prefix's only writer.
+    let options = S3Options {
+        refresh_every: Duration::from_secs(24 * 3600),
+        sweep_every: None,
+        ..S3Options::default()
+    };
+    let vm = VirtualMemory::open(VmConfig::new(Backend::S3(location, options))).expect("open");
+    let next = AtomicU64::new(first);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= end {
+                    break;
+                }
+                vm.allocate(&block(n), None).expect("allocate");
+                if n % 10_000 == 0 && n > first {
+                    eprintln!("  {n} blocks, {:.0} s", started.elapsed().as_secs_f64());
+                }
+            });
+        }
+    });
+    let requests = vm.store().remote_requests().unwrap_or_default();
+    println!(
+        "filled blocks {first}..{end} in {:.1} s ({} PUTs)",
+        started.elapsed().as_secs_f64(),
+        requests.put
+    );
+}
