@@ -80,6 +80,11 @@ impl BlockCache {
             .map(|c| c.data)
     }
 
+    /// Whether a volume chunk's plaintext is held (not counted as a lookup).
+    pub fn holds_chunk(&self, id: &ChunkId) -> bool {
+        self.cache.contains_key(&Key::Chunk(*id))
+    }
+
     /// Keeps a volume chunk's verified plaintext.
     pub fn insert_chunk(&self, id: ChunkId, data: Bytes) {
         if self.admits(data.len() as u64) {

@@ -353,6 +353,11 @@ impl VirtualMemory {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             writeback: Mutex::new(()),
             limit: self.config.volume_buffer,
+            read_ahead: self.store.remote_requests().is_some().then(|| {
+                Mutex::new(super::readahead::ReadAhead::new(
+                    (super::READ_AHEAD_BYTES / u64::from(record.chunk_size)).max(1),
+                ))
+            }),
         });
         open.insert(
             name.to_string(),

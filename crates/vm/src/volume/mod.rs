@@ -19,6 +19,7 @@
 pub(crate) mod buffer;
 mod coders;
 mod manage;
+mod readahead;
 mod writeback;
 
 /// The registry of open and unlocked volumes, as the manager keeps it.
@@ -102,6 +103,9 @@ const EXTENT_ROWS: usize = 64 * 1024;
 /// larger sizes measured, about as well as qcow2's zstd clusters (docs/design.md).
 pub const GROUP_BYTES: u32 = 64 * 1024;
 
+/// Bytes of a volume fetched ahead of a sequential reader on a remote store (see `readahead`).
+const READ_AHEAD_BYTES: u64 = 8 << 20;
+
 /// Chunks of zeros written with `NO_HOLE` in one request that are kept as zero entries. A larger
 /// request (over 16 Mi chunks: 256 GiB at 16 KiB) deallocates instead: it still reads as
 /// zeros, but is reported as a hole, so that a request's cost stays bounded.
@@ -125,6 +129,8 @@ pub struct Volume {
     writeback: Mutex<()>,
     /// The buffer is written back past this many bytes.
     limit: u64,
+    /// For a store that fetches ahead when told (a remote one): sequential readers' streams.
+    read_ahead: Option<Mutex<readahead::ReadAhead>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -410,6 +416,9 @@ impl Volume {
             }
             cached
         } else {
+            if fetch == Fetch::Read {
+                self.read_ahead(first, last);
+            }
             let keep = fetch == Fetch::Warm || wanted.len() <= SCAN_CHUNKS;
             wanted
                 .iter()
@@ -458,6 +467,38 @@ impl Volume {
             push(Span::Data(fetched[&id].slice(from..to)));
         }
         Ok(Some(spans))
+    }
+
+    /// As a read of chunks `first..=last` begins: tells the store which stored chunks a
+    /// sequential reader needs now and next, if this read continues one (see `readahead`).
+    fn read_ahead(&self, first: u64, last: u64) {
+        let Some(streams) = &self.read_ahead else {
+            return;
+        };
+        let Some(ahead) = streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .on_read(first, last)
+        else {
+            return;
+        };
+        let chunks = self.size.div_ceil(u64::from(self.chunk_size));
+        let ahead = ahead.start.min(chunks)..ahead.end.min(chunks);
+        let mut ids: Vec<ChunkId> = Vec::new();
+        let mapped = self.store.volume_map(&self.name, ahead, &mut |_, entry| {
+            // The chunks of a group name one stored chunk.
+            if let Some(id) = entry.chunk().filter(|id| ids.last() != Some(id)) {
+                ids.push(id);
+            }
+            true
+        });
+        if let Err(e) = mapped {
+            // Only a hint: the reads themselves say what is wrong.
+            tracing::debug!("volume {}: no read-ahead: {e}", self.name);
+            return;
+        }
+        ids.retain(|id| !self.cache.holds_chunk(id));
+        self.store.prefetch(&ids);
     }
 
     /// Writes `data` at `offset` (any size and alignment); with `durable`, flushed before this

@@ -215,6 +215,9 @@ impl Volume {
         // Distinct contents, each with its level: a rewrite's if every copy of it is one.
         let rewrite_level = self.level.min(REWRITE_LEVEL);
         let mut distinct: HashMap<ChunkId, (&Bytes, i32)> = HashMap::new();
+        // In the order of the volume, so that the new chunks lie in their pack in the order a
+        // sequential reader asks for them (one ranged GET fetches a run of them).
+        let mut in_order: Vec<ChunkId> = Vec::new();
         for (chunk, piece) in entries.iter().zip(pieces) {
             if let Some((id, data)) = chunk {
                 let level = if piece.rewrite() {
@@ -222,13 +225,16 @@ impl Volume {
                 } else {
                     self.level
                 };
-                let slot = distinct.entry(*id).or_insert((data, level));
+                let slot = distinct.entry(*id).or_insert_with(|| {
+                    in_order.push(*id);
+                    (data, level)
+                });
                 slot.1 = slot.1.max(level);
             }
         }
         let mut stored_len: HashMap<ChunkId, u32> = HashMap::new();
         let mut ids: Vec<ChunkId> = Vec::new();
-        for id in distinct.keys() {
+        for id in &in_order {
             match staging.get(id) {
                 Some(len) => {
                     stored_len.insert(*id, *len);

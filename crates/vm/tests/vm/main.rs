@@ -3,6 +3,8 @@
 
 mod crash;
 mod faults;
+#[cfg(feature = "s3")]
+mod s3_reads;
 mod volumes;
 
 use std::path::Path;
