@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use aetherflow_store::{ChunkId, Error, Result, StoredChunk};
+use bytes::Bytes;
 
 use crate::catalog::Home;
 use crate::keys;
@@ -102,6 +103,7 @@ impl Prefetcher {
         let start = first.offset;
         let end = last.offset + pack::record_len(&last.info);
         let key = keys::pack(&first.pack);
+        let shared = span.len() > 1;
         self.remote.spawn_get_range(&key, start..end, move |got| {
             for (slot, home) in span {
                 let result = match &got {
@@ -110,16 +112,19 @@ impl Prefetcher {
                         // short or empty, and its check says so.
                         let from = ((home.offset - start) as usize).min(bytes.len());
                         let to = (from + pack::record_len(&home.info) as usize).min(bytes.len());
-                        pack::check_record(
-                            &home.pack,
-                            home.offset,
-                            bytes.slice(from..to),
-                            &home.info,
+                        // A record of a shared GET is copied out: a view would keep the whole
+                        // span alive for as long as any one record waits, past the budget.
+                        let record = if shared {
+                            Bytes::copy_from_slice(&bytes[from..to])
+                        } else {
+                            bytes.slice(from..to)
+                        };
+                        pack::check_record(&home.pack, home.offset, record, &home.info).map(
+                            |payload| StoredChunk {
+                                info: home.info,
+                                payload,
+                            },
                         )
-                        .map(|payload| StoredChunk {
-                            info: home.info,
-                            payload,
-                        })
                     }
                     // Only whether it failed is used: the reader reads the chunk again the
                     // ordinary way, which says why.

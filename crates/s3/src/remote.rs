@@ -31,12 +31,19 @@ const IN_FLIGHT: usize = 32;
 /// Results of one batch in flight or waiting for the caller at once.
 pub const AHEAD: usize = 2 * IN_FLIGHT;
 
-/// Cancels a task when dropped: a walk its caller ended early leaves no requests behind.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The GETs of one walk ([`Remote::for_each_object`]) under way. Dropped when the walk ends,
+/// however it ends: cancels the GETs its caller no longer wants and counts every GET begun.
+struct Walk<'a> {
+    producer: tokio::task::JoinHandle<()>,
+    begun: Arc<AtomicU64>,
+    counted: &'a AtomicU64,
+}
 
-impl Drop for AbortOnDrop {
+impl Drop for Walk<'_> {
     fn drop(&mut self) {
-        self.0.abort();
+        self.producer.abort();
+        self.counted
+            .fetch_add(self.begun.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -318,6 +325,8 @@ impl Remote {
         let room = Arc::new(tokio::sync::Semaphore::new(AHEAD));
         let (tx, rx) = std::sync::mpsc::channel();
         let producer_room = Arc::clone(&room);
+        let begun = Arc::new(AtomicU64::new(0));
+        let producer_begun = Arc::clone(&begun);
         let producer = self
             .runtime
             .as_ref()
@@ -328,19 +337,21 @@ impl Remote {
                         let room = Arc::clone(&producer_room);
                         async move {
                             // Given back by the consumer once it has handled a result.
-                            if let Ok(permit) = room.acquire_owned().await {
-                                permit.forget();
-                            }
+                            room.acquire_owned()
+                                .await
+                                .expect("the walk's semaphore is never closed")
+                                .forget();
                             path
                         }
                     })
                     .map(|path| {
-                        let bucket = Arc::clone(&bucket);
+                        let (bucket, begun) = (Arc::clone(&bucket), Arc::clone(&producer_begun));
                         let options = GetOptions {
                             range: range.clone(),
                             ..GetOptions::default()
                         };
                         async move {
+                            begun.fetch_add(1, Ordering::Relaxed);
                             let got = bucket.get_opts(&path, options).await?;
                             let size = got.meta.size;
                             Ok::<_, object_store::Error>((got.bytes().await?, size))
@@ -354,7 +365,11 @@ impl Remote {
                     }
                 }
             });
-        let _cancel = AbortOnDrop(producer);
+        let _walk = Walk {
+            producer,
+            begun,
+            counted: &self.counts.get,
+        };
         for (i, key) in keys.iter().enumerate() {
             let Ok(result) = rx.recv() else {
                 return Err(Error::Unavailable(format!(
@@ -362,7 +377,6 @@ impl Remote {
                     self.prefix, self.location.bucket
                 )));
             };
-            self.counts.get.fetch_add(1, Ordering::Relaxed);
             each(i, result.map_err(|e| self.error("reading", key, e)))?;
             room.add_permits(1);
         }

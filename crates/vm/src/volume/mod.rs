@@ -484,14 +484,26 @@ impl Volume {
         };
         let chunks = self.size.div_ceil(u64::from(self.chunk_size));
         let ahead = ahead.start.min(chunks)..ahead.end.min(chunks);
+        // Chunks waiting in the write buffer are read from there, not from the store.
+        let buffered: std::collections::HashSet<u64> = self
+            .buffer
+            .range(ahead.clone())
+            .into_iter()
+            .map(|(index, _)| index)
+            .collect();
         let mut ids: Vec<ChunkId> = Vec::new();
-        let mapped = self.store.volume_map(&self.name, ahead, &mut |_, entry| {
-            // The chunks of a group name one stored chunk.
-            if let Some(id) = entry.chunk().filter(|id| ids.last() != Some(id)) {
-                ids.push(id);
-            }
-            true
-        });
+        let mapped = self
+            .store
+            .volume_map(&self.name, ahead, &mut |index, entry| {
+                // The chunks of a group name one stored chunk.
+                if let Some(id) = entry
+                    .chunk()
+                    .filter(|id| ids.last() != Some(id) && !buffered.contains(&index))
+                {
+                    ids.push(id);
+                }
+                true
+            });
         if let Err(e) = mapped {
             // Only a hint: the reads themselves say what is wrong.
             tracing::debug!("volume {}: no read-ahead: {e}", self.name);

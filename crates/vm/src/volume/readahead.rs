@@ -15,13 +15,38 @@ use std::ops::Range;
 /// each at its own place.
 const STREAMS: usize = 8;
 
+/// One sequential reader, as far as reads tell.
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    /// The first chunk not asked for yet (before the stream fetches anything: the chunk after
+    /// its last read).
+    until: u64,
+    /// Whether it has fetched ahead yet.
+    fetching: bool,
+    /// When it last read (a count of reads), to replace the stream idle longest.
+    used: u64,
+}
+
+impl Stream {
+    /// Whether a read starting at `first` continues this stream: the very next chunk for a
+    /// stream that has fetched nothing (a re-read or a step back is not a sequential reader),
+    /// anywhere within the window it asked for once it fetches (requests in flight together
+    /// arrive out of order).
+    fn continued_by(&self, first: u64, window: u64) -> bool {
+        if self.fetching {
+            first <= self.until && first.saturating_add(window) >= self.until
+        } else {
+            first == self.until
+        }
+    }
+}
+
 /// Chunks to fetch ahead of sequential readers, and when to ask for more.
 #[derive(Debug)]
 pub(super) struct ReadAhead {
     /// Chunks fetched ahead at once.
     window: u64,
-    /// For each stream followed: the first chunk not asked for yet, and when it last read.
-    streams: Vec<(u64, u64)>,
+    streams: Vec<Stream>,
     reads: u64,
 }
 
@@ -41,30 +66,37 @@ impl ReadAhead {
         self.reads += 1;
         let (window, reads) = (self.window, self.reads);
         let next = last.saturating_add(1);
-        // A read that starts within the window a stream asked for continues that stream
-        // (requests in flight together arrive out of order).
-        let Some((until, used)) = self
+        let Some(stream) = self
             .streams
             .iter_mut()
-            .find(|(until, _)| first <= *until && first.saturating_add(window) >= *until)
+            .find(|s| s.continued_by(first, window))
         else {
-            // A jump: a new stream, which only a read that follows this one sets going. It
-            // takes the place of the stream idle longest.
-            if self.streams.len() < STREAMS {
-                self.streams.push((next, reads));
-            } else if let Some(idle) = self.streams.iter_mut().min_by_key(|(_, used)| *used) {
-                *idle = (next, reads);
+            // Not a continuation: a stream that only a read of the chunk after this one sets
+            // going. It takes the place of the stream idle longest (or of one that already
+            // waits for that chunk).
+            let fresh = Stream {
+                until: next,
+                fetching: false,
+                used: reads,
+            };
+            if let Some(same) = self.streams.iter_mut().find(|s| s.until == next) {
+                *same = fresh;
+            } else if self.streams.len() < STREAMS {
+                self.streams.push(fresh);
+            } else if let Some(idle) = self.streams.iter_mut().min_by_key(|s| s.used) {
+                *idle = fresh;
             }
             return None;
         };
-        *used = reads;
+        stream.used = reads;
         // Ahead by more than half a window: enough is on its way.
-        if *until > last.saturating_add(window / 2) {
+        if stream.fetching && stream.until > last.saturating_add(window / 2) {
             return None;
         }
-        let from = (*until).max(first);
+        let from = stream.until.max(first);
         let to = next.saturating_add(window);
-        *until = to;
+        stream.until = to;
+        stream.fetching = true;
         (from < to).then_some(from..to)
     }
 }
@@ -102,6 +134,21 @@ mod tests {
                 "stream at {s}"
             );
         }
+    }
+
+    #[test]
+    fn a_re_read_or_a_step_back_fetches_nothing_ahead() {
+        let mut ra = ReadAhead::new(64);
+        assert_eq!(ra.on_read(100, 100), None);
+        assert_eq!(ra.on_read(100, 100), None, "the same chunk again");
+        assert_eq!(ra.on_read(80, 80), None, "a step back");
+        assert_eq!(
+            ra.on_read(99, 100),
+            None,
+            "a read that ends where one ended"
+        );
+        // Small reads within one chunk, then the next chunk: a sequential reader after all.
+        assert_eq!(ra.on_read(101, 101), Some(101..166));
     }
 
     #[test]
