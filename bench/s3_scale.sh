@@ -47,14 +47,9 @@ weed_start "$weed_dir" "$s3_port" aetherflow-scale
 
 # status FIELD: a field of the server's /proc status, in MiB.
 status_mib() { awk -v f="$1:" '$1 == f { printf "%.0f", $2 / 1024 }' "/proc/$serve_pid/status"; }
-# requests: "get put list head delete" so far, from the server's /metrics.
-requests() {
-  api /metrics | awk '/^aetherflow_store_requests_total\{/ {
-      match($0, /op="[a-z]+"/); op = substr($0, RSTART + 4, RLENGTH - 5); n[op] = $NF }
-    END { printf "%d %d %d %d %d\n", n["get"], n["put"], n["list"], n["head"], n["delete"] }'
-}
-# diff "A" "B": B - A, field by field, as "N (G get, P put, L list)".
+# diff_requests A B: B - A of two store_requests, as "N (G GET, P PUT, L LIST)".
 diff_requests() {
+  local g1 p1 l1 h1 d1 g2 p2 l2 h2 d2
   read -r g1 p1 l1 h1 d1 <<< "$1"
   read -r g2 p2 l2 h2 d2 <<< "$2"
   local g=$((g2 - g1)) p=$((p2 - p1)) l=$((l2 - l1)) h=$((h2 - h1)) d=$((d2 - d1))
@@ -80,10 +75,10 @@ for n in $sizes; do
   found=$(api /api/memory/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["totalBlocks"])')
   rss_open=$(status_mib VmRSS)
   hwm_open=$(status_mib VmHWM)
-  at_open=$(requests)
+  at_open=$(store_requests)
   open_requests=$(diff_requests "0 0 0 0 0" "$at_open")
   sleep "$idle"
-  idle_requests=$(diff_requests "$at_open" "$(requests)")
+  idle_requests=$(diff_requests "$at_open" "$(store_requests)")
   stats_s=$(curl -fsS -o /dev/null -w '%{time_total}' "$serve_url/api/memory/stats" | awk '{ printf "%.2f", $1 }')
   results=$work/load-$n.txt
   : > "$results"

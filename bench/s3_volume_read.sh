@@ -37,12 +37,8 @@ weed_start "$weed_dir" "$s3_port" aetherflow-volume-read
 now() { date +%s.%N; }
 seconds() { python3 -c "print(f'{$2 - $1:.3f}')"; }
 median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.3f}')" "$@"; }
-# requests: "GET PUT LIST" so far, from the server's /metrics.
-requests() {
-  api /metrics | awk '/^aetherflow_store_requests_total\{/ {
-      match($0, /op="[a-z]+"/); op = substr($0, RSTART + 4, RLENGTH - 5); n[op] = $NF }
-    END { printf "%d GET, %d PUT, %d LIST\n", n["get"], n["put"], n["list"] }'
-}
+# requests: "G GET, P PUT, L LIST" so far, from the server's /metrics.
+requests() { store_requests | awk '{ printf "%d GET, %d PUT, %d LIST\n", $1, $2, $3 }'; }
 
 start_server() { # STORE_ARGS...
   nbd_port=$(free_port)

@@ -7,6 +7,7 @@
 #                             within SERVE_WAIT seconds (10; a server opening a large bucket needs more)
 #   serve_stop PID            SIGTERM, up to 35 s to close the store, then SIGKILL
 #   api PATH CURL_ARGS...     a request to the running server ($serve_url)
+#   store_requests            its object store requests so far (/metrics): "GET PUT LIST HEAD DELETE"
 #   create NAME SIZE          creates a volume there; physical: the store's physical bytes
 #   free_port                 a free loopback TCP port
 #   nbdkit_start PLUGIN ARGS  starts `nbdkit PLUGIN ARGS` on a free port, waits until it answers,
@@ -72,6 +73,11 @@ weed_stop() {
 }
 
 api() { curl -fsS "$serve_url$1" "${@:2}"; }
+store_requests() {
+  api /metrics | awk '/^aetherflow_store_requests_total\{/ {
+      match($0, /op="[a-z]+"/); op = substr($0, RSTART + 4, RLENGTH - 5); n[op] = $NF }
+    END { printf "%d %d %d %d %d\n", n["get"], n["put"], n["list"], n["head"], n["delete"] }'
+}
 create() { api /api/volumes -H 'Content-Type: application/json' -d "{\"name\": \"$1\", \"size\": \"$2\"}" > /dev/null; }
 physical() { api /api/memory/stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["stats"]["bytes"]["physical"])'; }
 

@@ -288,9 +288,8 @@ impl Remote {
     pub fn for_each_object(
         &self,
         keys: &[String],
-        each: impl FnMut(usize, Result<Bytes>) -> Result<()>,
+        mut each: impl FnMut(usize, Result<Bytes>) -> Result<()>,
     ) -> Result<()> {
-        let mut each = each;
         self.for_each_get(keys, None, |i, r| each(i, r.map(|(bytes, _)| bytes)))
     }
 

@@ -14,24 +14,8 @@ use std::time::{Duration, Instant};
 
 use aetherflow_vm::{Backend, S3Location, S3Options, VirtualMemory, VmConfig};
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn block(n: u64) -> Vec<u8> {
-    let mut state = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..4096)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
+mod s3_common;
+use s3_common::{block, env};
 
 fn server(location: &S3Location, refresh_every: Duration) -> VirtualMemory {
     let options = S3Options {

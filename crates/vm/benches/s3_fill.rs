@@ -11,25 +11,8 @@ use std::time::{Duration, Instant};
 
 use aetherflow_vm::{Backend, S3Location, S3Options, VirtualMemory, VmConfig};
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// 4 KiB of xorshift output seeded by `n`: incompressible and distinct for every `n`.
-fn block(n: u64) -> Vec<u8> {
-    let mut state = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..4096 / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect()
-}
+mod s3_common;
+use s3_common::{block, env};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

@@ -4,10 +4,10 @@
 //! asks for a few hundred KiB at a time. Against object storage, fetching only what each
 //! request names costs a round trip per request and GETs of a few chunks each; told what comes
 //! next, the store fetches several MiB of back-to-back records with one GET while the client
-//! is still on the previous requests. Random readers must not pay for it: a window is asked
-//! for only when a read starts within the window already asked for, so a read far from the
-//! last one (a random read) only moves the frontier, and the second read of a sequential run
-//! starts the read-ahead.
+//! is still on the previous requests. Random readers must not pay for it: a stream starts
+//! fetching only when a read begins at the very chunk after an earlier read ended, so a random
+//! read, a re-read or a step back fetches nothing; once it fetches, a stream asks for the next
+//! window when its reader is within half a window of what was asked for.
 
 use std::ops::Range;
 
