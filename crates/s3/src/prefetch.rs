@@ -6,12 +6,18 @@
 //! of it on its own runtime and hands each chunk over when it is asked for, checked like any
 //! other read. Bounded: at most [`BUDGET`] bytes are fetched ahead, and what nobody asked for
 //! within [`FORGET_AFTER`] is dropped.
+//!
+//! Two requests often want the same stored chunk (a volume's group of chunks that both cover a
+//! part of, or the same content at two places): a fetch stays listed until it has ended, so
+//! that a second reader waits for it too, and a chunk handed over stays among the last
+//! [`RECENT_BYTES`] handed over, so that a reader coming a moment later does not fetch it
+//! again. (A cold read of an ext4 image made a third of its GETs for such chunks.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use aetherflow_store::{ChunkId, Error, Result, StoredChunk};
+use aetherflow_store::{ChunkId, StoredChunk};
 use bytes::Bytes;
 
 use crate::catalog::Home;
@@ -25,15 +31,90 @@ use crate::view::View;
 pub const BUDGET: u64 = 64 << 20;
 /// Bytes of one ranged GET that fetches several records at once.
 pub const MAX_SPAN: u64 = 4 << 20;
+/// Bytes between two wanted records of a pack that are fetched rather than cost a GET of their
+/// own (a request costs far more than the bytes: a round trip, and the server reads at least
+/// a part of its object for each).
+pub const MAX_GAP: u64 = 1 << 20;
 /// A fetched chunk nobody asked for is dropped after this.
 pub const FORGET_AFTER: Duration = Duration::from_secs(30);
+/// Stored bytes of the chunks handed over last that are kept for a second reader, per store.
+pub const RECENT_BYTES: u64 = 16 << 20;
 
+/// A fetch under way or ended. `None` when it failed: only whether it failed is used (the
+/// reader reads the chunk again the ordinary way, which retries and says why).
 #[derive(Debug)]
 struct Slot {
-    result: Mutex<Option<Result<StoredChunk>>>,
+    result: Mutex<Option<Option<StoredChunk>>>,
     ready: Condvar,
     started: Instant,
     len: u64,
+}
+
+/// The chunks handed over last, oldest first, at most [`RECENT_BYTES`] of stored bytes.
+#[derive(Debug, Default)]
+struct Recent {
+    order: VecDeque<ChunkId>,
+    chunks: HashMap<ChunkId, StoredChunk>,
+    bytes: u64,
+}
+
+impl Recent {
+    fn keep(&mut self, id: ChunkId, chunk: StoredChunk) {
+        let len = chunk.payload.len() as u64;
+        if len > RECENT_BYTES || self.chunks.contains_key(&id) {
+            return;
+        }
+        while self.bytes + len > RECENT_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.chunks.remove(&old) {
+                self.bytes -= c.payload.len() as u64;
+            }
+        }
+        self.bytes += len;
+        self.order.push_back(id);
+        self.chunks.insert(id, chunk);
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Chunks being fetched or fetched and not handed over yet, by identity.
+    slots: HashMap<ChunkId, Arc<Slot>>,
+    /// Stored bytes of `slots`.
+    held: u64,
+    /// When `slots` was last searched for fetches nobody asked for (a search per read would
+    /// cost more than the read when thousands are fetched ahead).
+    forgot: Option<Instant>,
+    recent: Recent,
+}
+
+impl State {
+    fn remove_slot(&mut self, id: &ChunkId) {
+        if let Some(slot) = self.slots.remove(id) {
+            self.held -= slot.len;
+        }
+    }
+
+    /// Drops the fetches older than [`FORGET_AFTER`], at most once a second.
+    fn forget_unwanted(&mut self) {
+        if self
+            .forgot
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.forgot = Some(Instant::now());
+        let held = &mut self.held;
+        self.slots.retain(|_, s| {
+            let keep = s.started.elapsed() < FORGET_AFTER;
+            if !keep {
+                *held -= s.len;
+            }
+            keep
+        });
+    }
 }
 
 /// Chunks being fetched or fetched, by identity.
@@ -41,7 +122,7 @@ struct Slot {
 pub(crate) struct Prefetcher {
     remote: Arc<Remote>,
     view: Arc<View>,
-    slots: Mutex<HashMap<ChunkId, Arc<Slot>>>,
+    state: Mutex<State>,
 }
 
 impl Prefetcher {
@@ -49,16 +130,17 @@ impl Prefetcher {
         Prefetcher {
             remote,
             view,
-            slots: Mutex::default(),
+            state: Mutex::default(),
         }
     }
 
-    /// Starts fetching the chunks of `ids` that are live, known, not being fetched already,
-    /// and within the budget. Returns at once.
+    /// Starts fetching the chunks of `ids` that are live, known, not being fetched or just
+    /// handed over already, and within the budget. Returns at once.
     ///
-    /// Records that lie back to back in one pack (the chunks of one write-back, of one block)
-    /// are fetched by one ranged GET of up to [`MAX_SPAN`] bytes, cut apart and each checked:
-    /// a sequential read of a volume costs a GET per few MiB instead of one per chunk.
+    /// Records that lie near each other in one pack (the chunks of one write-back, of one
+    /// block; at most [`MAX_GAP`] apart) are fetched by one ranged GET of up to [`MAX_SPAN`]
+    /// bytes, cut apart and each checked: a sequential read of a volume costs a GET per few
+    /// MiB instead of one per chunk.
     pub fn prefetch(&self, ids: &[ChunkId]) {
         let homes: Vec<(ChunkId, Home)> = self.view.read(|c| {
             ids.iter()
@@ -68,25 +150,24 @@ impl Prefetcher {
         });
         let mut wanted: Vec<(Arc<Slot>, Home)> = Vec::with_capacity(homes.len());
         {
-            let mut slots = lock(&self.slots);
-            slots.retain(|_, s| s.started.elapsed() < FORGET_AFTER);
-            let mut held: u64 = slots.values().map(|s| s.len).sum();
+            let mut state = lock(&self.state);
+            state.forget_unwanted();
             for (id, home) in homes {
-                if slots.contains_key(&id) {
+                if state.slots.contains_key(&id) || state.recent.chunks.contains_key(&id) {
                     continue;
                 }
                 let len = pack::record_len(&home.info);
-                if held + len > BUDGET {
+                if state.held + len > BUDGET {
                     break;
                 }
-                held += len;
+                state.held += len;
                 let slot = Arc::new(Slot {
                     result: Mutex::new(None),
                     ready: Condvar::new(),
                     started: Instant::now(),
                     len,
                 });
-                slots.insert(id, Arc::clone(&slot));
+                state.slots.insert(id, Arc::clone(&slot));
                 wanted.push((slot, home));
             }
         }
@@ -96,8 +177,8 @@ impl Prefetcher {
         }
     }
 
-    /// One ranged GET for records that lie back to back in one pack; each slot gets its own
-    /// record, checked.
+    /// One ranged GET for records that lie near each other in one pack; each slot gets its
+    /// own record, checked.
     fn fetch(&self, span: Vec<(Arc<Slot>, Home)>) {
         let (first, last) = (&span[0].1, &span[span.len() - 1].1);
         let start = first.offset;
@@ -119,16 +200,14 @@ impl Prefetcher {
                         } else {
                             bytes.slice(from..to)
                         };
-                        pack::check_record(&home.pack, home.offset, record, &home.info).map(
-                            |payload| StoredChunk {
+                        pack::check_record(&home.pack, home.offset, record, &home.info)
+                            .ok()
+                            .map(|payload| StoredChunk {
                                 info: home.info,
                                 payload,
-                            },
-                        )
+                            })
                     }
-                    // Only whether it failed is used: the reader reads the chunk again the
-                    // ordinary way, which says why.
-                    Err(e) => Err(Error::Unavailable(e.to_string())),
+                    Err(_) => None,
                 };
                 *lock(&slot.result) = Some(result);
                 slot.ready.notify_all();
@@ -136,23 +215,42 @@ impl Prefetcher {
         });
     }
 
-    /// The chunk, if it was prefetched (waiting for its fetch to end). A failed fetch gives
-    /// `None` too: the caller reads the chunk the ordinary way, which retries and says why.
+    /// The chunk, if it was prefetched (waiting for its fetch to end) or handed over a moment
+    /// ago. A failed fetch gives `None` too: the caller reads the chunk the ordinary way, which
+    /// retries and says why.
     pub fn take(&self, id: &ChunkId) -> Option<StoredChunk> {
-        let slot = lock(&self.slots).remove(id)?;
-        let mut result = lock(&slot.result);
-        while result.is_none() {
-            result = slot
-                .ready
-                .wait(result)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = {
+            let state = lock(&self.state);
+            match state.slots.get(id) {
+                Some(slot) => Arc::clone(slot),
+                None => return state.recent.chunks.get(id).cloned(),
+            }
+        };
+        // The slot stays listed while its fetch is under way, so that a second reader of the
+        // chunk waits for the same fetch instead of starting its own.
+        let chunk = {
+            let mut result = lock(&slot.result);
+            while result.is_none() {
+                result = slot
+                    .ready
+                    .wait(result)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            result.clone().flatten()
+        };
+        let mut state = lock(&self.state);
+        if state.slots.get(id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+            state.remove_slot(id);
+            if let Some(chunk) = &chunk {
+                state.recent.keep(*id, chunk.clone());
+            }
         }
-        result.take().and_then(|r| r.ok())
+        chunk
     }
 }
 
-/// Cuts `wanted` (sorted by pack and offset) into runs of records that lie back to back in one
-/// pack, each at most [`MAX_SPAN`] bytes (a single record may be larger).
+/// Cuts `wanted` (sorted by pack and offset) into runs of records of one pack at most
+/// [`MAX_GAP`] apart, each at most [`MAX_SPAN`] bytes (a single record may be larger).
 fn spans(wanted: Vec<(Arc<Slot>, Home)>) -> Vec<Vec<(Arc<Slot>, Home)>> {
     let mut out: Vec<Vec<(Arc<Slot>, Home)>> = Vec::new();
     let mut span_start = 0;
@@ -162,8 +260,9 @@ fn spans(wanted: Vec<(Arc<Slot>, Home)>) -> Vec<Vec<(Arc<Slot>, Home)>> {
             .last()
             .and_then(|span| span.last())
             .is_some_and(|(_, prev)| {
+                let prev_end = prev.offset + pack::record_len(&prev.info);
                 prev.pack == home.pack
-                    && prev.offset + pack::record_len(&prev.info) == home.offset
+                    && (prev_end..=prev_end + MAX_GAP).contains(&home.offset)
                     && home.offset + len - span_start <= MAX_SPAN
             });
         if joins {
@@ -212,17 +311,19 @@ mod tests {
     }
 
     #[test]
-    fn records_back_to_back_in_one_pack_share_a_get() {
+    fn records_near_each_other_in_one_pack_share_a_get() {
         let rec = |len: u32| pack::record_len(&wanted("a", 0, len).1.info);
         let r = rec(1000);
+        let after_gap = 8 + 4 * r + MAX_GAP + 1;
         let cut = spans(vec![
             wanted("a", 8, 1000),
             wanted("a", 8 + r, 1000),
-            wanted("a", 8 + 2 * r, 1000),
-            // a gap: another record lies between
-            wanted("a", 8 + 4 * r, 1000),
-            // the same offset in another pack
-            wanted("b", 8 + 5 * r, 1000),
+            // a record not wanted lies between: fetched too
+            wanted("a", 8 + 3 * r, 1000),
+            // more than MAX_GAP not wanted: a GET of its own
+            wanted("a", after_gap, 1000),
+            // the next offset in another pack
+            wanted("b", after_gap + r, 1000),
         ]);
         assert_eq!(
             shape(&cut),
@@ -230,10 +331,10 @@ mod tests {
                 vec![
                     ("a".into(), 8),
                     ("a".into(), 8 + r),
-                    ("a".into(), 8 + 2 * r)
+                    ("a".into(), 8 + 3 * r)
                 ],
-                vec![("a".into(), 8 + 4 * r)],
-                vec![("b".into(), 8 + 5 * r)],
+                vec![("a".into(), after_gap)],
+                vec![("b".into(), after_gap + r)],
             ]
         );
     }

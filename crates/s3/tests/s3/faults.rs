@@ -157,15 +157,52 @@ fn prefetched_chunks_are_fetched_once_and_checked_like_any_read() {
         "one GET for the six records, back to back in their pack"
     );
 
-    // The first chunk's payload damaged: prefetched or not, it is corrupt, never returned.
+    // The first chunk's payload damaged: prefetched or not, it is corrupt, never returned (by
+    // a server that has not just handed the records over, and so keeps none of them).
     let remote = Remote::connect(&location, quick_timeouts()).unwrap();
     let pack = pack_names(&remote)[0].clone();
     let mut bytes = remote.get(&pack).unwrap().to_vec();
     bytes[8 + 61 + 10] ^= 1;
     remote.put(&pack, Bytes::from(bytes), false).unwrap();
+    let store = open(&location, single_writer());
     store.prefetch(&ids);
     assert!(store.chunk(&ids[0]).unwrap_err().is_corrupt());
     for c in &chunks[1..] {
         assert_eq!(store.chunk(&c.id).unwrap().payload, c.payload);
     }
+}
+
+#[test]
+fn a_chunk_two_readers_want_at_once_or_soon_after_is_fetched_once() {
+    let location = fresh_location();
+    let store = open(&location, single_writer());
+    let chunks: Vec<_> = (0..4u8).map(|i| chunk(70 + i, 20_000)).collect();
+    put(&store, &chunks.iter().collect::<Vec<_>>());
+    let ids: Vec<_> = chunks.iter().map(|c| c.id).collect();
+    let gets = || store.remote_requests().unwrap().get;
+
+    // Two readers of the first chunk, both asking while its fetch is under way: they share it.
+    let before = gets();
+    store.prefetch(&ids);
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    store.prefetch(&ids[..1]);
+                    store.chunk(&ids[0]).unwrap().payload
+                })
+            })
+            .collect();
+        for r in readers {
+            assert_eq!(r.join().unwrap(), chunks[0].payload);
+        }
+    });
+    // A third comes a moment later, when the first two have it already.
+    store.prefetch(&ids[..1]);
+    assert_eq!(store.chunk(&ids[0]).unwrap().payload, chunks[0].payload);
+    assert_eq!(
+        gets() - before,
+        1,
+        "one GET for the four records, whoever asks for the first"
+    );
 }
