@@ -137,6 +137,40 @@ fn main() {
     let (offset, info) = entries[1];
     let end = offset as usize + aetherflow_s3::pack::record_len(&info) as usize;
     put("pack_record", "one", &pack[offset as usize..end]);
+    // A log record with one event of each kind.
+    {
+        use aetherflow_s3::log_record::{Event, LogRecord};
+        use aetherflow_store::BlockId;
+        let record = LogRecord {
+            writer: "c0e250c59f2549ff".into(),
+            seq: 7,
+            epoch: 2,
+            events: vec![
+                Event::BlockAdded {
+                    id: BlockId::random(),
+                    manifest: std::sync::Arc::new(plain.clone()),
+                },
+                Event::BlockFreed {
+                    id: BlockId::random(),
+                },
+                Event::PackAdded {
+                    name: "c0e250c59f2549ff-000003".into(),
+                    size: pack.len() as u64,
+                    entries: entries.clone(),
+                },
+                Event::PackDeleted {
+                    name: "c0e250c59f2549ff-000001".into(),
+                },
+                Event::DeltaAdded {
+                    layer: 7,
+                    seq: 4,
+                    size: 120,
+                },
+                Event::HeadChanged { name: "v".into() },
+            ],
+        };
+        put("s3_log_record", "every-event", &record.encode());
+    }
     put(
         "s3_identity",
         "v2",

@@ -17,6 +17,7 @@
 //! | [`pack_record`], [`pack_index`] | an S3 pack's records and index |
 //! | [`s3_identity`] | an S3 store's identity object |
 //! | [`s3_volume_head`], [`s3_volume_delta`] | a volume's head object and a layer's delta on S3 |
+//! | [`s3_log_record`] | a record of the bucket's log |
 //! | [`import`] | an export document fed to import |
 //! | [`nbd::nbd_request`], [`nbd::nbd_options`], [`nbd::nbd_session`] | NBD request headers and their checks, option payloads, a whole connection of client bytes |
 
@@ -297,6 +298,27 @@ pub fn s3_volume_delta(data: &[u8]) {
     }
 }
 
+/// A record of the bucket's log, read under the key its own fields name (the key check is
+/// tested apart): what decodes encodes back to the same bytes.
+pub fn s3_log_record(data: &[u8]) {
+    use aetherflow_s3::log_record::{record_key, LogRecord};
+    let Some(bytes) = input(data, |b| repair::s3_log_record(b)) else {
+        return;
+    };
+    // The writer, number and epoch as the record states them, where they would be.
+    let key = (|| {
+        let n = usize::from(*bytes.get(8)?);
+        let writer = std::str::from_utf8(bytes.get(9..9 + n)?).ok()?;
+        let seq = u64::from_le_bytes(bytes.get(9 + n..17 + n)?.try_into().ok()?);
+        let epoch = u64::from_le_bytes(bytes.get(17 + n..25 + n)?.try_into().ok()?);
+        Some(record_key(epoch, writer, seq))
+    })()
+    .unwrap_or_else(|| "log/0000000000000000/w-0000000000000000".into());
+    if let Ok(record) = LogRecord::decode(&key, &bytes) {
+        assert_eq!(record.encode(), bytes);
+    }
+}
+
 /// An export document imported into an empty in-memory manager. One manager per thread serves
 /// every input (opening one costs far more than most imports), emptied after each.
 pub fn import(data: &[u8]) {
@@ -345,6 +367,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("s3_identity", s3_identity),
     ("s3_volume_head", s3_volume_head),
     ("s3_volume_delta", s3_volume_delta),
+    ("s3_log_record", s3_log_record),
     ("import", import),
     ("nbd_request", nbd::nbd_request),
     ("nbd_options", nbd::nbd_options),

@@ -241,3 +241,8 @@ pub fn volume_head(bytes: &mut [u8]) {
 pub fn volume_delta(bytes: &mut [u8]) {
     volume_object(bytes, b"AFVOLDL1");
 }
+
+/// A record of the bucket's log: its magic and its check.
+pub fn s3_log_record(bytes: &mut [u8]) {
+    volume_object(bytes, b"AFS3LOG1");
+}

@@ -12,10 +12,12 @@
 //! | `chunks`, `prefetch` | reading chunks back, and fetching them ahead |
 //! | `reads` | read counts in the bucket |
 //! | [`sweep`] | garbage collection that is safe against other servers' commits |
+//! | [`log_record`] | the bucket's log: records of what each server committed, and their keys |
 //! | [`volume_objects`], `volumes` | volumes: heads, layer deltas, leases that fence writers |
 //! | [`store`] | [`S3Store`]: the `BlockStore` contract, its parts and their lock order |
 //! | [`meta`], `housekeeper` | the store's identity object; its background thread |
 //! | `sync` | locks that outlive a panic; work run once for all who want it |
+//! | `wire` | small checked objects read back as untrusted bytes: check, fields, counts |
 //!
 //! How the pieces fit, and why concurrent servers never lose a live chunk, is in
 //! `docs/design.md` ("Object storage").
@@ -25,6 +27,7 @@ mod chunks;
 mod housekeeper;
 pub mod keys;
 pub mod location;
+pub mod log_record;
 pub mod meta;
 pub mod pack;
 mod packs;
@@ -38,6 +41,7 @@ mod verify;
 mod view;
 pub mod volume_objects;
 mod volumes;
+mod wire;
 pub mod writer;
 
 pub use location::S3Location;

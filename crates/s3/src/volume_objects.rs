@@ -14,9 +14,10 @@
 
 use aetherflow_store::{Error, MapEntry, Result, VolumeRecord};
 
+use crate::wire::{check, checked, Cursor};
+
 const HEAD_MAGIC: [u8; 8] = *b"AFVOLHD1";
 const DELTA_MAGIC: [u8; 8] = *b"AFVOLDL1";
-const CHECK_LEN: usize = 16;
 
 /// Layers in a chain at most (a chain grows by one per snapshot of the volume).
 pub const MAX_CHAIN: usize = 1 << 16;
@@ -84,88 +85,6 @@ pub struct Head {
     pub lease: Option<Lease>,
 }
 
-fn check(body: &[u8]) -> [u8; CHECK_LEN] {
-    blake3::hash(body).as_bytes()[..CHECK_LEN]
-        .try_into()
-        .expect("16 bytes")
-}
-
-/// Splits off and verifies the check of an object.
-fn checked<'a>(what: &str, bytes: &'a [u8], magic: &[u8; 8]) -> Result<&'a [u8]> {
-    if bytes.len() < magic.len() + CHECK_LEN || bytes[..magic.len()] != *magic {
-        return Err(Error::Corrupt(format!("{what}: not a volume object")));
-    }
-    let (body, sum) = bytes.split_at(bytes.len() - CHECK_LEN);
-    if check(body) != *sum {
-        return Err(Error::Corrupt(format!("{what}: checksum mismatch")));
-    }
-    Ok(&body[magic.len()..])
-}
-
-/// Reads fields off the front of a body.
-struct Cursor<'a> {
-    rest: &'a [u8],
-    what: &'a str,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.rest.len() < n {
-            return Err(Error::Corrupt(format!("{}: truncated", self.what)));
-        }
-        let (part, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Ok(part)
-    }
-
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-
-    fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-
-    fn u128(&mut self) -> Result<u128> {
-        Ok(u128::from_le_bytes(self.take(16)?.try_into().expect("16")))
-    }
-
-    /// A count of items of `item` bytes each, refused if more than the bytes left could hold.
-    fn count(&mut self, wide: bool, item: usize) -> Result<usize> {
-        let n = if wide {
-            self.u32()? as usize
-        } else {
-            usize::from(self.u16()?)
-        };
-        if n.saturating_mul(item) > self.rest.len() {
-            return Err(Error::Corrupt(format!(
-                "{}: a count of {n} runs past the end",
-                self.what
-            )));
-        }
-        Ok(n)
-    }
-
-    fn done(&self) -> Result<()> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Corrupt(format!(
-                "{}: bytes after the end",
-                self.what
-            )))
-        }
-    }
-}
-
 impl Head {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = HEAD_MAGIC.to_vec();
@@ -201,11 +120,8 @@ impl Head {
     /// Decodes the head of volume `name` (the name is its key's).
     pub fn decode(name: &str, bytes: &[u8]) -> Result<Head> {
         let what = format!("head of volume {name}");
-        let body = checked(&what, bytes, &HEAD_MAGIC)?;
-        let mut c = Cursor {
-            rest: body,
-            what: &what,
-        };
+        let body = checked(&what, "a volume object", bytes, &HEAD_MAGIC)?;
+        let mut c = Cursor::new(body, &what);
         let record_len = c.count(true, 1)?;
         let record = VolumeRecord::decode(name, c.take(record_len)?)?;
         // A head keeps no usage counts (they are summed from the layers): `encode` writes zeros.
@@ -304,11 +220,8 @@ impl Delta {
     /// does, and its rows must lie inside the volume.
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Delta> {
         let what = format!("volume delta {key}");
-        let body = checked(&what, bytes, &DELTA_MAGIC)?;
-        let mut c = Cursor {
-            rest: body,
-            what: &what,
-        };
+        let body = checked(&what, "a volume object", bytes, &DELTA_MAGIC)?;
+        let mut c = Cursor::new(body, &what);
         let layer = c.u128()?;
         let seq = c.u64()?;
         let size = c.u64()?;
@@ -362,6 +275,7 @@ impl Delta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::CHECK_LEN;
     use aetherflow_store::ChunkId;
 
     fn record(read_only: bool) -> VolumeRecord {
