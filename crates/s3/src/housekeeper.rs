@@ -47,7 +47,8 @@ pub(crate) fn start_housekeeper(parts: Weak<Parts>) -> Housekeeper {
     let handle = std::thread::Builder::new()
         .name("aetherflow-s3-housekeeper".into())
         .spawn(move || {
-            let (mut flushed, mut swept) = (Instant::now(), Instant::now());
+            let (mut flushed, mut swept, mut logged) =
+                (Instant::now(), Instant::now(), Instant::now());
             loop {
                 let stopped = lock(&theirs.0);
                 let (stopped, _) = theirs
@@ -66,6 +67,16 @@ pub(crate) fn start_housekeeper(parts: Weak<Parts>) -> Housekeeper {
                 });
                 if parts.options.read_only {
                     continue;
+                }
+                if parts
+                    .options
+                    .log_every
+                    .is_some_and(|every| logged.elapsed() >= every)
+                {
+                    logged = Instant::now();
+                    duty("appending to the log (kept for the next try)", || {
+                        parts.log.flush()
+                    });
                 }
                 duty("renewing the holds on volumes written here", || {
                     parts.leases.renew_all()

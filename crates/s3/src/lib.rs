@@ -12,7 +12,7 @@
 //! | `chunks`, `prefetch` | reading chunks back, and fetching them ahead |
 //! | `reads` | read counts in the bucket |
 //! | [`sweep`] | garbage collection that is safe against other servers' commits |
-//! | [`log_record`] | the bucket's log: records of what each server committed, and their keys |
+//! | [`log_record`], `log_writer` | the bucket's log: records of what each server committed, their keys, and their writing |
 //! | [`volume_objects`], `volumes` | volumes: heads, layer deltas, leases that fence writers |
 //! | [`store`] | [`S3Store`]: the `BlockStore` contract, its parts and their lock order |
 //! | [`meta`], `housekeeper` | the store's identity object; its background thread |
@@ -28,6 +28,7 @@ mod housekeeper;
 pub mod keys;
 pub mod location;
 pub mod log_record;
+mod log_writer;
 pub mod meta;
 pub mod pack;
 mod packs;

@@ -9,6 +9,8 @@ use aetherflow_store::{ChunkInfo, Result};
 use bytes::Bytes;
 
 use crate::keys;
+use crate::log_record::Event;
+use crate::log_writer::LogWriter;
 use crate::remote::Remote;
 use crate::view::View;
 use crate::writer::{PackSlot, Sealed, StagedNote, Writer};
@@ -20,6 +22,7 @@ pub(crate) struct PackWriter {
     remote: Arc<Remote>,
     view: Arc<View>,
     gate: Arc<EpochGate>,
+    log: Arc<LogWriter>,
 }
 
 impl PackWriter {
@@ -28,12 +31,14 @@ impl PackWriter {
         remote: Arc<Remote>,
         view: Arc<View>,
         gate: Arc<EpochGate>,
+        log: Arc<LogWriter>,
     ) -> PackWriter {
         PackWriter {
             writer,
             remote,
             view,
             gate,
+            log,
         }
     }
 
@@ -76,6 +81,13 @@ impl PackWriter {
         let size = bytes.len() as u64;
         let result = self.remote.put(&keys::pack(&slot.name), bytes, false);
         if result.is_ok() {
+            if self.log.enabled() {
+                self.log.note(Event::PackAdded {
+                    name: slot.name.clone(),
+                    size,
+                    entries: entries.clone(),
+                });
+            }
             self.gate.record(|stamp| {
                 self.view
                     .change(|c| c.add_pack(&slot.name, size, None, entries, Some(stamp)))

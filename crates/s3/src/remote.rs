@@ -409,12 +409,26 @@ impl Remote {
     /// failure of any page fails the whole listing: a partial listing never passes for a
     /// complete one.
     pub fn list(&self, dir: &str) -> Result<Vec<Listed>> {
+        self.list_from(dir, None)
+    }
+
+    /// Like [`Remote::list`], but only the keys after `after` (a key under `dir`): the listing
+    /// starts there, so what lies before costs no request.
+    pub fn list_after(&self, dir: &str, after: &str) -> Result<Vec<Listed>> {
+        self.list_from(dir, Some(after))
+    }
+
+    fn list_from(&self, dir: &str, after: Option<&str>) -> Result<Vec<Listed>> {
         let (bucket, path) = (Arc::clone(&self.bucket), self.path(dir));
+        let offset = after.map(|key| self.path(key));
         let prefix = self.prefix.clone();
         // Each entry is cut down to what the store keeps as it arrives: a listing of a large
         // bucket is held once, not once as the client's metadata and again as ours.
         let r = self.run(async move {
-            let mut stream = bucket.list(Some(&path));
+            let mut stream = match &offset {
+                Some(offset) => bucket.list_with_offset(Some(&path), offset),
+                None => bucket.list(Some(&path)),
+            };
             let mut out = Vec::new();
             while let Some(meta) = stream.next().await {
                 let meta = meta?;

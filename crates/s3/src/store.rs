@@ -43,6 +43,8 @@ use crate::chunks::read_chunk;
 use crate::housekeeper::{start_housekeeper, Housekeeper};
 use crate::keys;
 use crate::location::S3Location;
+use crate::log_record::Event;
+use crate::log_writer::LogWriter;
 use crate::meta::{open_identity, Identity};
 use crate::packs::{slots_of, PackWriter};
 use crate::prefetch::Prefetcher;
@@ -83,6 +85,9 @@ pub struct S3Options {
     /// share the next pack, so that one PUT lands them all (see `writer`). 0: no limit, every
     /// commit uploads its pack at once.
     pub commit_uploads: usize,
+    /// How often what this server committed is appended to the bucket's log (`docs/design.md`,
+    /// "The log"); `None` writes no log.
+    pub log_every: Option<Duration>,
 }
 
 impl Default for S3Options {
@@ -97,6 +102,7 @@ impl Default for S3Options {
             read_only: false,
             volume_lease: Duration::from_secs(30),
             commit_uploads: 2,
+            log_every: None,
         }
     }
 }
@@ -140,6 +146,7 @@ pub(crate) struct Parts {
     pub prefetch: Prefetcher,
     pub sweeper: Sweeper,
     pub leases: Leases,
+    pub log: Arc<LogWriter>,
 }
 
 impl Parts {
@@ -234,16 +241,24 @@ impl S3Store {
         let writer_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let gate = EpochGate::starting_at(0);
         let view = Arc::new(View::new(Arc::clone(&remote), identity.bytes));
+        let log = Arc::new(LogWriter::new(
+            Arc::clone(&remote),
+            writer_id.clone(),
+            options.grace,
+            options.log_every.is_some() && !options.read_only,
+        ));
         let packs = Arc::new(PackWriter::new(
             Writer::new(writer_id.clone(), options.pack_size, options.commit_uploads),
             Arc::clone(&remote),
             Arc::clone(&view),
             Arc::clone(&gate),
+            Arc::clone(&log),
         ));
         let parts = Arc::new(Parts {
             leases: Leases::new(
                 Arc::clone(&remote),
                 Arc::clone(&view),
+                Arc::clone(&log),
                 writer_id.clone(),
                 options.volume_lease,
             ),
@@ -254,8 +269,10 @@ impl S3Store {
                 Arc::clone(&view),
                 Arc::clone(&packs),
                 Arc::clone(&gate),
+                Arc::clone(&log),
                 options,
             ),
+            log,
             remote,
             options,
             identity,
@@ -274,6 +291,12 @@ impl S3Store {
     pub fn sweep(&self) -> Result<SweepReport> {
         self.writable("collecting garbage")?;
         self.parts.sweeper.sweep()
+    }
+
+    /// Writes what this server committed and has not written to the bucket's log yet (the
+    /// housekeeper does so every [`S3Options::log_every`]).
+    pub fn flush_log(&self) -> Result<()> {
+        self.parts.log.flush()
     }
 
     /// Brings this server's view of the bucket (other servers' blocks, packs and marks) up to
@@ -369,8 +392,10 @@ impl BlockStore for S3Store {
             Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(What::Block(id))),
             other => other?,
         }
+        let manifest = Arc::new(manifest.clone());
         p.view
-            .change(|c| c.add_block(id, Arc::new(manifest.clone()), len));
+            .change(|c| c.add_block(id, Arc::clone(&manifest), len));
+        p.log.note(Event::BlockAdded { id, manifest });
         Ok(())
     }
 
@@ -415,6 +440,7 @@ impl BlockStore for S3Store {
         let manifest = self.manifest(id)?;
         p.remote.delete(&keys::block(id))?;
         p.view.change(|c| c.remove_block(id));
+        p.log.note(Event::BlockFreed { id });
         if let Err(e) = p.reads.forget(id) {
             tracing::warn!("block {id} freed; its read counts stay behind: {e}");
         }

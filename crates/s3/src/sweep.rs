@@ -31,6 +31,8 @@ use bytes::Bytes;
 
 use crate::chunks::read_chunk;
 use crate::keys;
+use crate::log_record::Event;
+use crate::log_writer::LogWriter;
 use crate::pack;
 use crate::packs::PackWriter;
 use crate::remote::Remote;
@@ -70,6 +72,7 @@ pub(crate) struct Sweeper {
     view: Arc<View>,
     packs: Arc<PackWriter>,
     gate: Arc<EpochGate>,
+    log: Arc<LogWriter>,
     options: S3Options,
     /// One pass at a time in this process. Held across requests: no commit or read takes it.
     running: Mutex<()>,
@@ -83,6 +86,7 @@ impl Sweeper {
         view: Arc<View>,
         packs: Arc<PackWriter>,
         gate: Arc<EpochGate>,
+        log: Arc<LogWriter>,
         options: S3Options,
     ) -> Sweeper {
         Sweeper {
@@ -90,6 +94,7 @@ impl Sweeper {
             view,
             packs,
             gate,
+            log,
             options,
             running: Mutex::default(),
             swept_at: Mutex::default(),
@@ -268,6 +273,9 @@ impl Sweeper {
             self.remote.delete(&keys::pack(&name))?;
             self.remote.delete(&keys::condemned(&name))?;
             self.view.change(|c| c.remove_pack(&name));
+            self.log.note(Event::PackDeleted {
+                name: name.to_string(),
+            });
             report.deleted += 1;
             report.bytes_deleted += size;
         }

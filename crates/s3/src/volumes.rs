@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use aetherflow_store::{Error, MapEntry, Result, VolumeRecord, VolumeUsage, What};
 use bytes::Bytes;
 
+use crate::log_record::Event;
+use crate::log_writer::LogWriter;
 use crate::remote::Remote;
 use crate::sync::lock;
 use crate::view::View;
@@ -50,6 +52,7 @@ struct Held {
 pub(crate) struct Leases {
     remote: Arc<Remote>,
     view: Arc<View>,
+    log: Arc<LogWriter>,
     writer_id: String,
     ttl: Duration,
     held: Mutex<HashMap<String, Held>>,
@@ -78,10 +81,17 @@ fn held_elsewhere(name: &str, lease: &Lease, now_ms: i64) -> Error {
 }
 
 impl Leases {
-    pub fn new(remote: Arc<Remote>, view: Arc<View>, writer_id: String, ttl: Duration) -> Leases {
+    pub fn new(
+        remote: Arc<Remote>,
+        view: Arc<View>,
+        log: Arc<LogWriter>,
+        writer_id: String,
+        ttl: Duration,
+    ) -> Leases {
         Leases {
             remote,
             view,
+            log,
             writer_id,
             ttl,
             held: Mutex::default(),
@@ -125,8 +135,10 @@ impl Leases {
         Ok((head, etag, bytes.len() as u64))
     }
 
-    /// Writes a new version of a head over the one whose ETag is `etag`.
-    fn replace(&self, name: &str, head: &Head, etag: &str) -> Result<String> {
+    /// Writes a new version of a head over the one whose ETag is `etag`; `tell` logs it for
+    /// other servers (a change of the lease alone is not: a server about to write reads the
+    /// head fresh anyway).
+    fn replace(&self, name: &str, head: &Head, etag: &str, tell: bool) -> Result<String> {
         let body = head.encode();
         let len = body.len() as u64;
         let new = match self
@@ -138,6 +150,9 @@ impl Leases {
         };
         self.view
             .change(|c| c.put_volume(name, head.clone(), Some(new.clone()), None, len));
+        if tell {
+            self.log.note(Event::HeadChanged { name: name.into() });
+        }
         Ok(new)
     }
 
@@ -222,7 +237,7 @@ impl Leases {
                 chain,
                 ..head
             };
-            match self.replace(name, &new_head, &etag) {
+            match self.replace(name, &new_head, &etag, true) {
                 Ok(etag) => {
                     lock(&self.held).insert(
                         name.to_string(),
@@ -257,7 +272,7 @@ impl Leases {
             lease: None,
             ..h.head
         };
-        if let Err(e) = self.replace(name, &head, &h.etag) {
+        if let Err(e) = self.replace(name, &head, &h.etag, false) {
             tracing::warn!(
                 "volume {name}: giving its hold back failed ({e}); it runs out by itself"
             );
@@ -294,7 +309,7 @@ impl Leases {
             }),
             ..h.head.clone()
         };
-        match self.replace(name, &head, &h.etag) {
+        match self.replace(name, &head, &h.etag, false) {
             Ok(etag) => {
                 if let Some(held) = lock(&self.held).get_mut(name) {
                     held.head = head;
@@ -407,6 +422,11 @@ impl Leases {
             c.note_delta(layer, seq, len, None);
             c.apply_delta(&delta);
         });
+        self.log.note(Event::DeltaAdded {
+            layer,
+            seq,
+            size: len,
+        });
         Ok(())
     }
 
@@ -457,6 +477,7 @@ impl Leases {
         };
         self.view
             .change(|c| c.put_volume(name, head.clone(), etag, None, len));
+        self.log.note(Event::HeadChanged { name: name.into() });
         Ok(())
     }
 
@@ -535,7 +556,7 @@ impl Leases {
             chain,
             ..h.head.clone()
         };
-        let result = self.replace(name, &head, &h.etag);
+        let result = self.replace(name, &head, &h.etag, true);
         match result {
             Ok(etag) => {
                 if let Some(held) = lock(&self.held).get_mut(name) {
@@ -574,6 +595,7 @@ impl Leases {
         lock(&self.held).remove(name);
         self.remote.delete(&volume_key(name))?;
         self.view.change(|c| c.remove_volume(name));
+        self.log.note(Event::HeadChanged { name: name.into() });
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use aetherflow_store::{BlockStore, Error, What};
 use crate::faulty::{Fault, Faulty};
 use crate::harness::{chunk, fresh_location, put, quick_timeouts, single_writer};
 
-fn faulty_store(options: S3Options) -> (S3Store, Arc<Faulty>) {
+pub fn faulty_store(options: S3Options) -> (S3Store, Arc<Faulty>) {
     let location = fresh_location();
     let faulty = Faulty::new(s3_bucket(&location, quick_timeouts()).unwrap());
     let store = S3Store::open_on(faulty.clone(), &location, options).unwrap();

@@ -5,6 +5,7 @@ mod faults;
 mod faulty;
 mod harness;
 mod injected;
+mod log;
 mod shared;
 mod volumes;
 

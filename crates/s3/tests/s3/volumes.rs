@@ -15,7 +15,7 @@ use crate::harness::{chunk, fresh_location, open, quick_timeouts, shared_options
 
 const CHUNK: u32 = 4096;
 
-fn record(name: &str) -> VolumeRecord {
+pub fn record(name: &str) -> VolumeRecord {
     VolumeRecord {
         name: name.into(),
         size: 1 << 20,
@@ -36,7 +36,7 @@ fn entry(c: &NewChunk) -> MapEntry {
     }
 }
 
-fn write(store: &dyn BlockStore, name: &str, at: &[(u64, &NewChunk)]) -> Result<(), Error> {
+pub fn write(store: &dyn BlockStore, name: &str, at: &[(u64, &NewChunk)]) -> Result<(), Error> {
     let _pin = store.pin();
     let ids: Vec<_> = at.iter().map(|(_, c)| c.id).collect();
     let found = store.find_chunks(&ids)?;
