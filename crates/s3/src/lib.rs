@@ -12,7 +12,7 @@
 //! | `chunks`, `prefetch` | reading chunks back, and fetching them ahead |
 //! | `reads` | read counts in the bucket |
 //! | [`sweep`] | garbage collection that is safe against other servers' commits |
-//! | [`log_record`], `log_writer` | the bucket's log: records of what each server committed, their keys, and their writing |
+//! | [`log_record`], `log_writer`, `log_reader` | the bucket's log: records of what each server committed, their keys, writing and reading them |
 //! | [`volume_objects`], `volumes` | volumes: heads, layer deltas, leases that fence writers |
 //! | [`store`] | [`S3Store`]: the `BlockStore` contract, its parts and their lock order |
 //! | [`meta`], `housekeeper` | the store's identity object; its background thread |
@@ -27,6 +27,7 @@ mod chunks;
 mod housekeeper;
 pub mod keys;
 pub mod location;
+mod log_reader;
 pub mod log_record;
 mod log_writer;
 pub mod meta;

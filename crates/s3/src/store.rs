@@ -43,6 +43,7 @@ use crate::chunks::read_chunk;
 use crate::housekeeper::{start_housekeeper, Housekeeper};
 use crate::keys;
 use crate::location::S3Location;
+use crate::log_reader::LogReader;
 use crate::log_record::Event;
 use crate::log_writer::LogWriter;
 use crate::meta::{open_identity, Identity};
@@ -86,8 +87,11 @@ pub struct S3Options {
     /// commit uploads its pack at once.
     pub commit_uploads: usize,
     /// How often what this server committed is appended to the bucket's log (`docs/design.md`,
-    /// "The log"); `None` writes no log.
+    /// "The log"); `None` writes no log. With a log, periodic refreshes read it instead of
+    /// listing the whole bucket (the open and the sweep still list it whole).
     pub log_every: Option<Duration>,
+    /// How old the log's current epoch grows before a refresh begins the next.
+    pub epoch_every: Duration,
 }
 
 impl Default for S3Options {
@@ -103,6 +107,7 @@ impl Default for S3Options {
             volume_lease: Duration::from_secs(30),
             commit_uploads: 2,
             log_every: None,
+            epoch_every: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -240,7 +245,10 @@ impl S3Store {
         let identity = open_identity(&remote, !options.read_only)?;
         let writer_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let gate = EpochGate::starting_at(0);
-        let view = Arc::new(View::new(Arc::clone(&remote), identity.bytes));
+        let reader = options
+            .log_every
+            .map(|_| LogReader::new(writer_id.clone(), options.grace, options.epoch_every));
+        let view = Arc::new(View::new(Arc::clone(&remote), identity.bytes, reader));
         let log = Arc::new(LogWriter::new(
             Arc::clone(&remote),
             writer_id.clone(),
@@ -297,6 +305,13 @@ impl S3Store {
     /// housekeeper does so every [`S3Options::log_every`]).
     pub fn flush_log(&self) -> Result<()> {
         self.parts.log.flush()
+    }
+
+    /// Applies what other servers appended to the bucket's log since this server last read it
+    /// (what periodic refreshes do when [`S3Options::log_every`] is set); nothing without a
+    /// log.
+    pub fn refresh_from_log(&self) -> Result<()> {
+        self.parts.view.follow_log_now()
     }
 
     /// Brings this server's view of the bucket (other servers' blocks, packs and marks) up to

@@ -15,6 +15,8 @@ use bytes::Bytes;
 
 use crate::catalog::Catalog;
 use crate::keys;
+use crate::log_reader::LogReader;
+use crate::log_record::Event;
 use crate::pack;
 use crate::remote::{Listed, Remote};
 use crate::sync::{lock, SingleFlight};
@@ -31,16 +33,25 @@ pub(crate) struct View {
     marks: SingleFlight,
     /// Bytes of objects the catalog does not count (the identity object).
     other_bytes: u64,
+    /// The log, when periodic refreshes follow it instead of listing everything. Its lock is
+    /// held while it reads (requests included), but only the log refresh takes it, and that
+    /// runs once at a time (`follow`).
+    log: Option<Mutex<LogReader>>,
+    /// Refreshes from the log.
+    follow: SingleFlight,
 }
 
 impl View {
-    pub fn new(remote: Arc<Remote>, other_bytes: u64) -> View {
+    /// A view of the bucket behind `remote`; with `log`, periodic refreshes read the log.
+    pub fn new(remote: Arc<Remote>, other_bytes: u64, log: Option<LogReader>) -> View {
         View {
             remote,
             catalog: Mutex::default(),
             full: SingleFlight::default(),
             marks: SingleFlight::default(),
             other_bytes,
+            log: log.map(Mutex::new),
+            follow: SingleFlight::default(),
         }
     }
 
@@ -59,15 +70,102 @@ impl View {
         self.change(|c| c.totals(self.other_bytes))
     }
 
-    /// Refreshes everything if the last full refresh began more than `max_age` ago, waiting
-    /// for one under way.
+    /// Refreshes if the last refresh began more than `max_age` ago, waiting for one under
+    /// way: from the log if the store follows one, else (and always with a zero `max_age`: the
+    /// open, the sweep, a check) by listing everything.
     pub fn refresh_if_stale(&self, max_age: Duration) -> Result<()> {
+        if self.log.is_some() && !max_age.is_zero() {
+            return self
+                .follow
+                .run_if_stale(max_age, || self.refresh_from_log());
+        }
         self.full.run_if_stale(max_age, || self.refresh_all())
     }
 
     /// Like [`View::refresh_if_stale`], but returns at once if another thread is refreshing.
     pub fn refresh_in_passing(&self, max_age: Duration) -> Result<()> {
+        if self.log.is_some() && !max_age.is_zero() {
+            return self
+                .follow
+                .run_in_passing(max_age, || self.refresh_from_log());
+        }
         self.full.run_in_passing(max_age, || self.refresh_all())
+    }
+
+    /// Reads the log now, if the store follows one (else nothing).
+    pub fn follow_log_now(&self) -> Result<()> {
+        if self.log.is_none() {
+            return Ok(());
+        }
+        self.follow
+            .run_if_stale(Duration::ZERO, || self.refresh_from_log())
+    }
+
+    /// Applies what other servers appended to the log since the last refresh: blocks, frees,
+    /// packs with their entries, pack deletions, volume deltas (fetched) and heads (read
+    /// again). No listing of `blocks/`, `packs/`, `volumes/` or `layers/`.
+    fn refresh_from_log(&self) -> Result<()> {
+        let Some(reader) = &self.log else {
+            return Ok(());
+        };
+        let events = lock(reader).read(&self.remote)?;
+        let mut layers: Vec<LayerId> = Vec::new();
+        let mut heads: Vec<String> = Vec::new();
+        self.change(|c| {
+            for event in events {
+                match event {
+                    Event::BlockAdded { id, manifest } => {
+                        let len = manifest.encoded_len();
+                        c.add_block(id, manifest, len);
+                    }
+                    Event::BlockFreed { id } => {
+                        c.remove_block(id);
+                    }
+                    Event::PackAdded {
+                        name,
+                        size,
+                        entries,
+                    } => c.add_pack(&name, size, None, entries, None),
+                    Event::PackDeleted { name } => c.remove_pack(&name),
+                    Event::DeltaAdded { layer, seq, size } => {
+                        c.note_delta(layer, seq, size, None);
+                        layers.push(layer);
+                    }
+                    Event::HeadChanged { name } => heads.push(name),
+                }
+            }
+        });
+        heads.sort_unstable();
+        heads.dedup();
+        let keys: Vec<String> = heads
+            .iter()
+            .map(|n| volume_objects::volume_key(n))
+            .collect();
+        self.remote.for_each_object(&keys, |i, body| {
+            let name = &heads[i];
+            let body = match body {
+                Ok(b) => b,
+                Err(Error::NotFound(_)) => {
+                    self.change(|c| c.remove_volume(name));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            match Head::decode(name, &body) {
+                Ok(head) => {
+                    layers.extend(head.chain.iter().map(|l| l.layer));
+                    self.change(|c| c.put_volume(name, head, None, None, body.len() as u64));
+                }
+                Err(e) => {
+                    tracing::error!("volume {name}: head unreadable: {e}");
+                    self.change(|c| c.note_damaged_volume(name, e.to_string()));
+                }
+            }
+            Ok(())
+        })?;
+        layers.sort_unstable();
+        layers.dedup();
+        self.load_layers(&layers)
     }
 
     /// Refreshes the condemnation marks if their view is older than `max_age`. A commit never

@@ -33,6 +33,7 @@ pub struct Faulty {
     inner: Arc<dyn ObjectStore>,
     faults: Mutex<Vec<(String, Fault)>>,
     gets: AtomicU64,
+    listed: Mutex<Vec<String>>,
 }
 
 impl fmt::Display for Faulty {
@@ -47,12 +48,18 @@ impl Faulty {
             inner,
             faults: Mutex::default(),
             gets: AtomicU64::new(0),
+            listed: Mutex::default(),
         })
     }
 
     /// GETs begun so far.
     pub fn gets(&self) -> u64 {
         self.gets.load(Ordering::SeqCst)
+    }
+
+    /// The prefixes listed since the last call.
+    pub fn take_listed(&self) -> Vec<String> {
+        std::mem::take(&mut *self.listed.lock().unwrap())
     }
 
     /// From now on, applies `fault` to keys containing `key`.
@@ -151,6 +158,10 @@ impl ObjectStore for Faulty {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.listed
+            .lock()
+            .unwrap()
+            .push(prefix.map_or(String::new(), |p| p.to_string()));
         let faults = self.faults_for(prefix.map_or("", |p| p.as_ref()));
         let inner = self.inner.list(prefix);
         stream::once(async move {

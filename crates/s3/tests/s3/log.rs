@@ -7,13 +7,16 @@ use std::time::Duration;
 use aetherflow_s3::log_record::{self, Event, LogRecord};
 use aetherflow_s3::remote::Remote;
 use aetherflow_s3::volume_objects;
-use aetherflow_s3::{S3Location, S3Options};
-use aetherflow_store::BlockStore;
+use aetherflow_s3::{s3_bucket, S3Location, S3Options, S3Store};
+use aetherflow_store::{BlockId, BlockStore, RequestCounts};
+use bytes::Bytes;
 
-use crate::faulty::Fault;
-use crate::harness::{chunk, fresh_location, open, put, quick_timeouts, single_writer};
+use crate::faulty::{Fault, Faulty};
+use crate::harness::{
+    chunk, fresh_location, open, put, quick_timeouts, shared_options, single_writer,
+};
 use crate::injected::faulty_store;
-use crate::volumes::{record, write};
+use crate::volumes::{entry, map_of, record, write};
 
 /// Writes a log, never on its own (the test flushes it).
 fn logging() -> S3Options {
@@ -140,4 +143,153 @@ fn a_record_that_cannot_be_written_goes_with_the_next() {
         vec![first, second],
         "the failed record's events come first"
     );
+}
+
+/// Servers sharing a bucket that follow its log, refreshing only when told.
+fn following() -> S3Options {
+    S3Options {
+        log_every: Some(Duration::from_secs(3600)),
+        refresh_every: Duration::from_secs(3600),
+        ..shared_options(Duration::from_secs(60))
+    }
+}
+
+/// A second server on `location`, whose listings are recorded.
+fn watched(location: &S3Location) -> (S3Store, std::sync::Arc<Faulty>) {
+    let faulty = Faulty::new(s3_bucket(location, quick_timeouts()).unwrap());
+    let store = S3Store::open_on(faulty.clone(), location, following()).unwrap();
+    (store, faulty)
+}
+
+fn block_ids(store: &dyn BlockStore) -> Vec<BlockId> {
+    let mut ids = Vec::new();
+    store
+        .blocks(&mut |b| {
+            ids.push(b.id);
+            true
+        })
+        .unwrap();
+    ids
+}
+
+/// Whether `listed` holds a listing of blocks, packs, volumes or layers.
+fn lists_the_bucket(listed: &[String]) -> bool {
+    listed.iter().any(|prefix| {
+        ["/blocks", "/packs", "/volumes", "/layers"]
+            .iter()
+            .any(|dir| prefix.contains(dir))
+    })
+}
+
+fn requests(c: RequestCounts) -> u64 {
+    c.get + c.put + c.list + c.head + c.delete
+}
+
+#[test]
+fn a_second_server_learns_from_the_log_without_listing_the_bucket() {
+    let location = fresh_location();
+    let a = open(&location, following());
+    let (b, faulty) = watched(&location);
+    b.refresh_from_log().unwrap();
+
+    let (c1, c2) = (chunk(1, 5000), chunk(2, 4096));
+    let block = put(&a, &[&c1]);
+    a.create_volume(&record("v")).unwrap();
+    a.acquire_volume("v").unwrap();
+    write(&a, "v", &[(2, &c2)]).unwrap();
+    a.release_volume("v");
+    a.flush_log().unwrap();
+
+    faulty.take_listed();
+    b.refresh_from_log().unwrap();
+    assert_eq!(block_ids(&b), vec![block]);
+    assert_eq!(b.chunk(&c1.id).unwrap().payload, c1.payload);
+    let map = map_of(&b, "v");
+    assert_eq!(map.into_iter().collect::<Vec<_>>(), vec![(2, entry(&c2))]);
+    let listed = faulty.take_listed();
+    assert!(
+        listed.iter().any(|prefix| prefix.contains("/log/")) && !lists_the_bucket(&listed),
+        "the log is listed, not the bucket: {listed:?}"
+    );
+
+    a.free_block(block).unwrap();
+    a.flush_log().unwrap();
+    b.refresh_from_log().unwrap();
+    assert!(block_ids(&b).is_empty(), "the free came through the log");
+    let listed = faulty.take_listed();
+    assert!(!lists_the_bucket(&listed), "{listed:?}");
+}
+
+#[test]
+fn an_idle_refresh_costs_a_few_requests_whatever_the_bucket_holds() {
+    let location = fresh_location();
+    let a = open(&location, following());
+    let c = chunk(3, 100);
+    for _ in 0..2500 {
+        put(&a, &[&c]);
+    }
+    a.flush_log().unwrap();
+
+    let b = open(&location, following());
+    assert_eq!(block_ids(&b).len(), 2500);
+    b.refresh_from_log().unwrap(); // the first read also measures the bucket's clock
+    for _ in 0..2 {
+        let before = requests(b.remote_requests().unwrap());
+        b.refresh_from_log().unwrap();
+        let cost = requests(b.remote_requests().unwrap()) - before;
+        assert!(
+            cost <= 4,
+            "an idle refresh from the log cost {cost} requests"
+        );
+    }
+    // Listing everything, as refreshes did before the log, costs more than that.
+    let before = requests(b.remote_requests().unwrap());
+    b.refresh().unwrap();
+    let listing = requests(b.remote_requests().unwrap()) - before;
+    assert!(listing > 4, "a complete refresh cost {listing} requests");
+}
+
+#[test]
+fn damaged_and_replayed_records_change_nothing() {
+    let location = fresh_location();
+    let a = open(&location, following());
+    let b = open(&location, following());
+    b.refresh_from_log().unwrap();
+    put(&a, &[&chunk(4, 3000)]);
+    a.flush_log().unwrap();
+    let remote = Remote::connect(&location, quick_timeouts()).unwrap();
+    let record = remote
+        .list(log_record::LOG)
+        .unwrap()
+        .into_iter()
+        .find(|l| log_record::parse_record_key(&l.key).is_some())
+        .unwrap();
+    let (epoch, _, _) = log_record::parse_record_key(&record.key).unwrap();
+    let body = remote.get(&record.key).unwrap();
+    // The same record under another writer's key (a replay), a torn copy, and garbage.
+    remote
+        .put(
+            &log_record::record_key(epoch, "intruder", 1),
+            body.clone(),
+            true,
+        )
+        .unwrap();
+    remote
+        .put(
+            &log_record::record_key(epoch, "intruder", 2),
+            body.slice(..body.len() / 2),
+            true,
+        )
+        .unwrap();
+    remote
+        .put(
+            &log_record::record_key(epoch, "intruder", 3),
+            Bytes::from_static(b"not a record at all"),
+            true,
+        )
+        .unwrap();
+    // Only the three bad records, on their own: nothing of theirs is applied.
+    remote.delete(&record.key).unwrap();
+    b.refresh_from_log().unwrap();
+    assert!(block_ids(&b).is_empty(), "a bad record added a block");
 }

@@ -29,7 +29,7 @@ pub fn record(name: &str) -> VolumeRecord {
     }
 }
 
-fn entry(c: &NewChunk) -> MapEntry {
+pub fn entry(c: &NewChunk) -> MapEntry {
     MapEntry::Chunk {
         id: c.id,
         stored_len: c.payload.len() as u32,
@@ -51,7 +51,7 @@ pub fn write(store: &dyn BlockStore, name: &str, at: &[(u64, &NewChunk)]) -> Res
     store.commit_volume(name, &changes, staged, true)
 }
 
-fn map_of(store: &dyn BlockStore, name: &str) -> BTreeMap<u64, MapEntry> {
+pub fn map_of(store: &dyn BlockStore, name: &str) -> BTreeMap<u64, MapEntry> {
     let mut out = BTreeMap::new();
     store
         .volume_map(name, 0..u64::MAX, &mut |i, e| {

@@ -1,0 +1,230 @@
+//! Reading the bucket's log (`docs/design.md`, "The log"): a periodic refresh lists the epoch
+//! markers and the records of the epochs not settled yet, and applies the records of other
+//! servers it has not applied, so that it costs what changed, not what the bucket holds. It
+//! also advances the epoch when the current one is full or old.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aetherflow_store::{BlockId, Error, Result};
+use bytes::Bytes;
+
+use crate::log_record::{self, Event, LogRecord};
+use crate::remote::{Listed, Remote};
+
+/// Records of one epoch after which the next epoch begins (one listing page).
+pub const EPOCH_RECORDS: usize = 1000;
+
+/// What a refresh must do with the catalog: the events of the records it read, in the order
+/// read. (The view applies them; this module only reads.)
+pub(crate) type Read = Vec<Event>;
+
+/// How the log is read; see [`LogReader::new`].
+#[derive(Debug)]
+pub(crate) struct LogReader {
+    writer: String,
+    grace: Duration,
+    epoch_every: Duration,
+    /// The bucket's clock minus this server's, in ms, measured at the first refresh.
+    skew_ms: Option<i64>,
+    /// Markers seen: epoch → its `Last-Modified` (ms).
+    markers: BTreeMap<u64, i64>,
+    /// The lowest epoch still read (every one below it is settled and was read after).
+    from: Option<u64>,
+    /// Records already applied (or refused), by epoch, for the epochs still read.
+    applied: BTreeMap<u64, HashSet<String>>,
+    /// Blocks freed and packs deleted by records read, with the epoch of the record, so that
+    /// an addition read after its removal (another writer's record listed later) stays
+    /// removed; forgotten once that epoch is settled and read.
+    freed: HashMap<BlockId, u64>,
+    deleted: HashMap<String, u64>,
+}
+
+impl LogReader {
+    /// A reader for the server `writer` (whose own records it skips); `grace` is the collection
+    /// grace G, `epoch_every` how old the current epoch may grow before a refresh begins the
+    /// next.
+    pub fn new(writer: String, grace: Duration, epoch_every: Duration) -> LogReader {
+        LogReader {
+            writer,
+            grace,
+            epoch_every,
+            skew_ms: None,
+            markers: BTreeMap::new(),
+            from: None,
+            applied: BTreeMap::new(),
+            freed: HashMap::new(),
+            deleted: HashMap::new(),
+        }
+    }
+
+    fn bucket_now(&mut self, remote: &Remote) -> Result<i64> {
+        let skew = match self.skew_ms {
+            Some(s) => s,
+            None => {
+                let before = local_ms();
+                let bucket = remote.bucket_now(&self.writer)?;
+                let s = bucket - (before + local_ms()) / 2;
+                self.skew_ms = Some(s);
+                s
+            }
+        };
+        Ok(local_ms() + skew)
+    }
+
+    /// Whether epoch `e` is settled: marker e+1 is G old by the bucket's clock.
+    fn settled(&self, e: u64, now_ms: i64) -> bool {
+        self.markers
+            .get(&(e + 1))
+            .is_some_and(|m| now_ms >= m + self.grace.as_millis() as i64 + SLACK_MS)
+    }
+
+    /// Reads what is new in the log: the events of other servers' records not read yet. The
+    /// first read of a process starts at the oldest epoch not settled: what the records of
+    /// older ones say, the open's complete listings found.
+    pub fn read(&mut self, remote: &Remote) -> Result<Read> {
+        let now = self.bucket_now(remote)?;
+        let listed = match self.from {
+            Some(from) if from > 0 => {
+                remote.list_after(log_record::EPOCHS, &log_record::epoch_marker(from - 1))?
+            }
+            _ => remote.list(log_record::EPOCHS)?,
+        };
+        for l in &listed {
+            if let Some(e) = log_record::parse_epoch_marker(&l.key) {
+                self.markers.insert(e, l.modified_ms);
+            }
+        }
+        let Some(&current) = self.markers.keys().next_back() else {
+            return Ok(Vec::new()); // no log yet
+        };
+        let from = match self.from {
+            Some(f) => f,
+            None => {
+                let oldest = self
+                    .markers
+                    .keys()
+                    .copied()
+                    .find(|&e| !self.settled(e, now))
+                    .unwrap_or(current);
+                self.from = Some(oldest);
+                oldest
+            }
+        };
+        let mut events = Vec::new();
+        let mut current_records = 0;
+        for e in from..=current {
+            let settled = self.settled(e, now);
+            let records = remote.list(&log_record::epoch_dir(e))?;
+            if e == current {
+                current_records = records.len();
+            }
+            self.read_epoch(remote, e, &records, &mut events)?;
+            if settled && Some(e) == self.from {
+                // Read once more after it settled: it never changes again. The additions its
+                // removals cancel were read by now, except a hint retried into a later epoch:
+                // that block or pack stays in the catalog until the next complete listing
+                // (the sweep's) drops it, as before the log.
+                self.applied.remove(&e);
+                self.freed.retain(|_, at| *at > e);
+                self.deleted.retain(|_, at| *at > e);
+                self.from = Some(e + 1);
+            }
+        }
+        self.advance(remote, current, current_records, now)?;
+        Ok(events)
+    }
+
+    fn read_epoch(
+        &mut self,
+        remote: &Remote,
+        e: u64,
+        records: &[Listed],
+        events: &mut Read,
+    ) -> Result<()> {
+        let late_from = self
+            .markers
+            .get(&(e + 1))
+            .map(|m| m + self.grace.as_millis() as i64);
+        let applied = self.applied.entry(e).or_default();
+        let new: Vec<&Listed> = records
+            .iter()
+            .filter(|l| !applied.contains(&l.key))
+            .collect();
+        let mut wanted = Vec::new();
+        for l in new {
+            applied.insert(l.key.clone());
+            let Some((_, writer, _)) = log_record::parse_record_key(&l.key) else {
+                tracing::warn!("{}: not a log record's key; ignored", l.key);
+                continue;
+            };
+            if writer == self.writer {
+                continue; // this server's own: applied when it committed
+            }
+            if late_from.is_some_and(|late| l.modified_ms >= late) {
+                tracing::warn!(
+                    "{}: written after its epoch was settled (never acknowledged); ignored",
+                    l.key
+                );
+                continue;
+            }
+            wanted.push(l.key.clone());
+        }
+        remote.for_each_object(&wanted, |i, body| {
+            let key = &wanted[i];
+            let body = match body {
+                Ok(b) => b,
+                Err(Error::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            match LogRecord::decode(key, &body) {
+                Ok(record) => events.extend(self.filter(e, record.events)),
+                Err(e) => tracing::error!("{e}; the record is ignored"),
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops additions whose removal was read already, and remembers removals (read in epoch
+    /// `e`).
+    fn filter(&mut self, e: u64, events: Vec<Event>) -> Vec<Event> {
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            match &event {
+                Event::BlockAdded { id, .. } if self.freed.contains_key(id) => continue,
+                Event::PackAdded { name, .. } if self.deleted.contains_key(name) => continue,
+                Event::BlockFreed { id } => {
+                    self.freed.insert(*id, e);
+                }
+                Event::PackDeleted { name } => {
+                    self.deleted.insert(name.clone(), e);
+                }
+                _ => {}
+            }
+            out.push(event);
+        }
+        out
+    }
+
+    /// Begins epoch `current + 1` if `current` holds [`EPOCH_RECORDS`] records or its marker is
+    /// older than `epoch_every`.
+    fn advance(&mut self, remote: &Remote, current: u64, records: usize, now: i64) -> Result<()> {
+        let age_ms = now - self.markers[&current];
+        if records < EPOCH_RECORDS && age_ms < self.epoch_every.as_millis() as i64 {
+            return Ok(());
+        }
+        match remote.create(&log_record::epoch_marker(current + 1), Bytes::new()) {
+            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The bucket keeps whole seconds.
+const SLACK_MS: i64 = 1000;
+
+fn local_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
