@@ -87,7 +87,7 @@ pub struct S3Options {
     /// commit uploads its pack at once.
     pub commit_uploads: usize,
     /// How often what this server committed is appended to the bucket's log (`docs/design.md`,
-    /// "The log"); `None` writes no log. With a log, periodic refreshes read it instead of
+    /// "The log"; once a second by default); `None` writes no log. With a log, periodic refreshes read it instead of
     /// listing the whole bucket (the open and the sweep still list it whole).
     pub log_every: Option<Duration>,
     /// How old the log's current epoch grows before a refresh begins the next.
@@ -106,7 +106,7 @@ impl Default for S3Options {
             read_only: false,
             volume_lease: Duration::from_secs(30),
             commit_uploads: 2,
-            log_every: None,
+            log_every: Some(Duration::from_secs(1)),
             epoch_every: Duration::from_secs(15 * 60),
         }
     }
@@ -245,8 +245,11 @@ impl S3Store {
         let identity = open_identity(&remote, !options.read_only)?;
         let writer_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let gate = EpochGate::starting_at(0);
+        // A read-only store writes nothing, not even the object that reads the bucket's clock:
+        // it lists the bucket whole.
         let reader = options
             .log_every
+            .filter(|_| !options.read_only)
             .map(|_| LogReader::new(writer_id.clone(), options.grace, options.epoch_every));
         let view = Arc::new(View::new(Arc::clone(&remote), identity.bytes, reader));
         let log = Arc::new(LogWriter::new(
