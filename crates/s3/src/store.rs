@@ -10,6 +10,7 @@
 //! | [`ReadCounts`] | this server's read counts and their objects |
 //! | [`Prefetcher`] | chunks fetched ahead for readers |
 //! | [`Sweeper`] | garbage collection passes |
+//! | [`LogWriter`] | what this server committed, waiting to be appended to the log |
 //!
 //! **Lock order**, outermost first; a thread holding one lock takes only locks below it:
 //!
@@ -19,8 +20,11 @@
 //!    never make a request;
 //! 3. the writer's current-pack lock, then that pack slot's lock;
 //! 4. the view's catalog lock;
-//! 5. leaves: the epoch gate's pin table, read counts, prefetch slots, the refreshes'
-//!    single-flight states.
+//! 5. leaves: the epoch gate's pin table, read counts, prefetch slots, the log's queue, the
+//!    refreshes' single-flight states.
+//!
+//! The log reader's state is locked across its requests, but only by the refresh from the log,
+//! which runs once at a time: nobody waits for it.
 //!
 //! No lock is held while a request is under way, except the sweeper's (1). Waiting for a
 //! listing another thread runs ([`crate::sync::SingleFlight`]) or for a pack another thread
