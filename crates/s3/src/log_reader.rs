@@ -11,9 +11,7 @@ use bytes::Bytes;
 
 use crate::log_record::{self, Event, LogRecord};
 use crate::remote::{Listed, Remote};
-
-/// Records of one epoch after which the next epoch begins (one listing page).
-pub const EPOCH_RECORDS: usize = 1000;
+use crate::store::S3Options;
 
 /// What a refresh must do with the catalog: the events of the records it read, in the order
 /// read. (The view applies them; this module only reads.)
@@ -25,6 +23,7 @@ pub(crate) struct LogReader {
     writer: String,
     grace: Duration,
     epoch_every: Duration,
+    epoch_records: usize,
     /// The bucket's clock minus this server's, in ms, measured at the first refresh.
     skew_ms: Option<i64>,
     /// Markers seen: epoch → its `Last-Modified` (ms).
@@ -41,14 +40,14 @@ pub(crate) struct LogReader {
 }
 
 impl LogReader {
-    /// A reader for the server `writer` (whose own records it skips); `grace` is the collection
-    /// grace G, `epoch_every` how old the current epoch may grow before a refresh begins the
-    /// next.
-    pub fn new(writer: String, grace: Duration, epoch_every: Duration) -> LogReader {
+    /// A reader for the server `writer` (whose own records it skips), with the collection grace
+    /// and the epoch bounds of `options`.
+    pub fn new(writer: String, options: &S3Options) -> LogReader {
         LogReader {
             writer,
-            grace,
-            epoch_every,
+            grace: options.grace,
+            epoch_every: options.epoch_every,
+            epoch_records: options.epoch_records.max(1),
             skew_ms: None,
             markers: BTreeMap::new(),
             from: None,
@@ -206,11 +205,11 @@ impl LogReader {
         out
     }
 
-    /// Begins epoch `current + 1` if `current` holds [`EPOCH_RECORDS`] records or its marker is
+    /// Begins epoch `current + 1` if `current` holds `epoch_records` records or its marker is
     /// older than `epoch_every`.
     fn advance(&mut self, remote: &Remote, current: u64, records: usize, now: i64) -> Result<()> {
         let age_ms = now - self.markers[&current];
-        if records < EPOCH_RECORDS && age_ms < self.epoch_every.as_millis() as i64 {
+        if records < self.epoch_records && age_ms < self.epoch_every.as_millis() as i64 {
             return Ok(());
         }
         match remote.create(&log_record::epoch_marker(current + 1), Bytes::new()) {

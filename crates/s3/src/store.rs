@@ -94,8 +94,10 @@ pub struct S3Options {
     /// "The log"; once a second by default); `None` writes no log. With a log, periodic refreshes read it instead of
     /// listing the whole bucket (the open and the sweep still list it whole).
     pub log_every: Option<Duration>,
-    /// How old the log's current epoch grows before a refresh begins the next.
+    /// How old the log's current epoch grows before a refresh begins the next...
     pub epoch_every: Duration,
+    /// ...or how many records it holds (one listing page by default).
+    pub epoch_records: usize,
 }
 
 impl Default for S3Options {
@@ -112,6 +114,7 @@ impl Default for S3Options {
             commit_uploads: 2,
             log_every: Some(Duration::from_secs(1)),
             epoch_every: Duration::from_secs(15 * 60),
+            epoch_records: 1000,
         }
     }
 }
@@ -254,7 +257,7 @@ impl S3Store {
         let reader = options
             .log_every
             .filter(|_| !options.read_only)
-            .map(|_| LogReader::new(writer_id.clone(), options.grace, options.epoch_every));
+            .map(|_| LogReader::new(writer_id.clone(), &options));
         let view = Arc::new(View::new(Arc::clone(&remote), identity.bytes, reader));
         let log = Arc::new(LogWriter::new(
             Arc::clone(&remote),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::faulty::{Fault, Faulty};
 use crate::harness::{
-    chunk, fresh_location, open, put, quick_timeouts, shared_options, single_writer,
+    chunk, fresh_location, manifest_of, open, put, quick_timeouts, shared_options, single_writer,
 };
 use crate::injected::faulty_store;
 use crate::volumes::{entry, map_of, record, write};
@@ -292,4 +292,66 @@ fn damaged_and_replayed_records_change_nothing() {
     remote.delete(&record.key).unwrap();
     b.refresh_from_log().unwrap();
     assert!(block_ids(&b).is_empty(), "a bad record added a block");
+}
+
+/// A record of a writer that is not a store, adding a made-up block.
+fn foreign_record(epoch: u64, seq: u64, id: BlockId) -> (String, Bytes) {
+    let record = LogRecord {
+        writer: "elsewhere".into(),
+        seq,
+        epoch,
+        events: vec![Event::BlockAdded {
+            id,
+            manifest: std::sync::Arc::new(manifest_of(&[&chunk(9, 100)], 0)),
+        }],
+    };
+    (record.key(), Bytes::from(record.encode()))
+}
+
+#[test]
+fn a_record_that_lands_after_its_epoch_settled_is_ignored_and_epochs_advance() {
+    let grace = Duration::from_secs(2);
+    let options = S3Options {
+        grace,
+        epoch_records: 2,
+        ..following()
+    };
+    let location = fresh_location();
+    let a = open(&location, options);
+    let b = open(&location, options);
+    let remote = Remote::connect(&location, quick_timeouts()).unwrap();
+    let first = put(&a, &[&chunk(5, 2000)]);
+    a.flush_log().unwrap();
+    b.refresh_from_log().unwrap();
+    assert_eq!(block_ids(&b), vec![first]);
+
+    // Epoch 0 holds A's record and one more: the next refresh begins epoch 1.
+    let on_time = BlockId::random();
+    let (key, body) = foreign_record(0, 1, on_time);
+    remote.put(&key, body, true).unwrap();
+    b.refresh_from_log().unwrap();
+    assert!(block_ids(&b).contains(&on_time));
+    let markers: Vec<u64> = remote
+        .list(log_record::EPOCHS)
+        .unwrap()
+        .iter()
+        .filter_map(|l| log_record::parse_epoch_marker(&l.key))
+        .collect();
+    assert_eq!(markers, vec![0, 1], "a full epoch is followed by the next");
+
+    // Epoch 0 settles once marker 1 is G old; a record landing in it after that was never
+    // acknowledged, and no reader applies it. One in epoch 1 is applied.
+    std::thread::sleep(grace + Duration::from_secs(2));
+    let (late, in_time) = (BlockId::random(), BlockId::random());
+    let (key, body) = foreign_record(0, 2, late);
+    remote.put(&key, body, true).unwrap();
+    let (key, body) = foreign_record(1, 3, in_time);
+    remote.put(&key, body, true).unwrap();
+    b.refresh_from_log().unwrap();
+    let known = block_ids(&b);
+    assert!(known.contains(&in_time), "{known:?}");
+    assert!(
+        !known.contains(&late),
+        "a record of a settled epoch was applied"
+    );
 }
