@@ -81,7 +81,16 @@ impl LogReader {
     /// Reads what is new in the log: the events of other servers' records not read yet. The
     /// first read of a process starts at the oldest epoch not settled: what the records of
     /// older ones say, the open's complete listings found.
-    pub fn read(&mut self, remote: &Remote) -> Result<Read> {
+    ///
+    /// A read that fails part way returns the events of the records it did read (they count
+    /// as read) with the error; the records it did not reach are read by the next one.
+    pub fn read(&mut self, remote: &Remote) -> (Read, Result<()>) {
+        let mut events = Vec::new();
+        let result = self.read_into(remote, &mut events);
+        (events, result)
+    }
+
+    fn read_into(&mut self, remote: &Remote, events: &mut Read) -> Result<()> {
         let now = self.bucket_now(remote)?;
         let listed = match self.from {
             Some(from) if from > 0 => {
@@ -95,7 +104,7 @@ impl LogReader {
             }
         }
         let Some(&current) = self.markers.keys().next_back() else {
-            return Ok(Vec::new()); // no log yet
+            return Ok(()); // no log yet
         };
         let from = match self.from {
             Some(f) => f,
@@ -110,7 +119,6 @@ impl LogReader {
                 oldest
             }
         };
-        let mut events = Vec::new();
         let mut current_records = 0;
         for e in from..=current {
             let settled = self.settled(e, now);
@@ -118,7 +126,7 @@ impl LogReader {
             if e == current {
                 current_records = records.len();
             }
-            self.read_epoch(remote, e, &records, &mut events)?;
+            self.read_epoch(remote, e, &records, events)?;
             if settled && Some(e) == self.from {
                 // Read once more after it settled: it never changes again. The additions its
                 // removals cancel were read by now, except a hint retried into a later epoch:
@@ -130,8 +138,11 @@ impl LogReader {
                 self.from = Some(e + 1);
             }
         }
-        self.advance(remote, current, current_records, now)?;
-        Ok(events)
+        if let Err(e) = self.advance(remote, current, current_records, now) {
+            // Only a step forward: the next refresh, here or elsewhere, takes it.
+            tracing::warn!("beginning the log's epoch {}: {e}", current + 1);
+        }
+        Ok(())
     }
 
     fn read_epoch(
@@ -146,40 +157,47 @@ impl LogReader {
             .get(&(e + 1))
             .map(|m| m + self.grace.as_millis() as i64);
         let applied = self.applied.entry(e).or_default();
-        let new: Vec<&Listed> = records
-            .iter()
-            .filter(|l| !applied.contains(&l.key))
-            .collect();
         let mut wanted = Vec::new();
-        for l in new {
-            applied.insert(l.key.clone());
-            let Some((_, writer, _)) = log_record::parse_record_key(&l.key) else {
-                tracing::warn!("{}: not a log record's key; ignored", l.key);
+        for l in records {
+            if applied.contains(&l.key) {
                 continue;
+            }
+            let skip = match log_record::parse_record_key(&l.key) {
+                None => Some("not a log record's key"),
+                // This server's own: applied when it committed.
+                Some((_, writer, _)) if writer == self.writer => Some(""),
+                _ if late_from.is_some_and(|late| l.modified_ms >= late) => {
+                    Some("written after its epoch was settled (never acknowledged)")
+                }
+                _ if l.size > MAX_RECORD_BYTES => Some("larger than any record a server writes"),
+                _ => None,
             };
-            if writer == self.writer {
-                continue; // this server's own: applied when it committed
+            match skip {
+                Some(why) => {
+                    if !why.is_empty() {
+                        tracing::warn!("{}: {why}; ignored", l.key);
+                    }
+                    applied.insert(l.key.clone());
+                }
+                None => wanted.push(l.key.clone()),
             }
-            if late_from.is_some_and(|late| l.modified_ms >= late) {
-                tracing::warn!(
-                    "{}: written after its epoch was settled (never acknowledged); ignored",
-                    l.key
-                );
-                continue;
-            }
-            wanted.push(l.key.clone());
         }
+        // A record counts as read once fetched (or found gone, or refused): one the fetches
+        // did not reach is fetched by the next refresh.
         remote.for_each_object(&wanted, |i, body| {
             let key = &wanted[i];
-            let body = match body {
-                Ok(b) => b,
-                Err(Error::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            match LogRecord::decode(key, &body) {
-                Ok(record) => events.extend(self.filter(e, record.events)),
-                Err(e) => tracing::error!("{e}; the record is ignored"),
+            match body {
+                Ok(body) => match LogRecord::decode(key, &body) {
+                    Ok(record) => {
+                        let kept = self.filter(e, record.events);
+                        events.extend(kept);
+                    }
+                    Err(err) => tracing::error!("{err}; the record is ignored"),
+                },
+                Err(Error::NotFound(_)) => {}
+                Err(err) => return Err(err),
             }
+            self.applied.entry(e).or_default().insert(key.clone());
             Ok(())
         })
     }
@@ -221,6 +239,9 @@ impl LogReader {
 
 /// The bucket keeps whole seconds.
 const SLACK_MS: i64 = 1000;
+/// A listed record larger than this is not fetched: no server writes one (a record holds at
+/// most `MAX_EVENTS` events, and a pack's entries are bounded by the pack size).
+const MAX_RECORD_BYTES: u64 = 256 << 20;
 
 fn local_ms() -> i64 {
     SystemTime::now()

@@ -40,6 +40,8 @@ pub const LOG: &str = "log/";
 pub const EPOCHS: &str = "log/epochs/";
 /// The longest writer id a record may name.
 pub const MAX_WRITER: usize = 64;
+/// Events one record holds at most (a writer with more writes several records).
+pub const MAX_EVENTS: usize = 10_000;
 
 /// One change a server made to the bucket. Each names what it changes by an identity that is
 /// never reused (random block ids, pack names made of their writer and a sequence number, layer
@@ -228,6 +230,11 @@ impl LogRecord {
         }
         // The smallest event is a tag and a name of one byte.
         let count = c.count(true, 3)?;
+        if count > MAX_EVENTS {
+            return Err(c.corrupt(format_args!(
+                "{count} events, more than the {MAX_EVENTS} a record holds"
+            )));
+        }
         let mut events = Vec::with_capacity(count);
         for _ in 0..count {
             events.push(decode_event(&mut c, &what)?);
@@ -445,6 +452,14 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("runs past the end"), "{err}");
+        // More events than any record holds, with bytes enough to stand behind the count.
+        let err = hostile(&r, |b| {
+            let n = MAX_EVENTS as u32 + 1;
+            b[count_at..count_at + 4].copy_from_slice(&n.to_le_bytes());
+            b.extend(std::iter::repeat_n(0u8, 3 * n as usize));
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("more than the"), "{err}");
         // An event of a kind no build knows.
         let err = hostile(&r, |b| {
             b[count_at..count_at + 4].copy_from_slice(&1u32.to_le_bytes());

@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 use aetherflow_store::{Error, Result};
 use bytes::Bytes;
 
-use crate::log_record::{self, Event, LogRecord};
+use crate::log_record::{self, Event, LogRecord, MAX_EVENTS};
 use crate::remote::Remote;
 use crate::sync::lock;
 
-/// Events one record holds at most; more wait for the next.
-pub const MAX_EVENTS: usize = 10_000;
 /// How long a listing of the markers places records when there is no grace period (one server
 /// alone on its bucket: no other server reads the log or advances its epochs).
 const ALONE_PLACEMENT: Duration = Duration::from_secs(60);

@@ -39,6 +39,9 @@ pub(crate) struct View {
     log: Option<Mutex<LogReader>>,
     /// Refreshes from the log.
     follow: SingleFlight,
+    /// Heads to read again and layers to load that a refresh from the log learnt of but could
+    /// not fetch: the next one does.
+    pending: Mutex<(Vec<String>, Vec<LayerId>)>,
 }
 
 impl View {
@@ -52,6 +55,7 @@ impl View {
             other_bytes,
             log: log.map(Mutex::new),
             follow: SingleFlight::default(),
+            pending: Mutex::default(),
         }
     }
 
@@ -108,9 +112,8 @@ impl View {
         let Some(reader) = &self.log else {
             return Ok(());
         };
-        let events = lock(reader).read(&self.remote)?;
-        let mut layers: Vec<LayerId> = Vec::new();
-        let mut heads: Vec<String> = Vec::new();
+        let (events, read) = lock(reader).read(&self.remote);
+        let (mut heads, mut layers) = std::mem::take(&mut *lock(&self.pending));
         self.change(|c| {
             for event in events {
                 match event {
@@ -137,12 +140,28 @@ impl View {
         });
         heads.sort_unstable();
         heads.dedup();
-        let keys: Vec<String> = heads
+        let fetched = self.read_heads(&heads, &mut layers).and_then(|()| {
+            layers.sort_unstable();
+            layers.dedup();
+            self.load_layers(&layers)
+        });
+        if fetched.is_err() {
+            let mut pending = lock(&self.pending);
+            pending.0.extend(heads);
+            pending.1.extend(layers);
+        }
+        read.and(fetched)
+    }
+
+    /// Reads the heads of `names` as they are now (forgetting those gone); adds the layers
+    /// they name to `layers`.
+    fn read_heads(&self, names: &[String], layers: &mut Vec<LayerId>) -> Result<()> {
+        let keys: Vec<String> = names
             .iter()
             .map(|n| volume_objects::volume_key(n))
             .collect();
         self.remote.for_each_object(&keys, |i, body| {
-            let name = &heads[i];
+            let name = &names[i];
             let body = match body {
                 Ok(b) => b,
                 Err(Error::NotFound(_)) => {
@@ -162,10 +181,7 @@ impl View {
                 }
             }
             Ok(())
-        })?;
-        layers.sort_unstable();
-        layers.dedup();
-        self.load_layers(&layers)
+        })
     }
 
     /// Refreshes the condemnation marks if their view is older than `max_age`. A commit never

@@ -355,3 +355,28 @@ fn a_record_that_lands_after_its_epoch_settled_is_ignored_and_epochs_advance() {
         "a record of a settled epoch was applied"
     );
 }
+
+#[test]
+fn a_refresh_that_fails_part_way_loses_no_record() {
+    let location = fresh_location();
+    let a = open(&location, following());
+    let (b, faulty) = watched(&location);
+    b.refresh_from_log().unwrap();
+    let blocks: Vec<BlockId> = (0..3)
+        .map(|i| {
+            let id = put(&a, &[&chunk(20 + i, 1000)]);
+            a.flush_log().unwrap();
+            id
+        })
+        .collect();
+    // The second of A's three records cannot be read for a while.
+    faulty.inject("-0000000000000001", Fault::Fail);
+    assert!(b.refresh_from_log().is_err());
+    faulty.heal();
+    b.refresh_from_log().unwrap();
+    let mut known = block_ids(&b);
+    known.sort();
+    let mut expected = blocks;
+    expected.sort();
+    assert_eq!(known, expected, "every record is read in the end");
+}
