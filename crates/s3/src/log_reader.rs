@@ -4,6 +4,7 @@
 //! also advances the epoch when the current one is full or old.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aetherflow_store::{BlockId, Error, Result};
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use crate::log_record::{self, Event, LogRecord};
 use crate::remote::{Listed, Remote};
 use crate::store::S3Options;
+use crate::sync::lock;
 
 /// What a refresh must do with the catalog: the events of the records it read, in the order
 /// read. (The view applies them; this module only reads.)
@@ -32,11 +34,31 @@ pub(crate) struct LogReader {
     from: Option<u64>,
     /// Records already applied (or refused), by epoch, for the epochs still read.
     applied: BTreeMap<u64, HashSet<String>>,
-    /// Blocks freed and packs deleted by records read, with the epoch of the record, so that
-    /// an addition read after its removal (another writer's record listed later) stays
-    /// removed; forgotten once that epoch is settled and read.
+    removals: Arc<Mutex<Removals>>,
+}
+
+/// Blocks freed and packs deleted, by records read or by this server itself, with the epoch
+/// they were seen in, so that an addition read after its removal (another writer's record
+/// listed later) stays removed; forgotten once that epoch is settled and read. Its own lock,
+/// a leaf taken briefly: a commit that frees notes it here without waiting for a refresh.
+#[derive(Debug, Default)]
+pub(crate) struct Removals {
     freed: HashMap<BlockId, u64>,
     deleted: HashMap<String, u64>,
+    /// The newest epoch seen: what this server's own removals are filed under.
+    epoch: u64,
+}
+
+impl Removals {
+    /// This server freed `id`.
+    pub fn block_freed(&mut self, id: BlockId) {
+        self.freed.insert(id, self.epoch);
+    }
+
+    /// This server deleted pack `name`.
+    pub fn pack_deleted(&mut self, name: &str) {
+        self.deleted.insert(name.to_string(), self.epoch);
+    }
 }
 
 impl LogReader {
@@ -52,9 +74,13 @@ impl LogReader {
             markers: BTreeMap::new(),
             from: None,
             applied: BTreeMap::new(),
-            freed: HashMap::new(),
-            deleted: HashMap::new(),
+            removals: Arc::default(),
         }
+    }
+
+    /// Where this server notes its own removals.
+    pub fn removals(&self) -> Arc<Mutex<Removals>> {
+        Arc::clone(&self.removals)
     }
 
     fn bucket_now(&mut self, remote: &Remote) -> Result<i64> {
@@ -106,6 +132,7 @@ impl LogReader {
         let Some(&current) = self.markers.keys().next_back() else {
             return Ok(()); // no log yet
         };
+        lock(&self.removals).epoch = current;
         let from = match self.from {
             Some(f) => f,
             None => {
@@ -133,8 +160,9 @@ impl LogReader {
                 // that block or pack stays in the catalog until the next complete listing
                 // (the sweep's) drops it, as before the log.
                 self.applied.remove(&e);
-                self.freed.retain(|_, at| *at > e);
-                self.deleted.retain(|_, at| *at > e);
+                let mut removals = lock(&self.removals);
+                removals.freed.retain(|_, at| *at > e);
+                removals.deleted.retain(|_, at| *at > e);
                 self.from = Some(e + 1);
             }
         }
@@ -205,16 +233,17 @@ impl LogReader {
     /// Drops additions whose removal was read already, and remembers removals (read in epoch
     /// `e`).
     fn filter(&mut self, e: u64, events: Vec<Event>) -> Vec<Event> {
+        let mut removals = lock(&self.removals);
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             match &event {
-                Event::BlockAdded { id, .. } if self.freed.contains_key(id) => continue,
-                Event::PackAdded { name, .. } if self.deleted.contains_key(name) => continue,
+                Event::BlockAdded { id, .. } if removals.freed.contains_key(id) => continue,
+                Event::PackAdded { name, .. } if removals.deleted.contains_key(name) => continue,
                 Event::BlockFreed { id } => {
-                    self.freed.insert(*id, e);
+                    removals.freed.insert(*id, e);
                 }
                 Event::PackDeleted { name } => {
-                    self.deleted.insert(name.clone(), e);
+                    removals.deleted.insert(name.clone(), e);
                 }
                 _ => {}
             }

@@ -465,6 +465,7 @@ impl BlockStore for S3Store {
         let manifest = self.manifest(id)?;
         p.remote.delete(&keys::block(id))?;
         p.view.change(|c| c.remove_block(id));
+        p.view.note_block_freed(id);
         p.log.note(Event::BlockFreed { id });
         if let Err(e) = p.reads.forget(id) {
             tracing::warn!("block {id} freed; its read counts stay behind: {e}");

@@ -273,6 +273,7 @@ impl Sweeper {
             self.remote.delete(&keys::pack(&name))?;
             self.remote.delete(&keys::condemned(&name))?;
             self.view.change(|c| c.remove_pack(&name));
+            self.view.note_pack_deleted(&name);
             self.log.note(Event::PackDeleted {
                 name: name.to_string(),
             });

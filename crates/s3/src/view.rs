@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::catalog::Catalog;
 use crate::keys;
-use crate::log_reader::LogReader;
+use crate::log_reader::{LogReader, Removals};
 use crate::log_record::Event;
 use crate::pack;
 use crate::remote::{Listed, Remote};
@@ -39,6 +39,8 @@ pub(crate) struct View {
     log: Option<Mutex<LogReader>>,
     /// Refreshes from the log.
     follow: SingleFlight,
+    /// What this server removed, for the log reader (a leaf lock of its own).
+    removals: Option<Arc<Mutex<Removals>>>,
     /// Heads to read again and layers to load that a refresh from the log learnt of but could
     /// not fetch: the next one does.
     pending: Mutex<(Vec<String>, Vec<LayerId>)>,
@@ -47,8 +49,10 @@ pub(crate) struct View {
 impl View {
     /// A view of the bucket behind `remote`; with `log`, periodic refreshes read the log.
     pub fn new(remote: Arc<Remote>, other_bytes: u64, log: Option<LogReader>) -> View {
+        let removals = log.as_ref().map(LogReader::removals);
         View {
             remote,
+            removals,
             catalog: Mutex::default(),
             full: SingleFlight::default(),
             marks: SingleFlight::default(),
@@ -94,6 +98,21 @@ impl View {
                 .run_in_passing(max_age, || self.refresh_from_log());
         }
         self.full.run_in_passing(max_age, || self.refresh_all())
+    }
+
+    /// Notes that this server freed block `id`: a record of another server read later that
+    /// still adds it does not bring it back.
+    pub fn note_block_freed(&self, id: BlockId) {
+        if let Some(r) = &self.removals {
+            lock(r).block_freed(id);
+        }
+    }
+
+    /// Notes that this server deleted pack `name` (as [`View::note_block_freed`]).
+    pub fn note_pack_deleted(&self, name: &str) {
+        if let Some(r) = &self.removals {
+            lock(r).pack_deleted(name);
+        }
     }
 
     /// Reads the log now, if the store follows one (else nothing).

@@ -380,3 +380,20 @@ fn a_refresh_that_fails_part_way_loses_no_record() {
     expected.sort();
     assert_eq!(known, expected, "every record is read in the end");
 }
+
+#[test]
+fn a_block_this_server_freed_is_not_brought_back_by_another_servers_record() {
+    let location = fresh_location();
+    let a = open(&location, following());
+    let b = open(&location, following());
+    a.refresh_from_log().unwrap();
+    // B allocates; A frees the block before it has read B's record of it.
+    let block = put(&b, &[&chunk(30, 2000)]);
+    b.flush_log().unwrap();
+    a.free_block(block).unwrap();
+    a.refresh_from_log().unwrap();
+    assert!(
+        !block_ids(&a).contains(&block),
+        "B's record brought back a block A freed"
+    );
+}
