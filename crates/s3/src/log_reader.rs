@@ -104,9 +104,29 @@ impl LogReader {
             .is_some_and(|m| now_ms >= m + self.grace.as_millis() as i64 + SLACK_MS)
     }
 
-    /// Reads what is new in the log: the events of other servers' records not read yet. The
-    /// first read of a process starts at the oldest epoch not settled: what the records of
-    /// older ones say, the open's complete listings found.
+    /// Fixes where this process starts reading: the oldest epoch not settled now, before the
+    /// open lists the bucket whole. What the records of older epochs say, those listings
+    /// find; a record of a later one may have landed after them.
+    pub fn start(&mut self, remote: &Remote) -> Result<()> {
+        let now = self.bucket_now(remote)?;
+        for l in remote.list(log_record::EPOCHS)? {
+            if let Some(e) = log_record::parse_epoch_marker(&l.key) {
+                self.markers.insert(e, l.modified_ms);
+            }
+        }
+        let current = self.markers.keys().next_back().copied();
+        let oldest = self
+            .markers
+            .keys()
+            .copied()
+            .find(|&e| !self.settled(e, now));
+        self.from = Some(oldest.or(current).unwrap_or(0));
+        Ok(())
+    }
+
+    /// Reads what is new in the log: the events of other servers' records not read yet, from
+    /// where [`LogReader::start`] said (or, without it, from the oldest epoch not settled at
+    /// the first read).
     ///
     /// A read that fails part way returns the events of the records it did read (they count
     /// as read) with the error; the records it did not reach are read by the next one.
@@ -180,10 +200,13 @@ impl LogReader {
         records: &[Listed],
         events: &mut Read,
     ) -> Result<()> {
+        // An acknowledged record's PUT returned within G/2 of a listing that began before
+        // marker e+1 was written; with the bucket's whole seconds its date can lie a second
+        // past that marker's plus G/2, never at or past its plus G plus a second.
         let late_from = self
             .markers
             .get(&(e + 1))
-            .map(|m| m + self.grace.as_millis() as i64);
+            .map(|m| m + self.grace.as_millis() as i64 + SLACK_MS);
         let applied = self.applied.entry(e).or_default();
         let mut wanted = Vec::new();
         for l in records {

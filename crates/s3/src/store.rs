@@ -298,6 +298,7 @@ impl S3Store {
             view,
             packs,
         });
+        parts.view.start_following()?;
         parts.view.refresh_if_stale(Duration::ZERO)?;
         let housekeeper = Some(start_housekeeper(Arc::downgrade(&parts)));
         Ok(S3Store { parts, housekeeper })

@@ -115,6 +115,14 @@ impl View {
         }
     }
 
+    /// Fixes where the log is read from (before the open's complete listings).
+    pub fn start_following(&self) -> Result<()> {
+        match &self.log {
+            Some(reader) => lock(reader).start(&self.remote),
+            None => Ok(()),
+        }
+    }
+
     /// Reads the log now, if the store follows one (else nothing).
     pub fn follow_log_now(&self) -> Result<()> {
         if self.log.is_none() {

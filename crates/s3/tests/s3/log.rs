@@ -341,7 +341,7 @@ fn a_record_that_lands_after_its_epoch_settled_is_ignored_and_epochs_advance() {
 
     // Epoch 0 settles once marker 1 is G old; a record landing in it after that was never
     // acknowledged, and no reader applies it. One in epoch 1 is applied.
-    std::thread::sleep(grace + Duration::from_secs(2));
+    std::thread::sleep(grace + Duration::from_secs(3));
     let (late, in_time) = (BlockId::random(), BlockId::random());
     let (key, body) = foreign_record(0, 2, late);
     remote.put(&key, body, true).unwrap();
