@@ -114,14 +114,20 @@ impl LogReader {
                 self.markers.insert(e, l.modified_ms);
             }
         }
+        self.from = Some(self.oldest_unsettled(now).unwrap_or(0));
+        Ok(())
+    }
+
+    /// The oldest epoch not settled at `now` (the current one if all are); `None` before the
+    /// first marker.
+    fn oldest_unsettled(&self, now: i64) -> Option<u64> {
         let current = self.markers.keys().next_back().copied();
         let oldest = self
             .markers
             .keys()
             .copied()
             .find(|&e| !self.settled(e, now));
-        self.from = Some(oldest.or(current).unwrap_or(0));
-        Ok(())
+        oldest.or(current)
     }
 
     /// Reads what is new in the log: the events of other servers' records not read yet, from
@@ -156,12 +162,7 @@ impl LogReader {
         let from = match self.from {
             Some(f) => f,
             None => {
-                let oldest = self
-                    .markers
-                    .keys()
-                    .copied()
-                    .find(|&e| !self.settled(e, now))
-                    .unwrap_or(current);
+                let oldest = self.oldest_unsettled(now).unwrap_or(current);
                 self.from = Some(oldest);
                 oldest
             }

@@ -11,7 +11,8 @@
 //! part of, or the same content at two places): a fetch stays listed until it has ended, so
 //! that a second reader waits for it too, and a chunk handed over stays among the last
 //! [`RECENT_BYTES`] handed over, so that a reader coming a moment later does not fetch it
-//! again. (A cold read of an ext4 image made a third of its GETs for such chunks.)
+//! again. (With this and one GET for records near each other, a cold read of an ext4 image
+//! went from about 400 GETs to 165: `bench/s3_volume_read.sh`.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
