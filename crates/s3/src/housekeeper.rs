@@ -68,11 +68,7 @@ pub(crate) fn start_housekeeper(parts: Weak<Parts>) -> Housekeeper {
                 if parts.options.read_only {
                     continue;
                 }
-                if parts
-                    .options
-                    .log_every
-                    .is_some_and(|every| logged.elapsed() >= every)
-                {
+                if logged.elapsed() >= parts.options.log_every {
                     logged = Instant::now();
                     duty("appending to the log (kept for the next try)", || {
                         parts.log.flush()

@@ -3,7 +3,7 @@
 //! ```text
 //! aetherflow.store              identity: format version and the dedup-domain salt
 //! packs/WRITER-SEQ              chunk records and their index (see `pack`)
-//! blocks/UUID                   one block's manifest
+//! log/epochs/E, log/E/W-SEQ     the log: blocks exist in its records (see `log_record`)
 //! reads/UUID/WRITER.COUNT       read count of a block as counted by one server (empty object)
 //! gc/condemned/PACK             mark: PACK may be deleted once the grace period has passed
 //! gc/clock/WRITER               written to learn the bucket's clock
@@ -16,7 +16,6 @@ use aetherflow_store::BlockId;
 
 pub const META: &str = "aetherflow.store";
 pub const PACKS: &str = "packs/";
-pub const BLOCKS: &str = "blocks/";
 pub const READS: &str = "reads/";
 pub const CONDEMNED: &str = "gc/condemned/";
 pub const VOLUMES: &str = "volumes/";
@@ -25,10 +24,6 @@ pub const CONDEMNED_LAYERS: &str = "gc/condemned-layers/";
 
 pub fn pack(name: &str) -> String {
     format!("{PACKS}{name}")
-}
-
-pub fn block(id: BlockId) -> String {
-    format!("{BLOCKS}{id}")
 }
 
 pub fn condemned(pack: &str) -> String {

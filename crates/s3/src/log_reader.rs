@@ -1,9 +1,10 @@
-//! Reading the bucket's log (`docs/design.md`, "The log"): a periodic refresh lists the epoch
-//! markers and the records of the epochs not settled yet, and applies the records of other
-//! servers it has not applied, so that it costs what changed, not what the bucket holds. It
-//! also advances the epoch when the current one is full or old.
+//! Reading the bucket's log (`docs/design.md`, "The log"): the open reads every epoch; then a
+//! periodic refresh lists the epoch markers and the records of the epochs not settled yet, and
+//! applies the records of other servers it has not applied, so that it costs what changed, not
+//! what the bucket holds. It also advances the epoch when the current one is full or old.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,15 +27,23 @@ pub(crate) struct LogReader {
     grace: Duration,
     epoch_every: Duration,
     epoch_records: usize,
+    /// Reads without writing anything: no object to learn the bucket's clock (this server's
+    /// clock is taken as the bucket's), no epoch begun.
+    read_only: bool,
     /// The bucket's clock minus this server's, in ms, measured at the first refresh.
     skew_ms: Option<i64>,
     /// Markers seen: epoch → its `Last-Modified` (ms).
     markers: BTreeMap<u64, i64>,
     /// The lowest epoch still read (every one below it is settled and was read after).
-    from: Option<u64>,
+    from: u64,
     /// Records already applied (or refused), by epoch, for the epochs still read.
     applied: BTreeMap<u64, HashSet<String>>,
+    /// Records that are in the bucket but cannot be read: what they say is unknown, so
+    /// nothing may be collected while one is there. Key → (epoch, why).
+    damaged: BTreeMap<String, (u64, String)>,
     removals: Arc<Mutex<Removals>>,
+    /// The newest epoch listed, shared with this server's log writer.
+    seen_epoch: Arc<AtomicU64>,
 }
 
 /// Blocks freed and packs deleted, by records read or by this server itself, with the epoch
@@ -62,20 +71,29 @@ impl Removals {
 }
 
 impl LogReader {
-    /// A reader for the server `writer` (whose own records it skips), with the collection grace
-    /// and the epoch bounds of `options`.
-    pub fn new(writer: String, options: &S3Options) -> LogReader {
+    /// A reader for the server `writer` (whose own records it skips), with the collection grace,
+    /// the epoch bounds and the read-only flag of `options`; it notes the newest epoch it
+    /// lists in `seen_epoch`.
+    pub fn new(writer: String, options: &S3Options, seen_epoch: Arc<AtomicU64>) -> LogReader {
         LogReader {
             writer,
             grace: options.grace,
             epoch_every: options.epoch_every,
             epoch_records: options.epoch_records.max(1),
+            read_only: options.read_only,
             skew_ms: None,
             markers: BTreeMap::new(),
-            from: None,
+            from: 0,
             applied: BTreeMap::new(),
+            damaged: BTreeMap::new(),
             removals: Arc::default(),
+            seen_epoch,
         }
+    }
+
+    /// The records in the bucket that cannot be read, with why.
+    pub fn damaged(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.damaged.iter().map(|(k, (_, why))| (k, why))
     }
 
     /// Where this server notes its own removals.
@@ -86,6 +104,7 @@ impl LogReader {
     fn bucket_now(&mut self, remote: &Remote) -> Result<i64> {
         let skew = match self.skew_ms {
             Some(s) => s,
+            None if self.read_only => 0,
             None => {
                 let before = local_ms();
                 let bucket = remote.bucket_now(&self.writer)?;
@@ -104,35 +123,8 @@ impl LogReader {
             .is_some_and(|m| now_ms >= m + self.grace.as_millis() as i64 + SLACK_MS)
     }
 
-    /// Fixes where this process starts reading: the oldest epoch not settled now, before the
-    /// open lists the bucket whole. What the records of older epochs say, those listings
-    /// find; a record of a later one may have landed after them.
-    pub fn start(&mut self, remote: &Remote) -> Result<()> {
-        let now = self.bucket_now(remote)?;
-        for l in remote.list(log_record::EPOCHS)? {
-            if let Some(e) = log_record::parse_epoch_marker(&l.key) {
-                self.markers.insert(e, l.modified_ms);
-            }
-        }
-        self.from = Some(self.oldest_unsettled(now).unwrap_or(0));
-        Ok(())
-    }
-
-    /// The oldest epoch not settled at `now` (the current one if all are); `None` before the
-    /// first marker.
-    fn oldest_unsettled(&self, now: i64) -> Option<u64> {
-        let current = self.markers.keys().next_back().copied();
-        let oldest = self
-            .markers
-            .keys()
-            .copied()
-            .find(|&e| !self.settled(e, now));
-        oldest.or(current)
-    }
-
-    /// Reads what is new in the log: the events of other servers' records not read yet, from
-    /// where [`LogReader::start`] said (or, without it, from the oldest epoch not settled at
-    /// the first read).
+    /// Reads what is new in the log: the events of other servers' records not read yet (at the
+    /// first read, of every epoch).
     ///
     /// A read that fails part way returns the events of the records it did read (they count
     /// as read) with the error; the records it did not reach are read by the next one.
@@ -145,10 +137,8 @@ impl LogReader {
     fn read_into(&mut self, remote: &Remote, events: &mut Read) -> Result<()> {
         let now = self.bucket_now(remote)?;
         let listed = match self.from {
-            Some(from) if from > 0 => {
-                remote.list_after(log_record::EPOCHS, &log_record::epoch_marker(from - 1))?
-            }
-            _ => remote.list(log_record::EPOCHS)?,
+            0 => remote.list(log_record::EPOCHS)?,
+            from => remote.list_after(log_record::EPOCHS, &log_record::epoch_marker(from - 1))?,
         };
         for l in &listed {
             if let Some(e) = log_record::parse_epoch_marker(&l.key) {
@@ -159,33 +149,30 @@ impl LogReader {
             return Ok(()); // no log yet
         };
         lock(&self.removals).epoch = current;
-        let from = match self.from {
-            Some(f) => f,
-            None => {
-                let oldest = self.oldest_unsettled(now).unwrap_or(current);
-                self.from = Some(oldest);
-                oldest
-            }
-        };
+        self.seen_epoch.fetch_max(current, Ordering::AcqRel);
         let mut current_records = 0;
-        for e in from..=current {
+        for e in self.from..=current {
             let settled = self.settled(e, now);
             let records = remote.list(&log_record::epoch_dir(e))?;
             if e == current {
                 current_records = records.len();
             }
             self.read_epoch(remote, e, &records, events)?;
-            if settled && Some(e) == self.from {
+            if settled && e == self.from {
                 // Read once more after it settled: it never changes again. The additions its
-                // removals cancel were read by now, except a hint retried into a later epoch:
-                // that block or pack stays in the catalog until the next complete listing
-                // (the sweep's) drops it, as before the log.
+                // removals cancel were read by now: a record is never placed below the epoch
+                // its writer last listed, so it lands in the epoch of what it removes or a
+                // later one. (A pack's news retried into a later epoch is the exception: that
+                // pack stays in the catalog until the next complete listing of packs.)
                 self.applied.remove(&e);
                 let mut removals = lock(&self.removals);
                 removals.freed.retain(|_, at| *at > e);
                 removals.deleted.retain(|_, at| *at > e);
-                self.from = Some(e + 1);
+                self.from = e + 1;
             }
+        }
+        if self.read_only {
+            return Ok(());
         }
         if let Err(e) = self.advance(remote, current, current_records, now) {
             // Only a step forward: the next refresh, here or elsewhere, takes it.
@@ -208,6 +195,9 @@ impl LogReader {
             .markers
             .get(&(e + 1))
             .map(|m| m + self.grace.as_millis() as i64 + SLACK_MS);
+        // A damaged record removed from the bucket (by hand) no longer stops collection.
+        self.damaged
+            .retain(|key, (epoch, _)| *epoch != e || records.iter().any(|l| &l.key == key));
         let applied = self.applied.entry(e).or_default();
         let mut wanted = Vec::new();
         for l in records {
@@ -244,7 +234,10 @@ impl LogReader {
                         let kept = self.filter(e, record.events);
                         events.extend(kept);
                     }
-                    Err(err) => tracing::error!("{err}; the record is ignored"),
+                    Err(err) => {
+                        tracing::error!("{err}; nothing is collected while it is there");
+                        self.damaged.insert(key.clone(), (e, err.to_string()));
+                    }
                 },
                 Err(Error::NotFound(_)) => {}
                 Err(err) => return Err(err),

@@ -48,12 +48,12 @@ pub const MAX_EVENTS: usize = 10_000;
 /// and delta numbers), so applying a set of events gives the same catalog in any order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A block was committed (`blocks/ID` written), with its manifest.
+    /// A block was committed, with its manifest: the block exists from this record on.
     BlockAdded {
         id: BlockId,
         manifest: Arc<Manifest>,
     },
-    /// A block was freed (`blocks/ID` deleted): cancels its `BlockAdded`, whichever comes first.
+    /// A block was freed: cancels its `BlockAdded`, whichever is read first.
     BlockFreed { id: BlockId },
     /// A pack was uploaded, with its index, so that nobody needs its tail.
     PackAdded {

@@ -1,9 +1,13 @@
-//! Appending to the bucket's log (`docs/design.md`, "The log"): what this server committed is
-//! queued here as events, at no cost to the commit, and written as one record about once a
-//! second by the housekeeper ([`LogWriter::flush`]). A record that cannot be written, or whose
-//! PUT returned too late for the writer rule, leaves its events queued for the next one.
+//! Appending to the bucket's log (`docs/design.md`, "The log"). The log is where blocks exist:
+//! a commit ([`LogWriter::commit`]) returns once a record holding its events is in the bucket
+//! within the writer rule. Commits that arrive while a record is being written share the next
+//! one (group commit: one PUT for all of them, with no timer to tune). What is only news for
+//! other servers (a pack uploaded, a volume head changed) is queued by [`LogWriter::note`] and
+//! rides in the next record, or goes with the housekeeper's [`LogWriter::flush`].
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar};
 use std::time::{Duration, Instant};
 
 use aetherflow_store::{Error, Result};
@@ -24,11 +28,23 @@ struct Placement {
     listed: Instant,
 }
 
+/// Events queued together: one commit's (waiting under `ticket` for its record), or news.
+#[derive(Debug)]
+struct Entry {
+    events: Vec<Event>,
+    ticket: Option<u64>,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    queue: Vec<Event>,
+    queue: VecDeque<Entry>,
     next_seq: u64,
+    next_ticket: u64,
     placement: Option<Placement>,
+    /// A record is being written (by one of the committing threads or the housekeeper).
+    writing: bool,
+    /// How each commit's record ended, until the commit takes it.
+    outcomes: HashMap<u64, std::result::Result<(), String>>,
 }
 
 /// This server's end of the log; see the module documentation.
@@ -36,71 +52,162 @@ struct State {
 pub(crate) struct LogWriter {
     remote: Arc<Remote>,
     writer: String,
-    /// Whether events are kept at all (`S3Options::log_every`).
-    enabled: bool,
     /// How old the listing of markers that places a record may be (G/4)...
     place_within: Duration,
     /// ...and how soon after that listing began the record's PUT must have returned (G/2);
     /// `None` with no grace period, where this server is the bucket's one writer and reader.
     return_within: Option<Duration>,
+    /// The newest epoch this server's log reader has listed: a record is never placed below
+    /// it, so a record lands in the epoch of what it depends on or a later one (a free after
+    /// the block it frees, in reading order).
+    seen_epoch: Arc<AtomicU64>,
     state: std::sync::Mutex<State>,
+    /// Signalled when a record's write ends.
+    written: Condvar,
 }
 
 impl LogWriter {
-    /// A writer for `writer` (the process's id); `grace` is the collection grace G. Disabled,
-    /// it keeps nothing and writes nothing.
-    pub fn new(remote: Arc<Remote>, writer: String, grace: Duration, enabled: bool) -> LogWriter {
+    /// A writer for `writer` (the process's id); `grace` is the collection grace G;
+    /// `seen_epoch` is shared with the log reader.
+    pub fn new(
+        remote: Arc<Remote>,
+        writer: String,
+        grace: Duration,
+        seen_epoch: Arc<AtomicU64>,
+    ) -> LogWriter {
         LogWriter {
             remote,
             writer,
-            enabled,
             place_within: if grace.is_zero() {
                 ALONE_PLACEMENT
             } else {
                 grace / 4
             },
             return_within: (!grace.is_zero()).then_some(grace / 2),
+            seen_epoch,
             state: std::sync::Mutex::default(),
+            written: Condvar::new(),
         }
     }
 
-    /// Whether events are kept (a caller may skip building one otherwise).
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    /// Queues what a commit did; written with the next record.
+    /// Queues news for other servers (not a commit: nothing waits for it); written with the
+    /// next record.
     pub fn note(&self, event: Event) {
-        if self.enabled {
-            lock(&self.state).queue.push(event);
+        lock(&self.state).queue.push_back(Entry {
+            events: vec![event],
+            ticket: None,
+        });
+    }
+
+    /// Appends `events` to the log and returns once a record holding them is in the bucket
+    /// within the writer rule. On an error the events may or may not be in the bucket (a PUT
+    /// that returned too late, or whose answer was lost): the caller cancels what it must.
+    pub fn commit(&self, events: Vec<Event>) -> Result<()> {
+        let mut state = lock(&self.state);
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.queue.push_back(Entry {
+            events,
+            ticket: Some(ticket),
+        });
+        loop {
+            if let Some(outcome) = state.outcomes.remove(&ticket) {
+                return outcome.map_err(Error::Unavailable);
+            }
+            if state.writing {
+                state = self
+                    .written
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            drop(state);
+            // Failures are the commits' to report; news that failed waits for the next.
+            let _ = self.write_one();
+            state = lock(&self.state);
         }
     }
 
-    /// Writes the queued events, [`MAX_EVENTS`] to a record. On a failure the events not
-    /// written stay queued, ahead of newer ones, and the error is returned.
+    /// Writes what is queued (the housekeeper's call). On a failure the news not written stays
+    /// queued, ahead of newer, and the error is returned.
     pub fn flush(&self) -> Result<()> {
         loop {
-            let (events, seq) = {
-                let mut state = lock(&self.state);
-                if state.queue.is_empty() {
-                    return Ok(());
-                }
-                let n = state.queue.len().min(MAX_EVENTS);
-                let seq = state.next_seq;
-                state.next_seq += 1;
-                (state.queue.drain(..n).collect::<Vec<_>>(), seq)
-            };
-            if let Err(e) = self.append(seq, &events) {
-                let mut state = lock(&self.state);
-                let newer = std::mem::replace(&mut state.queue, events);
-                state.queue.extend(newer);
-                return Err(e);
+            let mut state = lock(&self.state);
+            while state.writing {
+                state = self
+                    .written
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
+            if state.queue.is_empty() {
+                return Ok(());
+            }
+            drop(state);
+            self.write_one()?;
         }
     }
 
-    /// Writes one record of `events` under number `seq`, into the current epoch.
-    fn append(&self, seq: u64, events: &[Event]) -> Result<()> {
+    /// Takes the queue's head (whole entries, at most [`MAX_EVENTS`] events unless one entry
+    /// alone has more) and writes it as one record; settles its commits' outcomes.
+    fn write_one(&self) -> Result<()> {
+        let (batch, seq) = {
+            let mut state = lock(&self.state);
+            if state.writing || state.queue.is_empty() {
+                return Ok(());
+            }
+            state.writing = true;
+            let mut batch = Vec::new();
+            let mut n = 0;
+            while let Some(entry) = state.queue.front() {
+                if n > 0 && n + entry.events.len() > MAX_EVENTS {
+                    break;
+                }
+                n += entry.events.len();
+                batch.push(state.queue.pop_front().expect("front"));
+            }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            (batch, seq)
+        };
+        let events: Vec<Event> = batch.iter().flat_map(|e| e.events.clone()).collect();
+        let result = events
+            .chunks(MAX_EVENTS)
+            .enumerate()
+            .try_for_each(|(i, part)| self.append(seq, i, part));
+        let mut state = lock(&self.state);
+        state.writing = false;
+        let mut news = Vec::new();
+        for entry in batch {
+            match (entry.ticket, &result) {
+                (Some(t), Ok(())) => {
+                    state.outcomes.insert(t, Ok(()));
+                }
+                (Some(t), Err(e)) => {
+                    state.outcomes.insert(t, Err(e.to_string()));
+                }
+                (None, Err(_)) => news.push(entry),
+                (None, Ok(())) => {}
+            }
+        }
+        for entry in news.into_iter().rev() {
+            state.queue.push_front(entry);
+        }
+        drop(state);
+        self.written.notify_all();
+        result
+    }
+
+    /// Writes one record of `events` (part `part` of record `seq`: a record whose events do
+    /// not fit one takes further sequence numbers) into the current epoch.
+    fn append(&self, seq: u64, part: usize, events: &[Event]) -> Result<()> {
+        let seq = if part == 0 {
+            seq
+        } else {
+            let mut state = lock(&self.state);
+            let s = state.next_seq;
+            state.next_seq += 1;
+            s
+        };
         let placement = self.placement()?;
         let record = LogRecord {
             writer: self.writer.clone(),
@@ -113,10 +220,10 @@ impl LogWriter {
         if let Some(within) = self.return_within {
             let took = placement.listed.elapsed();
             if took > within {
-                // Readers may ignore it once its epoch is settled: the events go again.
+                // Readers may ignore it once its epoch is settled: nothing in it counts.
                 return Err(Error::Unavailable(format!(
-                    "{key} was written {took:?} after the listing that placed it (more than \
-                     {within:?}); its events are written again"
+                    "the log record {key} was written {took:?} after the listing that placed \
+                     it (more than {within:?}): not acknowledged"
                 )));
             }
         }
@@ -124,14 +231,23 @@ impl LogWriter {
     }
 
     /// The highest epoch shown by a listing of the markers at most G/4 old (listing again if
-    /// the last one is older). A bucket without a marker gets epoch 0's.
+    /// the last one is older), or the newest the reader saw if that is higher. A bucket
+    /// without a marker gets epoch 0's.
+    ///
+    /// Why a reader's epoch is safe to use: it was the highest when the reader's listing
+    /// began, so marker E+1 was written after that; if the reader's listing began before the
+    /// placement listing, that one saw E too. Either way the record returns within G/2 of a
+    /// listing that began before marker E+1 existed.
     fn placement(&self) -> Result<Placement> {
-        if let Some(p) = lock(&self.state).placement {
-            if p.listed.elapsed() <= self.place_within {
-                return Ok(p);
-            }
+        let seen = self.seen_epoch.load(Ordering::Acquire);
+        let cached = lock(&self.state).placement;
+        if let Some(p) = cached.filter(|p| p.listed.elapsed() <= self.place_within) {
+            return Ok(Placement {
+                epoch: p.epoch.max(seen),
+                ..p
+            });
         }
-        let known = lock(&self.state).placement.map(|p| p.epoch);
+        let known = cached.map(|p| p.epoch.max(seen));
         let mut placement = self.list_markers(known)?;
         if placement.is_none() {
             match self
@@ -147,14 +263,17 @@ impl LogWriter {
             Error::Unavailable("the log's first epoch marker was written but is not listed".into())
         })?;
         lock(&self.state).placement = Some(placement);
-        Ok(placement)
+        self.seen_epoch.fetch_max(placement.epoch, Ordering::AcqRel);
+        Ok(Placement {
+            epoch: placement.epoch.max(seen),
+            ..placement
+        })
     }
 
     /// The highest marker, listing from `known` on (markers below it are not read again).
     fn list_markers(&self, known: Option<u64>) -> Result<Option<Placement>> {
         let listed = Instant::now();
         let markers = match known {
-            // The markers below the last one seen are not listed again.
             Some(e) if e > 0 => self
                 .remote
                 .list_after(log_record::EPOCHS, &log_record::epoch_marker(e - 1))?,

@@ -7,11 +7,11 @@ use crate::keys;
 use crate::remote::Remote;
 
 const META_MAGIC: [u8; 8] = *b"AFS3META";
-/// 2: sealed chunks carry their own nonce, seeded manifests a random checksum nonce (as the
-/// local store's format 2). A version-1 store is upgraded on its first writable open, so that
-/// builds that know only version 1 refuse it instead of misreading new chunks.
-pub const META_VERSION: u8 = 2;
-const UPGRADABLE_VERSIONS: &[u8] = &[1];
+/// 3: blocks exist in the log (`log/E/WRITER-SEQ` records), no longer as `blocks/ID` objects.
+/// (2: sealed chunks carry their own nonce, seeded manifests a random checksum nonce.) A
+/// store of an older version is refused, by name: its blocks are objects this build does not
+/// read, and builds that know only version 2 refuse a version-3 store the same way.
+pub const META_VERSION: u8 = 3;
 const META_LEN: usize = 8 + 1 + 16 + 4;
 
 /// What the identity object says.
@@ -46,8 +46,8 @@ pub fn decode_identity(body: &[u8]) -> Result<(u8, [u8; 16])> {
 
 /// Reads the store's identity object. A prefix without one is [`Error::NotFound`] (the bucket
 /// missing too, said so); with `create`, it is created instead (create-if-absent, so two
-/// servers starting on an empty prefix agree on one salt), and a version-1 object is upgraded.
-/// Without `create` nothing is ever written.
+/// servers starting on an empty prefix agree on one salt). Without `create` nothing is ever
+/// written.
 pub(crate) fn open_identity(remote: &Remote, create: bool) -> Result<Identity> {
     let body = match remote.get(keys::META) {
         Ok(body) => body,
@@ -75,15 +75,18 @@ pub(crate) fn open_identity(remote: &Remote, create: bool) -> Result<Identity> {
         Err(e) => return Err(e),
     };
     let (version, salt) = decode_identity(&body)?;
-    if version != META_VERSION && !UPGRADABLE_VERSIONS.contains(&version) {
-        return Err(Error::Corrupt(format!(
-            "{}: store version {version} is not supported by this build (it reads up to \
-             {META_VERSION})",
-            keys::META
+    if version != META_VERSION {
+        return Err(Error::Refused(format!(
+            "{}: this store is of version {version}, and this build reads version \
+             {META_VERSION} only{}",
+            keys::META,
+            if version < META_VERSION {
+                " (version 3 keeps blocks in the bucket's log; a store of an older version is \
+                 opened by the build that wrote it)"
+            } else {
+                " (it was written by a newer build)"
+            }
         )));
-    }
-    if version != META_VERSION && create {
-        remote.put(keys::META, encode_identity(META_VERSION, &salt), false)?;
     }
     Ok(Identity {
         salt,

@@ -81,13 +81,11 @@ impl PackWriter {
         let size = bytes.len() as u64;
         let result = self.remote.put(&keys::pack(&slot.name), bytes, false);
         if result.is_ok() {
-            if self.log.enabled() {
-                self.log.note(Event::PackAdded {
-                    name: slot.name.clone(),
-                    size,
-                    entries: entries.clone(),
-                });
-            }
+            self.log.note(Event::PackAdded {
+                name: slot.name.clone(),
+                size,
+                entries: entries.clone(),
+            });
             self.gate.record(|stamp| {
                 self.view
                     .change(|c| c.add_pack(&slot.name, size, None, entries, Some(stamp)))

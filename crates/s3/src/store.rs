@@ -40,12 +40,10 @@ use aetherflow_store::{
     NewChunk, Pin, RequestCounts, Result, StagedChunk, StoredChunk, Totals, VolumeRecord,
     VolumeUsage, What,
 };
-use bytes::Bytes;
 use object_store::ObjectStore;
 
 use crate::chunks::read_chunk;
 use crate::housekeeper::{start_housekeeper, Housekeeper};
-use crate::keys;
 use crate::location::S3Location;
 use crate::log_reader::LogReader;
 use crate::log_record::Event;
@@ -90,10 +88,10 @@ pub struct S3Options {
     /// share the next pack, so that one PUT lands them all (see `writer`). 0: no limit, every
     /// commit uploads its pack at once.
     pub commit_uploads: usize,
-    /// How often what this server committed is appended to the bucket's log (`docs/design.md`,
-    /// "The log"; once a second by default); `None` writes no log. With a log, periodic refreshes read it instead of
-    /// listing the whole bucket (the open and the sweep still list it whole).
-    pub log_every: Option<Duration>,
+    /// How often news for other servers that no commit carried (a pack uploaded, a volume
+    /// head changed) is appended to the bucket's log (`docs/design.md`, "The log"); commits
+    /// append their own records as they happen.
+    pub log_every: Duration,
     /// How old the log's current epoch grows before a refresh begins the next...
     pub epoch_every: Duration,
     /// ...or how many records it holds (one listing page by default).
@@ -112,7 +110,7 @@ impl Default for S3Options {
             read_only: false,
             volume_lease: Duration::from_secs(30),
             commit_uploads: 2,
-            log_every: Some(Duration::from_secs(1)),
+            log_every: Duration::from_secs(1),
             epoch_every: Duration::from_secs(15 * 60),
             epoch_records: 1000,
         }
@@ -230,7 +228,8 @@ pub struct S3Store {
     housekeeper: Option<Housekeeper>,
 }
 
-/// How long the bucket's word that a block exists is taken without asking again.
+/// How long this server's reading of the log is taken as the bucket's word that a block
+/// exists, without reading the log again.
 const MANIFEST_TRUST: Duration = Duration::from_secs(1);
 
 impl S3Store {
@@ -252,18 +251,14 @@ impl S3Store {
         let identity = open_identity(&remote, !options.read_only)?;
         let writer_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let gate = EpochGate::starting_at(0);
-        // A read-only store writes nothing, not even the object that reads the bucket's clock:
-        // it lists the bucket whole.
-        let reader = options
-            .log_every
-            .filter(|_| !options.read_only)
-            .map(|_| LogReader::new(writer_id.clone(), &options));
+        let seen_epoch = Arc::default();
+        let reader = LogReader::new(writer_id.clone(), &options, Arc::clone(&seen_epoch));
         let view = Arc::new(View::new(Arc::clone(&remote), identity.bytes, reader));
         let log = Arc::new(LogWriter::new(
             Arc::clone(&remote),
             writer_id.clone(),
             options.grace,
-            options.log_every.is_some() && !options.read_only,
+            seen_epoch,
         ));
         let packs = Arc::new(PackWriter::new(
             Writer::new(writer_id.clone(), options.pack_size, options.commit_uploads),
@@ -298,7 +293,6 @@ impl S3Store {
             view,
             packs,
         });
-        parts.view.start_following()?;
         parts.view.refresh_if_stale(Duration::ZERO)?;
         let housekeeper = Some(start_housekeeper(Arc::downgrade(&parts)));
         Ok(S3Store { parts, housekeeper })
@@ -312,17 +306,16 @@ impl S3Store {
         self.parts.sweeper.sweep()
     }
 
-    /// Writes what this server committed and has not written to the bucket's log yet (the
-    /// housekeeper does so every [`S3Options::log_every`]).
+    /// Writes the news for other servers that no commit has carried to the bucket's log yet
+    /// (the housekeeper does so every [`S3Options::log_every`]).
     pub fn flush_log(&self) -> Result<()> {
         self.parts.log.flush()
     }
 
     /// Applies what other servers appended to the bucket's log since this server last read it
-    /// (what periodic refreshes do when [`S3Options::log_every`] is set); nothing without a
-    /// log.
+    /// (what periodic refreshes do).
     pub fn refresh_from_log(&self) -> Result<()> {
-        self.parts.view.follow_log_now()
+        self.parts.view.follow_log_within(Duration::ZERO)
     }
 
     /// Brings this server's view of the bucket (other servers' blocks, packs and marks) up to
@@ -410,39 +403,41 @@ impl BlockStore for S3Store {
         self.writable("allocating")?;
         let p = &self.parts;
         manifest.validate()?;
+        if p.view.read(|c| c.has_block(id)) {
+            return Err(Error::AlreadyExists(What::Block(id)));
+        }
         let refs: Vec<ChunkId> = manifest.chunk_refs().copied().collect();
         p.land(&format!("block {id}"), &refs, &staged)?;
-        let body = manifest.encode();
-        let len = body.len() as u64;
-        match p.remote.put(&keys::block(id), Bytes::from(body), true) {
-            Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(What::Block(id))),
-            other => other?,
-        }
         let manifest = Arc::new(manifest.clone());
-        p.view
-            .change(|c| c.add_block(id, Arc::clone(&manifest), len));
-        p.log.note(Event::BlockAdded { id, manifest });
+        if let Err(e) = p.log.commit(vec![Event::BlockAdded {
+            id,
+            manifest: Arc::clone(&manifest),
+        }]) {
+            // The record may be in the bucket all the same (it returned too late, or its
+            // answer was lost): the block is cancelled, so that no server keeps it.
+            p.view.note_block_freed(id);
+            p.log.note(Event::BlockFreed { id });
+            return Err(e);
+        }
+        let len = manifest.encoded_len();
+        p.view.change(|c| c.add_block(id, manifest, len));
         Ok(())
     }
 
     fn manifest(&self, id: BlockId) -> Result<Manifest> {
         let p = &self.parts;
-        // Asked of the bucket unless it showed the block a moment ago: another server may have
-        // freed it (one read asks for its manifest several times within that moment).
-        if let Some(m) = p.view.read(|c| c.confirmed_block(id, MANIFEST_TRUST)) {
+        // The log read a moment ago answers: another server may have freed the block since
+        // (one read asks for its manifest several times within that moment).
+        p.view.follow_log_within(MANIFEST_TRUST)?;
+        if let Some(m) = p.view.read(|c| c.block(id)) {
             return Ok((*m).clone());
         }
-        let body = match p.remote.get(&keys::block(id)) {
-            Err(Error::NotFound(_)) => {
-                p.view.change(|c| c.remove_block(id));
-                return Err(Error::NotFound(What::Block(id)));
-            }
-            other => other?,
-        };
-        let manifest = Manifest::decode(&body, &format_args!("block {id}"))?;
+        // Unknown: another server may have committed it a moment ago.
+        p.view.follow_log_within(Duration::ZERO)?;
         p.view
-            .change(|c| c.add_block(id, Arc::new(manifest.clone()), body.len() as u64));
-        Ok(manifest)
+            .read(|c| c.block(id))
+            .map(|m| (*m).clone())
+            .ok_or(Error::NotFound(What::Block(id)))
     }
 
     fn chunk(&self, id: &ChunkId) -> Result<StoredChunk> {
@@ -464,10 +459,16 @@ impl BlockStore for S3Store {
         self.writable("freeing")?;
         let p = &self.parts;
         let manifest = self.manifest(id)?;
-        p.remote.delete(&keys::block(id))?;
+        // Decided here: the block leaves this server's view now, and if its record cannot be
+        // written in time, the free goes again with the next one.
         p.view.change(|c| c.remove_block(id));
         p.view.note_block_freed(id);
-        p.log.note(Event::BlockFreed { id });
+        if let Err(e) = p.log.commit(vec![Event::BlockFreed { id }]) {
+            p.log.note(Event::BlockFreed { id });
+            return Err(Error::Unavailable(format!(
+                "freeing block {id}: {e}; the free is written again with the next record"
+            )));
+        }
         if let Err(e) = p.reads.forget(id) {
             tracing::warn!("block {id} freed; its read counts stay behind: {e}");
         }

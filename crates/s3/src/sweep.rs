@@ -121,11 +121,11 @@ impl Sweeper {
             Some(self.bucket_now()?)
         };
         self.view.refresh_if_stale(Duration::ZERO)?;
-        let damaged = self.view.read(|c| c.damaged_blocks().count());
-        if damaged > 0 {
+        if let Some((key, why)) = self.view.damaged_records().into_iter().next() {
             return Err(Error::Corrupt(format!(
-                "{damaged} block manifests cannot be read; nothing is collected until `check` \
-                 names them and they are freed"
+                "the log record {key} cannot be read ({why}): the blocks it holds are unknown, \
+                 so nothing is collected until it is removed from the bucket (`check` names \
+                 every such record)"
             )));
         }
         let mut report = SweepReport::default();
@@ -270,13 +270,15 @@ impl Sweeper {
                 report.pardoned += 1;
                 continue;
             }
+            // The log says so first: a server that reads the record no longer reads from
+            // the pack; one that has not read it yet finds the pack gone and waits for it.
+            self.view.note_pack_deleted(&name);
+            self.log.commit(vec![Event::PackDeleted {
+                name: name.to_string(),
+            }])?;
             self.remote.delete(&keys::pack(&name))?;
             self.remote.delete(&keys::condemned(&name))?;
             self.view.change(|c| c.remove_pack(&name));
-            self.view.note_pack_deleted(&name);
-            self.log.note(Event::PackDeleted {
-                name: name.to_string(),
-            });
             report.deleted += 1;
             report.bytes_deleted += size;
         }

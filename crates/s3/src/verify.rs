@@ -19,13 +19,12 @@ pub(crate) fn verify(
 ) -> Result<()> {
     view.refresh_if_stale(std::time::Duration::ZERO)?;
     let mut packs = Vec::new();
+    for (key, why) in view.damaged_records() {
+        report(Damage::Index {
+            what: format!("log record {key}: {why}; the blocks it holds are unknown"),
+        });
+    }
     view.read(|catalog| {
-        for (id, why) in catalog.damaged_blocks() {
-            report(Damage::Block {
-                id: *id,
-                what: why.clone(),
-            });
-        }
         for (name, why) in catalog.bad_packs() {
             report(Damage::Index {
                 what: format!("pack {name}: {why}"),

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aetherflow_store::{BlockId, ChunkInfo, Error, Manifest, Result, Totals};
+use aetherflow_store::{BlockId, ChunkInfo, Error, Result, Totals};
 use bytes::Bytes;
 
 use crate::catalog::Catalog;
@@ -33,23 +33,22 @@ pub(crate) struct View {
     marks: SingleFlight,
     /// Bytes of objects the catalog does not count (the identity object).
     other_bytes: u64,
-    /// The log, when periodic refreshes follow it instead of listing everything. Its lock is
-    /// held while it reads (requests included), but only the log refresh takes it, and that
-    /// runs once at a time (`follow`).
-    log: Option<Mutex<LogReader>>,
+    /// The log, where blocks exist. Its lock is held while it reads (requests included), but
+    /// only the log refresh takes it, and that runs once at a time (`follow`).
+    log: Mutex<LogReader>,
     /// Refreshes from the log.
     follow: SingleFlight,
     /// What this server removed, for the log reader (a leaf lock of its own).
-    removals: Option<Arc<Mutex<Removals>>>,
+    removals: Arc<Mutex<Removals>>,
     /// Heads to read again and layers to load that a refresh from the log learnt of but could
     /// not fetch: the next one does.
     pending: Mutex<(Vec<String>, Vec<LayerId>)>,
 }
 
 impl View {
-    /// A view of the bucket behind `remote`; with `log`, periodic refreshes read the log.
-    pub fn new(remote: Arc<Remote>, other_bytes: u64, log: Option<LogReader>) -> View {
-        let removals = log.as_ref().map(LogReader::removals);
+    /// A view of the bucket behind `remote`, whose blocks `log` reads.
+    pub fn new(remote: Arc<Remote>, other_bytes: u64, log: LogReader) -> View {
+        let removals = log.removals();
         View {
             remote,
             removals,
@@ -57,7 +56,7 @@ impl View {
             full: SingleFlight::default(),
             marks: SingleFlight::default(),
             other_bytes,
-            log: log.map(Mutex::new),
+            log: Mutex::new(log),
             follow: SingleFlight::default(),
             pending: Mutex::default(),
         }
@@ -79,20 +78,18 @@ impl View {
     }
 
     /// Refreshes if the last refresh began more than `max_age` ago, waiting for one under
-    /// way: from the log if the store follows one, else (and always with a zero `max_age`: the
-    /// open, the sweep, a check) by listing everything.
+    /// way: from the log, or with a zero `max_age` (the open, the sweep, a check) by listing
+    /// packs, volumes and marks as well.
     pub fn refresh_if_stale(&self, max_age: Duration) -> Result<()> {
-        if self.log.is_some() && !max_age.is_zero() {
-            return self
-                .follow
-                .run_if_stale(max_age, || self.refresh_from_log());
+        if !max_age.is_zero() {
+            return self.follow_log_within(max_age);
         }
         self.full.run_if_stale(max_age, || self.refresh_all())
     }
 
     /// Like [`View::refresh_if_stale`], but returns at once if another thread is refreshing.
     pub fn refresh_in_passing(&self, max_age: Duration) -> Result<()> {
-        if self.log.is_some() && !max_age.is_zero() {
+        if !max_age.is_zero() {
             return self
                 .follow
                 .run_in_passing(max_age, || self.refresh_from_log());
@@ -103,43 +100,34 @@ impl View {
     /// Notes that this server freed block `id`: a record of another server read later that
     /// still adds it does not bring it back.
     pub fn note_block_freed(&self, id: BlockId) {
-        if let Some(r) = &self.removals {
-            lock(r).block_freed(id);
-        }
+        lock(&self.removals).block_freed(id);
     }
 
     /// Notes that this server deleted pack `name` (as [`View::note_block_freed`]).
     pub fn note_pack_deleted(&self, name: &str) {
-        if let Some(r) = &self.removals {
-            lock(r).pack_deleted(name);
-        }
+        lock(&self.removals).pack_deleted(name);
     }
 
-    /// Fixes where the log is read from (before the open's complete listings).
-    pub fn start_following(&self) -> Result<()> {
-        match &self.log {
-            Some(reader) => lock(reader).start(&self.remote),
-            None => Ok(()),
-        }
-    }
-
-    /// Reads the log now, if the store follows one (else nothing).
-    pub fn follow_log_now(&self) -> Result<()> {
-        if self.log.is_none() {
-            return Ok(());
-        }
+    /// Reads the log unless a read that began within `max_age` succeeded (waiting for one
+    /// under way). With a zero `max_age`, a read that begins after this call.
+    pub fn follow_log_within(&self, max_age: Duration) -> Result<()> {
         self.follow
-            .run_if_stale(Duration::ZERO, || self.refresh_from_log())
+            .run_if_stale(max_age, || self.refresh_from_log())
+    }
+
+    /// The log records in the bucket that cannot be read, with why.
+    pub fn damaged_records(&self) -> Vec<(String, String)> {
+        lock(&self.log)
+            .damaged()
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .collect()
     }
 
     /// Applies what other servers appended to the log since the last refresh: blocks, frees,
     /// packs with their entries, pack deletions, volume deltas (fetched) and heads (read
     /// again). No listing of `blocks/`, `packs/`, `volumes/` or `layers/`.
     fn refresh_from_log(&self) -> Result<()> {
-        let Some(reader) = &self.log else {
-            return Ok(());
-        };
-        let (events, read) = lock(reader).read(&self.remote);
+        let (events, read) = lock(&self.log).read(&self.remote);
         let (mut heads, mut layers) = std::mem::take(&mut *lock(&self.pending));
         self.change(|c| {
             for event in events {
@@ -217,11 +205,11 @@ impl View {
         self.marks.run_if_stale(max_age, || self.refresh_marks())
     }
 
-    /// Packs, then blocks, then volumes, then marks: each listing complete or the refresh
-    /// fails.
+    /// Packs, then the log (blocks), then volumes, then marks: each listing complete, and the
+    /// log read begun after this call, or the refresh fails.
     fn refresh_all(&self) -> Result<()> {
         self.refresh_packs()?;
-        self.refresh_blocks()?;
+        self.follow_log_within(Duration::ZERO)?;
         self.refresh_volumes()?;
         self.marks
             .run_if_stale(Duration::ZERO, || self.refresh_marks())
@@ -388,44 +376,6 @@ impl View {
                 .get_range(&keys::pack(name), size - span..size)?;
         }
         pack::parse_index(name, size, &tail)
-    }
-
-    /// Learns blocks other servers allocated (fetching their manifests, many at once) and
-    /// forgets the ones they freed.
-    pub fn refresh_blocks(&self) -> Result<()> {
-        let generation = self.change(|c| c.begin_refresh());
-        let listed = self.remote.list(keys::BLOCKS)?;
-        let ids: HashSet<BlockId> = listed
-            .iter()
-            .filter_map(|l| l.key[keys::BLOCKS.len()..].parse().ok())
-            .collect();
-        let new: Vec<BlockId> = self.change(|c| {
-            ids.iter()
-                .filter(|id| !c.saw_block(**id))
-                .copied()
-                .collect()
-        });
-        let keys: Vec<String> = new.iter().map(|id| keys::block(*id)).collect();
-        self.remote.for_each_object(&keys, |i, body| {
-            let id = new[i];
-            let body = match body {
-                Ok(b) => b,
-                Err(Error::NotFound(_)) => return Ok(()), // freed since the listing
-                Err(e) => return Err(e),
-            };
-            match Manifest::decode(&body, &format_args!("block {id}")) {
-                Ok(m) => {
-                    self.change(|c| c.add_block(id, Arc::new(m), body.len() as u64));
-                }
-                Err(e) => {
-                    tracing::error!("block {id}: manifest unreadable: {e}");
-                    self.change(|c| c.note_damaged_block(id, e.to_string()));
-                }
-            }
-            Ok(())
-        })?;
-        self.change(|c| c.confirm_blocks(&ids, generation));
-        Ok(())
     }
 
     /// Learns which packs are condemned, and since when in the bucket's clock.

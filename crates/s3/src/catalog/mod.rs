@@ -1,14 +1,13 @@
 //! What one server knows of the bucket: blocks and their manifests, packs and their chunks, which
 //! packs are condemned, and from those the reference count of every chunk.
 //!
-//! The bucket is the truth; the catalog is a cache of it, refreshed by listing. This server's
-//! own changes enter at once, other servers' at the next refresh. Every entry remembers the
-//! refresh generation that last saw it, so a listing that started before an entry was added
-//! never removes it.
+//! The bucket is the truth; the catalog is a cache of it: blocks as the log says, packs, marks
+//! and volumes as listings and the log say. This server's own changes enter at once, other
+//! servers' at the next refresh. Every listed entry remembers the refresh generation that last
+//! saw it, so a listing that started before an entry was added never removes it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aetherflow_store::{BlockId, ChunkId, ChunkInfo, Extent, Manifest, Totals};
 
@@ -51,9 +50,6 @@ pub struct Condemned {
 struct KnownBlock {
     manifest: Arc<Manifest>,
     encoded_len: u64,
-    seen: u64,
-    /// When the bucket last showed the block (a GET or a listing).
-    confirmed: Instant,
 }
 
 /// The references to one chunk, and the lengths it was counted with in the live figures.
@@ -69,9 +65,6 @@ struct Refs {
 pub struct Catalog {
     generation: u64,
     blocks: BTreeMap<BlockId, KnownBlock>,
-    /// Blocks whose manifest object could not be decoded: their chunks are unknown, so nothing
-    /// may be deleted while one exists.
-    damaged_blocks: BTreeMap<BlockId, String>,
     /// Number of blocks referring to each chunk (each block counted once).
     refs: HashMap<ChunkId, Refs>,
     homes: HashMap<ChunkId, Vec<Home>>,
@@ -113,15 +106,6 @@ impl Catalog {
         self.blocks.get(&id).map(|b| Arc::clone(&b.manifest))
     }
 
-    /// The manifest, if the bucket showed the block within `within`: recent enough to answer
-    /// without asking again.
-    pub fn confirmed_block(&self, id: BlockId, within: Duration) -> Option<Arc<Manifest>> {
-        self.blocks
-            .get(&id)
-            .filter(|b| b.confirmed.elapsed() < within)
-            .map(|b| Arc::clone(&b.manifest))
-    }
-
     pub fn has_block(&self, id: BlockId) -> bool {
         self.blocks.contains_key(&id)
     }
@@ -130,12 +114,9 @@ impl Catalog {
         self.blocks.keys().copied().collect()
     }
 
-    /// Records a block; `false` if it was already known (then only its generation moves).
+    /// Records a block; `false` if it was already known.
     pub fn add_block(&mut self, id: BlockId, manifest: Arc<Manifest>, encoded_len: u64) -> bool {
-        self.damaged_blocks.remove(&id);
-        if let Some(b) = self.blocks.get_mut(&id) {
-            b.seen = self.generation;
-            b.confirmed = Instant::now();
+        if self.blocks.contains_key(&id) {
             return false;
         }
         for (chunk, raw, stored) in distinct_chunks(&manifest) {
@@ -150,15 +131,12 @@ impl Catalog {
             KnownBlock {
                 manifest,
                 encoded_len,
-                seen: self.generation,
-                confirmed: Instant::now(),
             },
         );
         true
     }
 
     pub fn remove_block(&mut self, id: BlockId) -> Option<Arc<Manifest>> {
-        self.damaged_blocks.remove(&id);
         let b = self.blocks.remove(&id)?;
         for (chunk, _, _) in distinct_chunks(&b.manifest) {
             self.drop_ref(chunk);
@@ -168,43 +146,6 @@ impl Catalog {
         self.live.zero -= b.manifest.zero_bytes();
         self.manifest_bytes -= b.encoded_len;
         Some(b.manifest)
-    }
-
-    /// After a complete listing of block objects started at `generation`: forgets blocks that
-    /// are gone (freed by another server), unless added since.
-    pub fn confirm_blocks(&mut self, listed: &HashSet<BlockId>, generation: u64) {
-        let gone: Vec<BlockId> = self
-            .blocks
-            .iter()
-            .filter(|(id, b)| b.seen < generation && !listed.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            self.remove_block(id);
-        }
-        self.damaged_blocks.retain(|id, _| listed.contains(id));
-    }
-
-    /// Notes a block whose manifest cannot be decoded (until it is freed or listed no more).
-    pub fn note_damaged_block(&mut self, id: BlockId, why: String) {
-        self.damaged_blocks.insert(id, why);
-    }
-
-    /// Blocks whose manifest cannot be decoded, with why.
-    pub fn damaged_blocks(&self) -> impl Iterator<Item = (&BlockId, &String)> {
-        self.damaged_blocks.iter()
-    }
-
-    /// Marks a listed block as still there.
-    pub fn saw_block(&mut self, id: BlockId) -> bool {
-        match self.blocks.get_mut(&id) {
-            Some(b) => {
-                b.seen = self.generation;
-                b.confirmed = Instant::now();
-                true
-            }
-            None => false,
-        }
     }
 
     // ----- chunks -----

@@ -55,57 +55,61 @@ fn altered_and_cut_packs_are_corrupt_and_named() {
         );
     }
 
-    // A server opening the bucket now cannot read b's index at all: it names the pack, and
-    // the block that needs it.
+    // A server opening the bucket now cannot read b's index from the pack, but the log
+    // carries every pack's index: it finds the chunk, and its check names the damage.
     let fresh = open(&location, single_writer());
     let mut damage = Vec::new();
-    fresh.verify(false, &mut |d| damage.push(d)).unwrap();
-    assert!(
-        damage
-            .iter()
-            .any(|d| matches!(d, Damage::Index { what } if what.contains(&pack_b[6..]))),
-        "{damage:?}"
-    );
-    assert!(
-        damage
-            .iter()
-            .any(|d| matches!(d, Damage::Block { id, .. } if *id == block_b)),
-        "{damage:?}"
-    );
+    fresh.verify(true, &mut |d| damage.push(d)).unwrap();
+    for c in [&a, &b] {
+        assert!(
+            damage
+                .iter()
+                .any(|d| matches!(d, Damage::Chunk { id, .. } if *id == c.id)),
+            "{damage:?}"
+        );
+    }
     assert!(fresh.chunk(&b.id).unwrap_err().is_corrupt());
-    assert!(
-        fresh.manifest(block_a).is_ok(),
-        "the manifests themselves are fine"
-    );
+    for block in [block_a, block_b] {
+        assert!(
+            fresh.manifest(block).is_ok(),
+            "the manifests themselves are fine"
+        );
+    }
 }
 
 #[test]
-fn an_altered_manifest_is_corrupt_and_stops_collection() {
+fn an_altered_log_record_is_named_by_check_and_stops_collection() {
     let location = fresh_location();
     let store = open(&location, single_writer());
     let remote = Remote::connect(&location, quick_timeouts()).unwrap();
     let c = chunk(3, 3000);
-    let id = put(&store, &[&c]);
-    let key = format!("blocks/{id}");
+    put(&store, &[&c]);
+    let key = remote
+        .list("log/")
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .find(|k| !k.contains("epochs"))
+        .expect("the block's record");
     let mut body = remote.get(&key).unwrap().to_vec();
     let last = body.len() - 1;
     body[last] ^= 0xFF;
     remote.put(&key, Bytes::from(body), false).unwrap();
 
-    // Once the store's second of trust in what it read is over, it reads the damage.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert!(store.manifest(id).unwrap_err().is_corrupt());
     let fresh = open(&location, single_writer());
     let mut damage = Vec::new();
     fresh.verify(false, &mut |d| damage.push(d)).unwrap();
     assert!(
         damage
             .iter()
-            .any(|d| matches!(d, Damage::Block { id: b, .. } if *b == id)),
+            .any(|d| matches!(d, Damage::Index { what } if what.contains(&key))),
         "{damage:?}"
     );
     let err = fresh.sweep().unwrap_err();
-    assert!(err.to_string().contains("cannot be read"), "{err}");
+    assert!(
+        err.is_corrupt() && err.to_string().contains("cannot be read"),
+        "{err}"
+    );
     assert_eq!(fresh.sweep().unwrap_err().to_string(), err.to_string());
     assert!(
         remote.get(&pack_names(&remote)[0]).is_ok(),
@@ -205,4 +209,30 @@ fn a_chunk_two_readers_want_at_once_or_soon_after_is_fetched_once() {
         1,
         "one GET for the four records, whoever asks for the first"
     );
+}
+
+#[test]
+fn a_store_of_another_version_is_refused_by_name() {
+    for (version, says) in [(2, "the build that wrote it"), (4, "newer build")] {
+        let location = fresh_location();
+        let remote = Remote::connect(&location, quick_timeouts()).unwrap();
+        remote
+            .put(
+                aetherflow_s3::keys::META,
+                aetherflow_s3::meta::encode_identity(version, &[1; 16]),
+                true,
+            )
+            .unwrap();
+        let err = S3Store::open(&location, single_writer()).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::Refused(_)), "{message}");
+        assert!(
+            message.contains(&format!("version {version}"))
+                && message.contains(&format!("version {}", aetherflow_s3::meta::META_VERSION))
+                && message.contains(says),
+            "{message}"
+        );
+        let listed = remote.list("").unwrap();
+        assert_eq!(listed.len(), 1, "nothing is written to it: {listed:?}");
+    }
 }

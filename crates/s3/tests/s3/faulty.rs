@@ -25,6 +25,8 @@ pub enum Fault {
     Cut(usize),
     /// Listings wait this long first (their prefix is the key).
     SlowListing(Duration),
+    /// PUTs land, then their answer comes this much later (a slow network on the way back).
+    SlowPut(Duration),
 }
 
 /// See the module documentation.
@@ -94,7 +96,7 @@ impl Faulty {
                     })
                 }
                 Fault::Cut(n) => cut = Some(n),
-                Fault::SlowListing(_) => {}
+                Fault::SlowListing(_) | Fault::SlowPut(_) => {}
             }
         }
         Ok(cut)
@@ -110,7 +112,13 @@ impl ObjectStore for Faulty {
         opts: PutOptions,
     ) -> Result<PutResult> {
         self.before(location.as_ref()).await?;
-        self.inner.put_opts(location, payload, opts).await
+        let put = self.inner.put_opts(location, payload, opts).await;
+        for fault in self.faults_for(location.as_ref()) {
+            if let Fault::SlowPut(delay) = fault {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        put
     }
 
     async fn put_multipart_opts(
@@ -177,7 +185,7 @@ impl ObjectStore for Faulty {
                         .boxed()
                     }
                     Fault::SlowListing(d) => tokio::time::sleep(d).await,
-                    Fault::Cut(_) => {}
+                    Fault::Cut(_) | Fault::SlowPut(_) => {}
                 }
             }
             inner

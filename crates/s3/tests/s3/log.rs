@@ -8,7 +8,7 @@ use aetherflow_s3::log_record::{self, Event, LogRecord};
 use aetherflow_s3::remote::Remote;
 use aetherflow_s3::volume_objects;
 use aetherflow_s3::{s3_bucket, S3Location, S3Options, S3Store};
-use aetherflow_store::{BlockId, BlockStore, RequestCounts};
+use aetherflow_store::{BlockId, BlockStore, Error, RequestCounts};
 use bytes::Bytes;
 
 use crate::faulty::{Fault, Faulty};
@@ -21,7 +21,7 @@ use crate::volumes::{entry, map_of, record, write};
 /// Writes a log, never on its own (the test flushes it).
 fn logging() -> S3Options {
     S3Options {
-        log_every: Some(Duration::from_secs(3600)),
+        log_every: Duration::from_secs(3600),
         ..single_writer()
     }
 }
@@ -47,23 +47,32 @@ fn what_a_server_commits_reaches_the_log() {
     let location = fresh_location();
     let store = open(&location, logging());
     let block = put(&store, &[&chunk(1, 5000), &chunk(2, 7000)]);
+    let (records, markers) = log_of(&location);
+    assert_eq!(markers, vec![0], "the first record made the first epoch");
+    assert_eq!(
+        records.len(),
+        1,
+        "a commit returns with its record: {records:?}"
+    );
+    assert_eq!(records[0].epoch, 0);
+    assert!(
+        records[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PackAdded { .. })),
+        "the block's pack rides in its record: {:?}",
+        records[0].events
+    );
+
     store.create_volume(&record("v")).unwrap();
     store.acquire_volume("v").unwrap();
     write(&store, "v", &[(3, &chunk(3, 4096))]).unwrap();
     store.free_block(block).unwrap();
     store.release_volume("v");
-    assert!(
-        log_of(&location).0.is_empty(),
-        "nothing is written before a flush"
-    );
     store.flush_log().unwrap();
 
-    let (records, markers) = log_of(&location);
-    assert_eq!(markers, vec![0], "the first record made the first epoch");
-    assert_eq!(records.len(), 1, "{records:?}");
-    let events = &records[0].events;
-    assert_eq!(records[0].epoch, 0);
-
+    let (records, _) = log_of(&location);
+    let events: Vec<&Event> = records.iter().flat_map(|r| &r.events).collect();
     let remote = Remote::connect(&location, quick_timeouts()).unwrap();
     let packs: HashSet<String> = remote
         .list("packs/")
@@ -113,26 +122,42 @@ fn what_a_server_commits_reaches_the_log() {
         .position(|e| matches!(e, Event::BlockFreed { id } if *id == block))
         .expect("the block freed");
     assert!(added < freed);
+    assert!(
+        remote.list("blocks/").unwrap().is_empty(),
+        "a block is its record, not an object of its own"
+    );
 
     // Nothing new: nothing written.
+    let written = records.len();
     store.flush_log().unwrap();
-    assert_eq!(log_of(&location).0.len(), 1);
+    assert_eq!(log_of(&location).0.len(), written);
 }
 
 #[test]
-fn a_record_that_cannot_be_written_goes_with_the_next() {
+fn a_commit_whose_record_cannot_be_written_fails_and_its_news_goes_with_the_next() {
     let (store, faulty) = faulty_store(logging());
     let first = put(&store, &[&chunk(10, 3000)]);
     faulty.inject("log/", Fault::Fail);
-    assert!(store.flush_log().is_err());
+    let _pin = store.pin();
+    let c = chunk(12, 3000);
+    let staged = store.stage_chunks(std::slice::from_ref(&c)).unwrap();
+    let failed = BlockId::random();
+    let err = store
+        .commit_block(failed, &manifest_of(&[&c], 0), staged)
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
     faulty.heal();
+    assert!(store
+        .manifest(failed)
+        .unwrap_err()
+        .to_string()
+        .contains("not found"));
     let second = put(&store, &[&chunk(11, 3000)]);
-    store.flush_log().unwrap();
 
     let (records, _) = log_of(store.location());
-    let added: Vec<_> = records
+    let events: Vec<&Event> = records.iter().flat_map(|r| &r.events).collect();
+    let added: Vec<_> = events
         .iter()
-        .flat_map(|r| &r.events)
         .filter_map(|e| match e {
             Event::BlockAdded { id, .. } => Some(*id),
             _ => None,
@@ -141,14 +166,79 @@ fn a_record_that_cannot_be_written_goes_with_the_next() {
     assert_eq!(
         added,
         vec![first, second],
-        "the failed record's events come first"
+        "the failed commit is in no record"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::BlockFreed { id } if *id == failed)),
+        "and it is cancelled, in case its record landed after all: {events:?}"
+    );
+    let packs = events
+        .iter()
+        .filter(|e| matches!(e, Event::PackAdded { .. }))
+        .count();
+    assert_eq!(packs, 3, "the failed commit's pack is news all the same");
+}
+
+#[test]
+fn a_record_that_returns_too_late_is_neither_acknowledged_nor_applied() {
+    let grace = Duration::from_secs(2);
+    let options = S3Options {
+        grace,
+        ..following()
+    };
+    let location = fresh_location();
+    let faulty = Faulty::new(s3_bucket(&location, quick_timeouts()).unwrap());
+    let a = S3Store::open_on(faulty.clone(), &location, options).unwrap();
+    let b = open(&location, options);
+    let on_time = put(&a, &[&chunk(40, 2000)]);
+
+    // The record lands at once, but its answer comes after G/2.
+    faulty.inject(
+        "log/",
+        Fault::SlowPut(grace / 2 + Duration::from_millis(500)),
+    );
+    let _pin = a.pin();
+    let c = chunk(41, 2000);
+    let staged = a.stage_chunks(std::slice::from_ref(&c)).unwrap();
+    let late = BlockId::random();
+    let err = a
+        .commit_block(late, &manifest_of(&[&c], 0), staged)
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    faulty.heal();
+    let (records, _) = log_of(&location);
+    assert!(
+        records
+            .iter()
+            .flat_map(|r| &r.events)
+            .any(|e| matches!(e, Event::BlockAdded { id, .. } if *id == late)),
+        "the late record is in the bucket"
+    );
+    a.flush_log().unwrap();
+
+    for server in [&a, &b] {
+        server.refresh_from_log().unwrap();
+        assert!(server
+            .manifest(late)
+            .unwrap_err()
+            .to_string()
+            .contains("not found"));
+        assert_eq!(block_ids(server), vec![on_time]);
+    }
+    let fresh = open(&location, options);
+    assert_eq!(
+        block_ids(&fresh),
+        vec![on_time],
+        "nor by a server opened later"
     );
 }
 
 /// Servers sharing a bucket that follow its log, refreshing only when told.
 fn following() -> S3Options {
     S3Options {
-        log_every: Some(Duration::from_secs(3600)),
+        log_every: Duration::from_secs(3600),
         refresh_every: Duration::from_secs(3600),
         ..shared_options(Duration::from_secs(60))
     }
@@ -222,17 +312,25 @@ fn a_second_server_learns_from_the_log_without_listing_the_bucket() {
 
 #[test]
 fn an_idle_refresh_costs_a_few_requests_whatever_the_bucket_holds() {
+    let grace = Duration::from_secs(2);
+    let options = S3Options {
+        grace,
+        ..following()
+    };
     let location = fresh_location();
-    let a = open(&location, following());
+    let a = open(&location, options);
     let c = chunk(3, 100);
     for _ in 0..2500 {
         put(&a, &[&c]);
     }
     a.flush_log().unwrap();
 
-    let b = open(&location, following());
+    let b = open(&location, options);
     assert_eq!(block_ids(&b).len(), 2500);
-    b.refresh_from_log().unwrap(); // the first read also measures the bucket's clock
+    // B's open found epoch 0 full and began epoch 1; once epoch 0 has settled, a refresh
+    // reads it one last time, and from then on only the epochs that can still change.
+    std::thread::sleep(grace + Duration::from_secs(2));
+    b.refresh_from_log().unwrap();
     for _ in 0..2 {
         let before = requests(b.remote_requests().unwrap());
         b.refresh_from_log().unwrap();
@@ -292,6 +390,20 @@ fn damaged_and_replayed_records_change_nothing() {
     remote.delete(&record.key).unwrap();
     b.refresh_from_log().unwrap();
     assert!(block_ids(&b).is_empty(), "a bad record added a block");
+
+    // What a record that cannot be read holds is unknown: nothing is collected, and a check
+    // names each one, until they are removed from the bucket.
+    let err = b.sweep().unwrap_err();
+    assert!(err.to_string().contains("cannot be read"), "{err}");
+    let mut damage = Vec::new();
+    b.verify(false, &mut |d| damage.push(format!("{d:?}")))
+        .unwrap();
+    for seq in 1..=3 {
+        let key = log_record::record_key(epoch, "intruder", seq);
+        assert!(damage.iter().any(|d| d.contains(&key)), "{key}: {damage:?}");
+        remote.delete(&key).unwrap();
+    }
+    b.sweep().unwrap();
 }
 
 /// A record of a writer that is not a store, adding a made-up block.
