@@ -139,7 +139,7 @@ fn main() {
     put("pack_record", "one", &pack[offset as usize..end]);
     // A log record with one event of each kind.
     {
-        use aetherflow_s3::log_record::{Event, LogRecord};
+        use aetherflow_s3::log_record::{Event, LogRecord, Origin};
         use aetherflow_store::BlockId;
         let record = LogRecord {
             writer: "c0e250c59f2549ff".into(),
@@ -149,9 +149,19 @@ fn main() {
                 Event::BlockAdded {
                     id: BlockId::random(),
                     manifest: std::sync::Arc::new(plain.clone()),
+                    imported: false,
+                },
+                Event::BlockAdded {
+                    id: BlockId::random(),
+                    manifest: std::sync::Arc::new(plain.clone()),
+                    imported: true,
                 },
                 Event::BlockFreed {
                     id: BlockId::random(),
+                    added_in: Origin {
+                        writer: "c0e250c59f2549ff".into(),
+                        seq: 3,
+                    },
                 },
                 Event::PackAdded {
                     name: "c0e250c59f2549ff-000003".into(),

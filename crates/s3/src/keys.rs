@@ -4,6 +4,7 @@
 //! aetherflow.store              identity: format version and the dedup-domain salt
 //! packs/WRITER-SEQ              chunk records and their index (see `pack`)
 //! log/epochs/E, log/E/W-SEQ     the log: blocks exist in its records (see `log_record`)
+//! blocks/UUID                   empty; holds an id an import chose, until that block is freed
 //! reads/UUID/WRITER.COUNT       read count of a block as counted by one server (empty object)
 //! gc/condemned/PACK             mark: PACK may be deleted once the grace period has passed
 //! gc/clock/WRITER               written to learn the bucket's clock
@@ -16,6 +17,7 @@ use aetherflow_store::BlockId;
 
 pub const META: &str = "aetherflow.store";
 pub const PACKS: &str = "packs/";
+pub const RESERVED: &str = "blocks/";
 pub const READS: &str = "reads/";
 pub const CONDEMNED: &str = "gc/condemned/";
 pub const VOLUMES: &str = "volumes/";
@@ -24,6 +26,10 @@ pub const CONDEMNED_LAYERS: &str = "gc/condemned-layers/";
 
 pub fn pack(name: &str) -> String {
     format!("{PACKS}{name}")
+}
+
+pub fn reservation(id: BlockId) -> String {
+    format!("{RESERVED}{id}")
 }
 
 pub fn condemned(pack: &str) -> String {

@@ -11,14 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aetherflow_store::{BlockId, Error, Result};
 use bytes::Bytes;
 
-use crate::log_record::{self, Event, LogRecord};
+use crate::log_record::{self, Event, LogRecord, Origin};
 use crate::remote::{Listed, Remote};
 use crate::store::S3Options;
 use crate::sync::lock;
 
-/// What a refresh must do with the catalog: the events of the records it read, in the order
-/// read. (The view applies them; this module only reads.)
-pub(crate) type Read = Vec<Event>;
+/// What a refresh must do with the catalog: the events of the records it read, each with the
+/// record it came in, in the order read. (The view applies them; this module only reads.)
+pub(crate) type Read = Vec<(Origin, Event)>;
 
 /// How the log is read; see [`LogReader::new`].
 #[derive(Debug)]
@@ -52,16 +52,17 @@ pub(crate) struct LogReader {
 /// a leaf taken briefly: a commit that frees notes it here without waiting for a refresh.
 #[derive(Debug, Default)]
 pub(crate) struct Removals {
-    freed: HashMap<BlockId, u64>,
+    /// Blocks freed, by id and the record that added them.
+    freed: HashMap<(BlockId, Origin), u64>,
     deleted: HashMap<String, u64>,
     /// The newest epoch seen: what this server's own removals are filed under.
     epoch: u64,
 }
 
 impl Removals {
-    /// This server freed `id`.
-    pub fn block_freed(&mut self, id: BlockId) {
-        self.freed.insert(id, self.epoch);
+    /// This server freed `id`, added by record `added_in`.
+    pub fn block_freed(&mut self, id: BlockId, added_in: Origin) {
+        self.freed.insert((id, added_in), self.epoch);
     }
 
     /// This server deleted pack `name`.
@@ -231,8 +232,12 @@ impl LogReader {
             match body {
                 Ok(body) => match LogRecord::decode(key, &body) {
                     Ok(record) => {
-                        let kept = self.filter(e, record.events);
-                        events.extend(kept);
+                        let origin = Origin {
+                            writer: Arc::from(record.writer),
+                            seq: record.seq,
+                        };
+                        let kept = self.filter(e, &origin, record.events);
+                        events.extend(kept.into_iter().map(|event| (origin.clone(), event)));
                     }
                     Err(err) => {
                         tracing::error!("{err}; nothing is collected while it is there");
@@ -249,15 +254,19 @@ impl LogReader {
 
     /// Drops additions whose removal was read already, and remembers removals (read in epoch
     /// `e`).
-    fn filter(&mut self, e: u64, events: Vec<Event>) -> Vec<Event> {
+    fn filter(&mut self, e: u64, origin: &Origin, events: Vec<Event>) -> Vec<Event> {
         let mut removals = lock(&self.removals);
         let mut out = Vec::with_capacity(events.len());
         for event in events {
             match &event {
-                Event::BlockAdded { id, .. } if removals.freed.contains_key(id) => continue,
+                Event::BlockAdded { id, .. }
+                    if removals.freed.contains_key(&(*id, origin.clone())) =>
+                {
+                    continue
+                }
                 Event::PackAdded { name, .. } if removals.deleted.contains_key(name) => continue,
-                Event::BlockFreed { id } => {
-                    removals.freed.insert(*id, e);
+                Event::BlockFreed { id, added_in } => {
+                    removals.freed.insert((*id, added_in.clone()), e);
                 }
                 Event::PackDeleted { name } => {
                     removals.deleted.insert(name.clone(), e);

@@ -10,7 +10,8 @@
 //! record:  magic "AFS3LOG1" | writer u8 len, bytes | seq u64 | epoch u64 | events u32 |
 //!          event* | BLAKE3 of all before [16]
 //! event:   1 block added    | block id [16] | manifest u32 len, bytes (its own encoding)
-//!          2 block freed    | block id [16]
+//!          7 block imported | the same as 1 (its id was chosen, and `blocks/ID` holds it)
+//!          2 block freed    | block id [16] | writer | seq u64 (the record that added it)
 //!          3 pack added     | name | size u64 | entries u32 | (offset u64, record header [61])*
 //!          4 pack deleted   | name
 //!          5 delta added    | layer u128 | seq u64 | size u64
@@ -43,18 +44,30 @@ pub const MAX_WRITER: usize = 64;
 /// Events one record holds at most (a writer with more writes several records).
 pub const MAX_EVENTS: usize = 10_000;
 
+/// The record an event came in: its writer and number, which no other record has.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub writer: Arc<str>,
+    pub seq: u64,
+}
+
 /// One change a server made to the bucket. Each names what it changes by an identity that is
-/// never reused (random block ids, pack names made of their writer and a sequence number, layer
-/// and delta numbers), so applying a set of events gives the same catalog in any order.
+/// never reused (a block by its id and the record that added it, since an import may reuse
+/// the id of a block freed before; pack names made of their writer and a sequence number,
+/// layer and delta numbers), so applying a set of events gives the same catalog in any order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A block was committed, with its manifest: the block exists from this record on.
+    /// `imported`: its id was chosen by the caller and is held by `blocks/ID`, which its free
+    /// deletes.
     BlockAdded {
         id: BlockId,
         manifest: Arc<Manifest>,
+        imported: bool,
     },
-    /// A block was freed: cancels its `BlockAdded`, whichever is read first.
-    BlockFreed { id: BlockId },
+    /// A block was freed: cancels the `BlockAdded` of record `added_in`, whichever is read
+    /// first.
+    BlockFreed { id: BlockId, added_in: Origin },
     /// A pack was uploaded, with its index, so that nobody needs its tail.
     PackAdded {
         name: String,
@@ -131,6 +144,7 @@ const PACK_ADDED: u8 = 3;
 const PACK_DELETED: u8 = 4;
 const DELTA_ADDED: u8 = 5;
 const HEAD_CHANGED: u8 = 6;
+const BLOCK_IMPORTED: u8 = 7;
 
 fn put_name(out: &mut Vec<u8>, name: &str) {
     debug_assert!(valid_name(name), "{name:?} is not a key segment");
@@ -162,16 +176,28 @@ impl LogRecord {
         out.extend_from_slice(&(self.events.len() as u32).to_le_bytes());
         for event in &self.events {
             match event {
-                Event::BlockAdded { id, manifest } => {
-                    out.push(BLOCK_ADDED);
+                Event::BlockAdded {
+                    id,
+                    manifest,
+                    imported,
+                } => {
+                    out.push(if *imported {
+                        BLOCK_IMPORTED
+                    } else {
+                        BLOCK_ADDED
+                    });
                     out.extend_from_slice(id.0.as_bytes());
                     let m = manifest.encode();
                     out.extend_from_slice(&(m.len() as u32).to_le_bytes());
                     out.extend_from_slice(&m);
                 }
-                Event::BlockFreed { id } => {
+                Event::BlockFreed { id, added_in } => {
+                    assert!(valid_writer(&added_in.writer), "writer id {added_in:?}");
                     out.push(BLOCK_FREED);
                     out.extend_from_slice(id.0.as_bytes());
+                    out.push(added_in.writer.len() as u8);
+                    out.extend_from_slice(added_in.writer.as_bytes());
+                    out.extend_from_slice(&added_in.seq.to_le_bytes());
                 }
                 Event::PackAdded {
                     name,
@@ -214,12 +240,7 @@ impl LogRecord {
         let what = format!("log record {key}");
         let body = checked(&what, "a log record", bytes, &MAGIC)?;
         let mut c = Cursor::new(body, &what);
-        let writer_len = usize::from(c.u8()?);
-        let writer = std::str::from_utf8(c.take(writer_len)?)
-            .ok()
-            .filter(|w| valid_writer(w))
-            .ok_or_else(|| c.corrupt("a writer id that is not one"))?
-            .to_string();
+        let writer = take_writer(&mut c)?.to_string();
         let seq = c.u64()?;
         let epoch = c.u64()?;
         if parse_record_key(key) != Some((epoch, writer.as_str(), seq)) {
@@ -249,6 +270,15 @@ impl LogRecord {
     }
 }
 
+fn take_writer<'a>(c: &mut Cursor<'a>) -> Result<&'a str> {
+    let len = usize::from(c.u8()?);
+    let bytes = c.take(len)?;
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|w| valid_writer(w))
+        .ok_or_else(|| c.corrupt("a writer id that is not one"))
+}
+
 fn block_id(c: &mut Cursor<'_>) -> Result<BlockId> {
     let bytes: [u8; 16] = c.take(16)?.try_into().expect("16");
     Ok(BlockId(uuid::Uuid::from_bytes(bytes)))
@@ -256,16 +286,27 @@ fn block_id(c: &mut Cursor<'_>) -> Result<BlockId> {
 
 fn decode_event(c: &mut Cursor<'_>, what: &str) -> Result<Event> {
     Ok(match c.u8()? {
-        BLOCK_ADDED => {
+        tag @ (BLOCK_ADDED | BLOCK_IMPORTED) => {
             let id = block_id(c)?;
             let len = c.count(true, 1)?;
             let manifest = Manifest::decode(c.take(len)?, &format_args!("block {id} in {what}"))?;
             Event::BlockAdded {
                 id,
                 manifest: Arc::new(manifest),
+                imported: tag == BLOCK_IMPORTED,
             }
         }
-        BLOCK_FREED => Event::BlockFreed { id: block_id(c)? },
+        BLOCK_FREED => {
+            let id = block_id(c)?;
+            let writer = Arc::from(take_writer(c)?);
+            Event::BlockFreed {
+                id,
+                added_in: Origin {
+                    writer,
+                    seq: c.u64()?,
+                },
+            }
+        }
         PACK_ADDED => {
             let name = take_name(c)?;
             let size = c.u64()?;
@@ -352,9 +393,19 @@ mod tests {
                 Event::BlockAdded {
                     id: BlockId::random(),
                     manifest: Arc::new(manifest()),
+                    imported: false,
+                },
+                Event::BlockAdded {
+                    id: BlockId::random(),
+                    manifest: Arc::new(manifest()),
+                    imported: true,
                 },
                 Event::BlockFreed {
                     id: BlockId::random(),
+                    added_in: Origin {
+                        writer: Arc::from("a1b2"),
+                        seq: 7,
+                    },
                 },
                 Event::PackAdded {
                     name: "c0e250c59f2549ff-000007".into(),

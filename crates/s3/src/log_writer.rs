@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aetherflow_store::{Error, Result};
 use bytes::Bytes;
 
-use crate::log_record::{self, Event, LogRecord, MAX_EVENTS};
+use crate::log_record::{self, Event, LogRecord, Origin, MAX_EVENTS};
 use crate::remote::Remote;
 use crate::sync::lock;
 
@@ -28,10 +28,10 @@ struct Placement {
     listed: Instant,
 }
 
-/// Events queued together: one commit's (waiting under `ticket` for its record), or news.
+/// An event queued: a commit's (waiting under `ticket` for its record), or news.
 #[derive(Debug)]
 struct Entry {
-    events: Vec<Event>,
+    event: Event,
     ticket: Option<u64>,
 }
 
@@ -43,15 +43,15 @@ struct State {
     placement: Option<Placement>,
     /// A record is being written (by one of the committing threads or the housekeeper).
     writing: bool,
-    /// How each commit's record ended, until the commit takes it.
-    outcomes: HashMap<u64, std::result::Result<(), String>>,
+    /// The record each commit went in and how its write ended, until the commit takes it.
+    outcomes: HashMap<u64, (u64, std::result::Result<(), String>)>,
 }
 
 /// This server's end of the log; see the module documentation.
 #[derive(Debug)]
 pub(crate) struct LogWriter {
     remote: Arc<Remote>,
-    writer: String,
+    writer: Arc<str>,
     /// How old the listing of markers that places a record may be (G/4)...
     place_within: Duration,
     /// ...and how soon after that listing began the record's PUT must have returned (G/2);
@@ -77,7 +77,7 @@ impl LogWriter {
     ) -> LogWriter {
         LogWriter {
             remote,
-            writer,
+            writer: Arc::from(writer),
             place_within: if grace.is_zero() {
                 ALONE_PLACEMENT
             } else {
@@ -94,25 +94,30 @@ impl LogWriter {
     /// next record.
     pub fn note(&self, event: Event) {
         lock(&self.state).queue.push_back(Entry {
-            events: vec![event],
+            event,
             ticket: None,
         });
     }
 
-    /// Appends `events` to the log and returns once a record holding them is in the bucket
-    /// within the writer rule. On an error the events may or may not be in the bucket (a PUT
-    /// that returned too late, or whose answer was lost): the caller cancels what it must.
-    pub fn commit(&self, events: Vec<Event>) -> Result<()> {
+    /// Appends `event` to the log and returns once a record holding it is in the bucket
+    /// within the writer rule, with that record (its origin) and the outcome. On an error the
+    /// event may or may not be in the bucket (a PUT that returned too late, or whose answer
+    /// was lost): the caller cancels what it must.
+    pub fn commit(&self, event: Event) -> (Origin, Result<()>) {
         let mut state = lock(&self.state);
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.queue.push_back(Entry {
-            events,
+            event,
             ticket: Some(ticket),
         });
         loop {
-            if let Some(outcome) = state.outcomes.remove(&ticket) {
-                return outcome.map_err(Error::Unavailable);
+            if let Some((seq, outcome)) = state.outcomes.remove(&ticket) {
+                let origin = Origin {
+                    writer: Arc::clone(&self.writer),
+                    seq,
+                };
+                return (origin, outcome.map_err(Error::Unavailable));
             }
             if state.writing {
                 state = self
@@ -147,8 +152,8 @@ impl LogWriter {
         }
     }
 
-    /// Takes the queue's head (whole entries, at most [`MAX_EVENTS`] events unless one entry
-    /// alone has more) and writes it as one record; settles its commits' outcomes.
+    /// Takes the queue's head (at most [`MAX_EVENTS`] events) and writes it as one record;
+    /// settles its commits' outcomes.
     fn write_one(&self) -> Result<()> {
         let (batch, seq) = {
             let mut state = lock(&self.state);
@@ -156,34 +161,24 @@ impl LogWriter {
                 return Ok(());
             }
             state.writing = true;
-            let mut batch = Vec::new();
-            let mut n = 0;
-            while let Some(entry) = state.queue.front() {
-                if n > 0 && n + entry.events.len() > MAX_EVENTS {
-                    break;
-                }
-                n += entry.events.len();
-                batch.push(state.queue.pop_front().expect("front"));
-            }
+            let n = state.queue.len().min(MAX_EVENTS);
+            let batch: Vec<Entry> = state.queue.drain(..n).collect();
             let seq = state.next_seq;
             state.next_seq += 1;
             (batch, seq)
         };
-        let events: Vec<Event> = batch.iter().flat_map(|e| e.events.clone()).collect();
-        let result = events
-            .chunks(MAX_EVENTS)
-            .enumerate()
-            .try_for_each(|(i, part)| self.append(seq, i, part));
+        let events: Vec<Event> = batch.iter().map(|e| e.event.clone()).collect();
+        let result = self.append(seq, events);
         let mut state = lock(&self.state);
         state.writing = false;
         let mut news = Vec::new();
         for entry in batch {
             match (entry.ticket, &result) {
                 (Some(t), Ok(())) => {
-                    state.outcomes.insert(t, Ok(()));
+                    state.outcomes.insert(t, (seq, Ok(())));
                 }
                 (Some(t), Err(e)) => {
-                    state.outcomes.insert(t, Err(e.to_string()));
+                    state.outcomes.insert(t, (seq, Err(e.to_string())));
                 }
                 (None, Err(_)) => news.push(entry),
                 (None, Ok(())) => {}
@@ -197,23 +192,14 @@ impl LogWriter {
         result
     }
 
-    /// Writes one record of `events` (part `part` of record `seq`: a record whose events do
-    /// not fit one takes further sequence numbers) into the current epoch.
-    fn append(&self, seq: u64, part: usize, events: &[Event]) -> Result<()> {
-        let seq = if part == 0 {
-            seq
-        } else {
-            let mut state = lock(&self.state);
-            let s = state.next_seq;
-            state.next_seq += 1;
-            s
-        };
+    /// Writes record `seq` of `events` into the current epoch.
+    fn append(&self, seq: u64, events: Vec<Event>) -> Result<()> {
         let placement = self.placement()?;
         let record = LogRecord {
-            writer: self.writer.clone(),
+            writer: self.writer.to_string(),
             seq,
             epoch: placement.epoch,
-            events: events.to_vec(),
+            events,
         };
         let key = record.key();
         self.remote.put(&key, Bytes::from(record.encode()), true)?;

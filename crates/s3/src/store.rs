@@ -40,10 +40,13 @@ use aetherflow_store::{
     NewChunk, Pin, RequestCounts, Result, StagedChunk, StoredChunk, Totals, VolumeRecord,
     VolumeUsage, What,
 };
+use bytes::Bytes;
 use object_store::ObjectStore;
 
+use crate::catalog::KnownBlock;
 use crate::chunks::read_chunk;
 use crate::housekeeper::{start_housekeeper, Housekeeper};
+use crate::keys;
 use crate::location::S3Location;
 use crate::log_reader::LogReader;
 use crate::log_record::Event;
@@ -54,6 +57,7 @@ use crate::prefetch::Prefetcher;
 use crate::reads::ReadCounts;
 use crate::remote::{s3_bucket, Remote, Timeouts};
 use crate::sweep::{SweepReport, Sweeper};
+use crate::sync::lock;
 use crate::view::View;
 use crate::volumes::{record_of, usage_of, Leases};
 use crate::writer::{StagedNote, Writer};
@@ -157,6 +161,8 @@ pub(crate) struct Parts {
     pub sweeper: Sweeper,
     pub leases: Leases,
     pub log: Arc<LogWriter>,
+    /// Ids this process reserved for imports (`blocks/ID` created) and has not committed.
+    pub reservations: std::sync::Mutex<HashSet<BlockId>>,
 }
 
 impl Parts {
@@ -286,6 +292,7 @@ impl S3Store {
                 options,
             ),
             log,
+            reservations: std::sync::Mutex::default(),
             remote,
             options,
             identity,
@@ -394,6 +401,30 @@ impl BlockStore for S3Store {
             .collect())
     }
 
+    fn reserve_block(&self, id: BlockId) -> Result<()> {
+        self.writable("importing")?;
+        let p = &self.parts;
+        if p.view.read(|c| c.has_block(id)) {
+            return Err(Error::AlreadyExists(What::Block(id)));
+        }
+        match p.remote.create(&keys::reservation(id), Bytes::new()) {
+            Ok(_) => {}
+            Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(What::Block(id))),
+            Err(e) => return Err(e),
+        }
+        lock(&p.reservations).insert(id);
+        Ok(())
+    }
+
+    fn unreserve_block(&self, id: BlockId) {
+        let p = &self.parts;
+        if lock(&p.reservations).remove(&id) {
+            if let Err(e) = p.remote.delete(&keys::reservation(id)) {
+                tracing::warn!("block id {id} stays held, though no block has it: {e}");
+            }
+        }
+    }
+
     fn commit_block(
         &self,
         id: BlockId,
@@ -408,19 +439,31 @@ impl BlockStore for S3Store {
         }
         let refs: Vec<ChunkId> = manifest.chunk_refs().copied().collect();
         p.land(&format!("block {id}"), &refs, &staged)?;
+        // Once its record is attempted, an imported id stays held whatever happens: the record
+        // may be in the bucket.
+        let imported = lock(&p.reservations).remove(&id);
         let manifest = Arc::new(manifest.clone());
-        if let Err(e) = p.log.commit(vec![Event::BlockAdded {
+        let (origin, written) = p.log.commit(Event::BlockAdded {
             id,
             manifest: Arc::clone(&manifest),
-        }]) {
+            imported,
+        });
+        if let Err(e) = written {
             // The record may be in the bucket all the same (it returned too late, or its
             // answer was lost): the block is cancelled, so that no server keeps it.
-            p.view.note_block_freed(id);
-            p.log.note(Event::BlockFreed { id });
+            p.view.note_block_freed(id, origin.clone());
+            p.log.note(Event::BlockFreed {
+                id,
+                added_in: origin,
+            });
             return Err(e);
         }
-        let len = manifest.encoded_len();
-        p.view.change(|c| c.add_block(id, manifest, len));
+        let block = KnownBlock {
+            manifest,
+            origin,
+            imported,
+        };
+        p.view.change(|c| c.add_block(id, block));
         Ok(())
     }
 
@@ -459,15 +502,32 @@ impl BlockStore for S3Store {
         self.writable("freeing")?;
         let p = &self.parts;
         let manifest = self.manifest(id)?;
-        // Decided here: the block leaves this server's view now, and if its record cannot be
-        // written in time, the free goes again with the next one.
-        p.view.change(|c| c.remove_block(id));
-        p.view.note_block_freed(id);
-        if let Err(e) = p.log.commit(vec![Event::BlockFreed { id }]) {
-            p.log.note(Event::BlockFreed { id });
+        // Decided here: the block leaves this server's view now (one of two frees at once
+        // finds it gone), and if its record cannot be written in time, the free goes again
+        // with the next one.
+        let removed = p.view.change(|c| {
+            let (origin, imported) = c.block_origin(id)?;
+            c.remove_block(id, &origin)?;
+            Some((origin, imported))
+        });
+        let Some((origin, imported)) = removed else {
+            return Err(Error::NotFound(What::Block(id)));
+        };
+        p.view.note_block_freed(id, origin.clone());
+        let freed = Event::BlockFreed {
+            id,
+            added_in: origin,
+        };
+        if let (_, Err(e)) = p.log.commit(freed.clone()) {
+            p.log.note(freed);
             return Err(Error::Unavailable(format!(
                 "freeing block {id}: {e}; the free is written again with the next record"
             )));
+        }
+        if imported {
+            if let Err(e) = p.remote.delete(&keys::reservation(id)) {
+                tracing::warn!("block {id} freed; its id stays held: {e}");
+            }
         }
         if let Err(e) = p.reads.forget(id) {
             tracing::warn!("block {id} freed; its read counts stay behind: {e}");

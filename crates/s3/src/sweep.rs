@@ -273,9 +273,11 @@ impl Sweeper {
             // The log says so first: a server that reads the record no longer reads from
             // the pack; one that has not read it yet finds the pack gone and waits for it.
             self.view.note_pack_deleted(&name);
-            self.log.commit(vec![Event::PackDeleted {
-                name: name.to_string(),
-            }])?;
+            self.log
+                .commit(Event::PackDeleted {
+                    name: name.to_string(),
+                })
+                .1?;
             self.remote.delete(&keys::pack(&name))?;
             self.remote.delete(&keys::condemned(&name))?;
             self.view.change(|c| c.remove_pack(&name));

@@ -13,10 +13,10 @@ use std::time::Duration;
 use aetherflow_store::{BlockId, ChunkInfo, Error, Result, Totals};
 use bytes::Bytes;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, KnownBlock};
 use crate::keys;
 use crate::log_reader::{LogReader, Removals};
-use crate::log_record::Event;
+use crate::log_record::{Event, Origin};
 use crate::pack;
 use crate::remote::{Listed, Remote};
 use crate::sync::{lock, SingleFlight};
@@ -97,10 +97,10 @@ impl View {
         self.full.run_in_passing(max_age, || self.refresh_all())
     }
 
-    /// Notes that this server freed block `id`: a record of another server read later that
-    /// still adds it does not bring it back.
-    pub fn note_block_freed(&self, id: BlockId) {
-        lock(&self.removals).block_freed(id);
+    /// Notes that this server freed block `id`, added by record `added_in`: a record of
+    /// another server read later that still adds it does not bring it back.
+    pub fn note_block_freed(&self, id: BlockId, added_in: Origin) {
+        lock(&self.removals).block_freed(id, added_in);
     }
 
     /// Notes that this server deleted pack `name` (as [`View::note_block_freed`]).
@@ -130,14 +130,24 @@ impl View {
         let (events, read) = lock(&self.log).read(&self.remote);
         let (mut heads, mut layers) = std::mem::take(&mut *lock(&self.pending));
         self.change(|c| {
-            for event in events {
+            for (origin, event) in events {
                 match event {
-                    Event::BlockAdded { id, manifest } => {
-                        let len = manifest.encoded_len();
-                        c.add_block(id, manifest, len);
+                    Event::BlockAdded {
+                        id,
+                        manifest,
+                        imported,
+                    } => {
+                        c.add_block(
+                            id,
+                            KnownBlock {
+                                manifest,
+                                origin,
+                                imported,
+                            },
+                        );
                     }
-                    Event::BlockFreed { id } => {
-                        c.remove_block(id);
+                    Event::BlockFreed { id, added_in } => {
+                        c.remove_block(id, &added_in);
                     }
                     Event::PackAdded {
                         name,

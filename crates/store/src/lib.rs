@@ -87,6 +87,18 @@ pub trait BlockStore: Send + Sync + std::fmt::Debug {
         staged: Vec<StagedChunk>,
     ) -> Result<()>;
 
+    /// Holds `id` for a block whose id the caller chose (an import), before its chunks are
+    /// staged: [`Error::AlreadyExists`] if a block has it, or another server sharing the store
+    /// holds it. A store that [`BlockStore::commit_block`] alone keeps consistent (one
+    /// process) needs nothing here.
+    fn reserve_block(&self, _id: BlockId) -> Result<()> {
+        Ok(())
+    }
+
+    /// Gives back an id held by [`BlockStore::reserve_block`] whose block will not be
+    /// committed (its allocation failed first). Best effort; nothing once the commit began.
+    fn unreserve_block(&self, _id: BlockId) {}
+
     /// The manifest of a block, or [`Error::NotFound`].
     fn manifest(&self, id: BlockId) -> Result<Manifest>;
 

@@ -78,12 +78,30 @@ impl VirtualMemory {
         seed: Option<&Seed>,
     ) -> Result<BlockId> {
         let id = BlockId::random();
-        self.allocate_as(id, input, size_hint, seed)?;
+        self.allocate_under(id, input, size_hint, seed)?;
         Ok(id)
     }
 
-    /// Stores a block under a chosen id (import keeps ids); fails if the id is taken.
+    /// Stores a block under a chosen id (import keeps ids); fails if the id is taken, here or
+    /// (on a shared store) by another server.
     pub fn allocate_as(
+        &self,
+        id: BlockId,
+        input: impl Read + Send,
+        size_hint: Option<u64>,
+        seed: Option<&Seed>,
+    ) -> Result<()> {
+        self.store
+            .reserve_block(id)
+            .map_err(|e| Error::from_store(id, e))?;
+        let result = self.allocate_under(id, input, size_hint, seed);
+        if result.is_err() {
+            self.store.unreserve_block(id);
+        }
+        result
+    }
+
+    fn allocate_under(
         &self,
         id: BlockId,
         input: impl Read + Send,

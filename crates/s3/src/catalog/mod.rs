@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use aetherflow_store::{BlockId, ChunkId, ChunkInfo, Extent, Manifest, Totals};
 
+use crate::log_record::Origin;
+
 mod volumes;
 pub use volumes::{KnownVolume, LayerState, VolumeTotals};
 
@@ -46,10 +48,15 @@ pub struct Condemned {
     seen: u64,
 }
 
-#[derive(Debug)]
-struct KnownBlock {
-    manifest: Arc<Manifest>,
-    encoded_len: u64,
+/// A block as a record of the log added it.
+#[derive(Debug, Clone)]
+pub struct KnownBlock {
+    pub manifest: Arc<Manifest>,
+    /// The record that added it: a free names it, so that the free of an earlier block under
+    /// the same id (an import may reuse a freed id) never removes this one.
+    pub origin: Origin,
+    /// Its id was chosen by the caller and is held by a `blocks/ID` object.
+    pub imported: bool,
 }
 
 /// The references to one chunk, and the lengths it was counted with in the live figures.
@@ -65,6 +72,9 @@ struct Refs {
 pub struct Catalog {
     generation: u64,
     blocks: BTreeMap<BlockId, KnownBlock>,
+    /// Blocks added under an id that is live under another record: an import that reused the
+    /// id of a block whose free has not been read yet. One takes the id when that free comes.
+    waiting: HashMap<BlockId, Vec<KnownBlock>>,
     /// Number of blocks referring to each chunk (each block counted once).
     refs: HashMap<ChunkId, Refs>,
     homes: HashMap<ChunkId, Vec<Home>>,
@@ -114,37 +124,57 @@ impl Catalog {
         self.blocks.keys().copied().collect()
     }
 
-    /// Records a block; `false` if it was already known.
-    pub fn add_block(&mut self, id: BlockId, manifest: Arc<Manifest>, encoded_len: u64) -> bool {
-        if self.blocks.contains_key(&id) {
+    /// The record that added block `id`, and whether it was imported.
+    pub fn block_origin(&self, id: BlockId) -> Option<(Origin, bool)> {
+        self.blocks.get(&id).map(|b| (b.origin.clone(), b.imported))
+    }
+
+    /// Records a block; `false` if it was already known (or waits for the free of another
+    /// block under its id: see `waiting`).
+    pub fn add_block(&mut self, id: BlockId, block: KnownBlock) -> bool {
+        if let Some(live) = self.blocks.get(&id) {
+            let waiting = self.waiting.entry(id).or_default();
+            if live.origin != block.origin && !waiting.iter().any(|w| w.origin == block.origin) {
+                waiting.push(block);
+            }
             return false;
         }
-        for (chunk, raw, stored) in distinct_chunks(&manifest) {
+        let m = &block.manifest;
+        for (chunk, raw, stored) in distinct_chunks(m) {
             self.add_ref(chunk, raw, stored);
         }
         self.live.blocks += 1;
-        self.live.logical += manifest.size;
-        self.live.zero += manifest.zero_bytes();
-        self.manifest_bytes += encoded_len;
-        self.blocks.insert(
-            id,
-            KnownBlock {
-                manifest,
-                encoded_len,
-            },
-        );
+        self.live.logical += m.size;
+        self.live.zero += m.zero_bytes();
+        self.manifest_bytes += m.encoded_len();
+        self.blocks.insert(id, block);
         true
     }
 
-    pub fn remove_block(&mut self, id: BlockId) -> Option<Arc<Manifest>> {
-        let b = self.blocks.remove(&id)?;
+    /// Removes block `id` as added by record `origin` (nothing if another record added the
+    /// block this server knows under that id); returns its manifest.
+    pub fn remove_block(&mut self, id: BlockId, origin: &Origin) -> Option<Arc<Manifest>> {
+        if self.blocks.get(&id)?.origin != *origin {
+            if let Some(waiting) = self.waiting.get_mut(&id) {
+                waiting.retain(|w| w.origin != *origin);
+            }
+            return None;
+        }
+        let b = self.blocks.remove(&id).expect("present");
         for (chunk, _, _) in distinct_chunks(&b.manifest) {
             self.drop_ref(chunk);
         }
         self.live.blocks -= 1;
         self.live.logical -= b.manifest.size;
         self.live.zero -= b.manifest.zero_bytes();
-        self.manifest_bytes -= b.encoded_len;
+        self.manifest_bytes -= b.manifest.encoded_len();
+        let next = self.waiting.get_mut(&id).and_then(Vec::pop);
+        if self.waiting.get(&id).is_some_and(Vec::is_empty) {
+            self.waiting.remove(&id);
+        }
+        if let Some(next) = next {
+            self.add_block(id, next);
+        }
         Some(b.manifest)
     }
 
@@ -428,14 +458,53 @@ mod tests {
         })
     }
 
+    fn origin(seq: u64) -> Origin {
+        Origin {
+            writer: Arc::from("w"),
+            seq,
+        }
+    }
+
+    fn block(manifest: Arc<Manifest>, seq: u64) -> KnownBlock {
+        KnownBlock {
+            manifest,
+            origin: origin(seq),
+            imported: false,
+        }
+    }
+
+    #[test]
+    fn an_id_reused_after_a_free_is_the_new_block_whatever_order_the_records_come_in() {
+        let id = BlockId::random();
+        let (old, new) = (manifest(&[1]), manifest(&[2]));
+        // Read in the order written: the old block, its free, the new one.
+        let mut c = Catalog::default();
+        c.add_block(id, block(Arc::clone(&old), 1));
+        c.remove_block(id, &origin(1));
+        c.add_block(id, block(Arc::clone(&new), 2));
+        assert_eq!(c.block(id), Some(Arc::clone(&new)));
+        // The new block read before the old one's free.
+        let mut c = Catalog::default();
+        c.add_block(id, block(Arc::clone(&old), 1));
+        c.add_block(id, block(Arc::clone(&new), 2));
+        assert_eq!(c.block(id), Some(Arc::clone(&old)), "not freed yet");
+        c.remove_block(id, &origin(1));
+        assert_eq!(c.block(id), Some(Arc::clone(&new)));
+        assert!(c.is_live(&info(2).id) && !c.is_live(&info(1).id));
+        assert_eq!(c.live.blocks, 1);
+        // A free of the old block read again changes nothing.
+        assert!(c.remove_block(id, &origin(1)).is_none());
+        assert_eq!(c.block(id), Some(new));
+    }
+
     #[test]
     fn references_follow_blocks() {
         let mut c = Catalog::default();
         let (a, b) = (BlockId::random(), BlockId::random());
-        c.add_block(a, manifest(&[1, 2, 2]), 10);
-        c.add_block(b, manifest(&[2]), 10);
+        c.add_block(a, block(manifest(&[1, 2, 2]), 1));
+        c.add_block(b, block(manifest(&[2]), 2));
         assert_eq!((c.live.chunks, c.live.unique, c.live.blocks), (2, 200, 2));
-        c.remove_block(a);
+        c.remove_block(a, &origin(1));
         assert!(!c.is_live(&info(1).id) && c.is_live(&info(2).id));
         assert_eq!(c.totals(0).chunks, 1);
     }
@@ -459,7 +528,7 @@ mod tests {
     #[test]
     fn condemned_copies_are_not_found_and_not_kept() {
         let mut c = Catalog::default();
-        c.add_block(BlockId::random(), manifest(&[1]), 10);
+        c.add_block(BlockId::random(), block(manifest(&[1]), 1));
         c.add_pack("p1", 10, Some(1), vec![(8, info(1))], None);
         c.add_pack("p2", 10, Some(1), vec![(8, info(1))], None);
         assert_eq!(c.keeper(&info(1).id).as_deref(), Some("p1"));

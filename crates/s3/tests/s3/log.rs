@@ -115,11 +115,11 @@ fn what_a_server_commits_reaches_the_log() {
         .any(|e| matches!(e, Event::HeadChanged { name } if name == "v")));
     let added = events
         .iter()
-        .position(|e| matches!(e, Event::BlockAdded { id, manifest } if *id == block && manifest.chunk_refs().count() == 2))
+        .position(|e| matches!(e, Event::BlockAdded { id, manifest, .. } if *id == block && manifest.chunk_refs().count() == 2))
         .expect("the block, with its manifest");
     let freed = events
         .iter()
-        .position(|e| matches!(e, Event::BlockFreed { id } if *id == block))
+        .position(|e| matches!(e, Event::BlockFreed { id, .. } if *id == block))
         .expect("the block freed");
     assert!(added < freed);
     assert!(
@@ -171,7 +171,7 @@ fn a_commit_whose_record_cannot_be_written_fails_and_its_news_goes_with_the_next
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, Event::BlockFreed { id } if *id == failed)),
+            .any(|e| matches!(e, Event::BlockFreed { id, .. } if *id == failed)),
         "and it is cancelled, in case its record landed after all: {events:?}"
     );
     let packs = events
@@ -415,6 +415,7 @@ fn foreign_record(epoch: u64, seq: u64, id: BlockId) -> (String, Bytes) {
         events: vec![Event::BlockAdded {
             id,
             manifest: std::sync::Arc::new(manifest_of(&[&chunk(9, 100)], 0)),
+            imported: false,
         }],
     };
     (record.key(), Bytes::from(record.encode()))

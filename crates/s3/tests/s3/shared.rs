@@ -259,3 +259,42 @@ fn concurrent_allocations_frees_and_sweeps_on_two_servers_lose_nothing() {
         clean(server);
     }
 }
+
+/// Commits a block of `c` under `id` on `store`, as an import does after reserving the id.
+fn commit_as(store: &dyn BlockStore, id: BlockId, c: &NewChunk) -> aetherflow_store::Result<()> {
+    let _pin = store.pin();
+    let staged = store.stage_chunks(std::slice::from_ref(c))?;
+    store.commit_block(id, &manifest_of(&[c], 0), staged)
+}
+
+#[test]
+fn an_imported_id_is_held_across_servers_until_its_block_is_freed() {
+    let location = fresh_location();
+    let a = open(&location, shared_options(GRACE));
+    let b = open(&location, shared_options(GRACE));
+    let taken = |r: aetherflow_store::Result<()>| matches!(r, Err(Error::AlreadyExists(_)));
+
+    let id = BlockId::random();
+    a.reserve_block(id).unwrap();
+    assert!(taken(b.reserve_block(id)), "held before its block exists");
+    let (old, new) = (chunk(60, 3000), chunk(61, 3000));
+    commit_as(&a, id, &old).unwrap();
+    assert!(taken(b.reserve_block(id)), "held by its block");
+    assert!(taken(a.reserve_block(id)));
+
+    // Freed, the id can be imported again, by another server; every server then reads the
+    // new block, whatever order it reads the records in.
+    a.free_block(id).unwrap();
+    b.reserve_block(id).unwrap();
+    commit_as(&b, id, &new).unwrap();
+    for server in [&a, &b, &open(&location, shared_options(GRACE))] {
+        server.refresh_from_log().unwrap();
+        assert_eq!(server.manifest(id).unwrap(), manifest_of(&[&new], 0));
+    }
+
+    // An id held for an allocation that failed before its commit is given back.
+    let other = BlockId::random();
+    a.reserve_block(other).unwrap();
+    a.unreserve_block(other);
+    b.reserve_block(other).unwrap();
+}
