@@ -177,6 +177,7 @@ fn main() {
                     size: 120,
                 },
                 Event::HeadChanged { name: "v".into() },
+                Event::LayerDeleted { layer: 7 },
             ],
         };
         put("s3_log_record", "every-event", &record.encode());

@@ -15,10 +15,19 @@ use crate::log_record::{self, Event, LogRecord, Origin};
 use crate::remote::{Listed, Remote};
 use crate::store::S3Options;
 use crate::sync::lock;
+use crate::volume_objects::LayerId;
 
-/// What a refresh must do with the catalog: the events of the records it read, each with the
-/// record it came in, in the order read. (The view applies them; this module only reads.)
-pub(crate) type Read = Vec<(Origin, Event)>;
+/// An event read, with the record it came in and when the bucket stamped that record.
+#[derive(Debug)]
+pub(crate) struct ReadEvent {
+    pub origin: Origin,
+    pub written_ms: i64,
+    pub event: Event,
+}
+
+/// What a refresh must do with the catalog: the events of the records it read, in the order
+/// read. (The view applies them; this module only reads.)
+pub(crate) type Read = Vec<ReadEvent>;
 
 /// How the log is read; see [`LogReader::new`].
 #[derive(Debug)]
@@ -55,6 +64,8 @@ pub(crate) struct Removals {
     /// Blocks freed, by id and the record that added them.
     freed: HashMap<(BlockId, Origin), u64>,
     deleted: HashMap<String, u64>,
+    /// Layers of volume maps deleted.
+    layers: HashMap<LayerId, u64>,
     /// The newest epoch seen: what this server's own removals are filed under.
     epoch: u64,
 }
@@ -68,6 +79,11 @@ impl Removals {
     /// This server deleted pack `name`.
     pub fn pack_deleted(&mut self, name: &str) {
         self.deleted.insert(name.to_string(), self.epoch);
+    }
+
+    /// This server deleted the deltas of `layer`.
+    pub fn layer_deleted(&mut self, layer: LayerId) {
+        self.layers.insert(layer, self.epoch);
     }
 }
 
@@ -169,6 +185,7 @@ impl LogReader {
                 let mut removals = lock(&self.removals);
                 removals.freed.retain(|_, at| *at > e);
                 removals.deleted.retain(|_, at| *at > e);
+                removals.layers.retain(|_, at| *at > e);
                 self.from = e + 1;
             }
         }
@@ -222,13 +239,14 @@ impl LogReader {
                     }
                     applied.insert(l.key.clone());
                 }
-                None => wanted.push(l.key.clone()),
+                None => wanted.push((l.key.clone(), l.modified_ms)),
             }
         }
+        let keys: Vec<String> = wanted.iter().map(|(k, _)| k.clone()).collect();
         // A record counts as read once fetched (or found gone, or refused): one the fetches
         // did not reach is fetched by the next refresh.
-        remote.for_each_object(&wanted, |i, body| {
-            let key = &wanted[i];
+        remote.for_each_object(&keys, |i, body| {
+            let (key, written_ms) = &wanted[i];
             match body {
                 Ok(body) => match LogRecord::decode(key, &body) {
                     Ok(record) => {
@@ -237,7 +255,11 @@ impl LogReader {
                             seq: record.seq,
                         };
                         let kept = self.filter(e, &origin, record.events);
-                        events.extend(kept.into_iter().map(|event| (origin.clone(), event)));
+                        events.extend(kept.into_iter().map(|event| ReadEvent {
+                            origin: origin.clone(),
+                            written_ms: *written_ms,
+                            event,
+                        }));
                     }
                     Err(err) => {
                         tracing::error!("{err}; nothing is collected while it is there");
@@ -265,6 +287,10 @@ impl LogReader {
                     continue
                 }
                 Event::PackAdded { name, .. } if removals.deleted.contains_key(name) => continue,
+                Event::DeltaAdded { layer, .. } if removals.layers.contains_key(layer) => continue,
+                Event::LayerDeleted { layer } => {
+                    removals.layers.insert(*layer, e);
+                }
                 Event::BlockFreed { id, added_in } => {
                     removals.freed.insert((*id, added_in.clone()), e);
                 }

@@ -16,6 +16,7 @@
 //!          4 pack deleted   | name
 //!          5 delta added    | layer u128 | seq u64 | size u64
 //!          6 head changed   | name
+//!          8 layer deleted  | layer u128
 //! name:    u8 len, bytes (one key segment: printable ASCII, no '/')
 //! ```
 //!
@@ -81,6 +82,9 @@ pub enum Event {
     /// A volume's head was written, replaced or deleted: the reader reads `volumes/NAME` as
     /// it is now.
     HeadChanged { name: String },
+    /// A layer of volume maps no volume names was collected: its deltas are deleted (cancels
+    /// its `DeltaAdded` events).
+    LayerDeleted { layer: LayerId },
 }
 
 /// One record of the log: the events one server appends at once.
@@ -145,6 +149,7 @@ const PACK_DELETED: u8 = 4;
 const DELTA_ADDED: u8 = 5;
 const HEAD_CHANGED: u8 = 6;
 const BLOCK_IMPORTED: u8 = 7;
+const LAYER_DELETED: u8 = 8;
 
 fn put_name(out: &mut Vec<u8>, name: &str) {
     debug_assert!(valid_name(name), "{name:?} is not a key segment");
@@ -226,6 +231,10 @@ impl LogRecord {
                 Event::HeadChanged { name } => {
                     out.push(HEAD_CHANGED);
                     put_name(&mut out, name);
+                }
+                Event::LayerDeleted { layer } => {
+                    out.push(LAYER_DELETED);
+                    out.extend_from_slice(&layer.to_le_bytes());
                 }
             }
         }
@@ -346,6 +355,7 @@ fn decode_event(c: &mut Cursor<'_>, what: &str) -> Result<Event> {
         HEAD_CHANGED => Event::HeadChanged {
             name: take_name(c)?,
         },
+        LAYER_DELETED => Event::LayerDeleted { layer: c.u128()? },
         tag => return Err(c.corrupt(format_args!("an event of unknown kind {tag}"))),
     })
 }
@@ -426,6 +436,7 @@ mod tests {
                 Event::HeadChanged {
                     name: "vm-disk.1".into(),
                 },
+                Event::LayerDeleted { layer: 77 },
             ],
         }
     }

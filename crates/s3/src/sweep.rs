@@ -344,6 +344,9 @@ impl Sweeper {
             let seqs = self
                 .view
                 .read(|c| c.layer(layer).map(|l| l.delta_seqs()).unwrap_or_default());
+            // The log says so first, as for packs.
+            self.view.note_layer_deleted(layer);
+            self.log.commit(Event::LayerDeleted { layer }).1?;
             for seq in seqs {
                 self.remote.delete(&volume_objects::delta_key(layer, seq))?;
             }

@@ -6,7 +6,7 @@
 //! or apply what a request returned, and each kind of refresh runs once at a time for everyone
 //! who wants it ([`SingleFlight`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::catalog::{Catalog, KnownBlock};
 use crate::keys;
-use crate::log_reader::{LogReader, Removals};
+use crate::log_reader::{LogReader, ReadEvent, Removals};
 use crate::log_record::{Event, Origin};
 use crate::pack;
 use crate::remote::{Listed, Remote};
@@ -108,6 +108,11 @@ impl View {
         lock(&self.removals).pack_deleted(name);
     }
 
+    /// Notes that this server deleted the deltas of `layer` (as [`View::note_block_freed`]).
+    pub fn note_layer_deleted(&self, layer: LayerId) {
+        lock(&self.removals).layer_deleted(layer);
+    }
+
     /// Reads the log unless a read that began within `max_age` succeeded (waiting for one
     /// under way). With a zero `max_age`, a read that begins after this call.
     pub fn follow_log_within(&self, max_age: Duration) -> Result<()> {
@@ -130,7 +135,12 @@ impl View {
         let (events, read) = lock(&self.log).read(&self.remote);
         let (mut heads, mut layers) = std::mem::take(&mut *lock(&self.pending));
         self.change(|c| {
-            for (origin, event) in events {
+            for ReadEvent {
+                origin,
+                written_ms,
+                event,
+            } in events
+            {
                 match event {
                     Event::BlockAdded {
                         id,
@@ -156,10 +166,12 @@ impl View {
                     } => c.add_pack(&name, size, None, entries, None),
                     Event::PackDeleted { name } => c.remove_pack(&name),
                     Event::DeltaAdded { layer, seq, size } => {
-                        c.note_delta(layer, seq, size, None);
+                        // The delta was written before its record: as old as that, or older.
+                        c.note_delta(layer, seq, size, Some(written_ms));
                         layers.push(layer);
                     }
                     Event::HeadChanged { name } => heads.push(name),
+                    Event::LayerDeleted { layer } => c.remove_layer(layer),
                 }
             }
         });
@@ -215,67 +227,13 @@ impl View {
         self.marks.run_if_stale(max_age, || self.refresh_marks())
     }
 
-    /// Packs, then the log (blocks), then volumes, then marks: each listing complete, and the
-    /// log read begun after this call, or the refresh fails.
+    /// Packs, then the log (blocks, volume heads and deltas), then marks: each listing
+    /// complete, and the log read begun after this call, or the refresh fails.
     fn refresh_all(&self) -> Result<()> {
         self.refresh_packs()?;
         self.follow_log_within(Duration::ZERO)?;
-        self.refresh_volumes()?;
         self.marks
             .run_if_stale(Duration::ZERO, || self.refresh_marks())
-    }
-
-    /// Learns volume heads (re-reading those a listing shows changed) and the deltas of every
-    /// layer, and builds the layers from what is new.
-    pub fn refresh_volumes(&self) -> Result<()> {
-        let generation = self.change(|c| c.begin_refresh());
-        let listed = self.remote.list(keys::VOLUMES)?;
-        let mut names = HashSet::new();
-        let mut changed = Vec::new();
-        for l in &listed {
-            let name = l.key[keys::VOLUMES.len()..].to_string();
-            if !self.change(|c| c.saw_volume(&name, (l.size, l.modified_ms))) {
-                changed.push((name.clone(), (l.size, l.modified_ms)));
-            }
-            names.insert(name);
-        }
-        let keys: Vec<String> = changed
-            .iter()
-            .map(|(n, _)| volume_objects::volume_key(n))
-            .collect();
-        self.remote.for_each_object(&keys, |i, body| {
-            let (name, listed) = &changed[i];
-            let body = match body {
-                Ok(b) => b,
-                Err(Error::NotFound(_)) => return Ok(()), // deleted since the listing
-                Err(e) => return Err(e),
-            };
-            match Head::decode(name, &body) {
-                Ok(head) => self
-                    .change(|c| c.put_volume(name, head, None, Some(*listed), body.len() as u64)),
-                Err(e) => {
-                    tracing::error!("volume {name}: head unreadable: {e}");
-                    self.change(|c| c.note_damaged_volume(name, e.to_string()));
-                }
-            }
-            Ok(())
-        })?;
-        self.change(|c| c.confirm_volumes(&names, generation));
-
-        let generation = self.change(|c| c.begin_refresh());
-        let listed = self.remote.list(keys::LAYERS)?;
-        let mut deltas: HashMap<LayerId, HashSet<u64>> = HashMap::new();
-        self.change(|c| {
-            for l in &listed {
-                if let Some((layer, seq)) = volume_objects::parse_delta_key(&l.key) {
-                    c.note_delta(layer, seq, l.size, Some(l.modified_ms));
-                    deltas.entry(layer).or_default().insert(seq);
-                }
-            }
-            c.confirm_layers(&deltas, generation);
-        });
-        let layers: Vec<LayerId> = self.read(|c| c.layer_ids());
-        self.load_layers(&layers)
     }
 
     /// Fetches the deltas of `layers` not applied yet (those the catalog knows of) and applies

@@ -135,9 +135,25 @@ impl Leases {
         Ok((head, etag, bytes.len() as u64))
     }
 
+    /// Appends `event` to the log, waiting for its record. If that fails, the event goes again
+    /// with the next record (and so before any later commit of this server is acknowledged),
+    /// and the error says so.
+    fn tell(&self, event: Event) -> Result<()> {
+        match self.log.commit(event.clone()) {
+            (_, Ok(())) => Ok(()),
+            (_, Err(e)) => {
+                self.log.note(event);
+                Err(Error::Unavailable(format!(
+                    "{e}; other servers learn of it with this server's next record"
+                )))
+            }
+        }
+    }
+
     /// Writes a new version of a head over the one whose ETag is `etag`; `tell` logs it for
     /// other servers (a change of the lease alone is not: a server about to write reads the
-    /// head fresh anyway).
+    /// head fresh anyway). The head is replaced even if the log cannot say so yet: it does
+    /// with the next record, which any later commit of this server waits for.
     fn replace(&self, name: &str, head: &Head, etag: &str, tell: bool) -> Result<String> {
         let body = head.encode();
         let len = body.len() as u64;
@@ -151,7 +167,9 @@ impl Leases {
         self.view
             .change(|c| c.put_volume(name, head.clone(), Some(new.clone()), None, len));
         if tell {
-            self.log.note(Event::HeadChanged { name: name.into() });
+            if let Err(e) = self.tell(Event::HeadChanged { name: name.into() }) {
+                tracing::warn!("volume {name}: {e}");
+            }
         }
         Ok(new)
     }
@@ -418,16 +436,18 @@ impl Leases {
                 "volume {name}: the commit took longer than this server's hold on the volume"
             )));
         }
+        // No older than now: what the collection of a layer no volume names goes by.
+        let written = self.bucket_now().ok();
         self.view.change(|c| {
-            c.note_delta(layer, seq, len, None);
+            c.note_delta(layer, seq, len, written);
             c.apply_delta(&delta);
         });
-        self.log.note(Event::DeltaAdded {
+        self.tell(Event::DeltaAdded {
             layer,
             seq,
             size: len,
-        });
-        Ok(())
+        })
+        .map_err(|e| Error::Unavailable(format!("volume {name}: a commit is not logged: {e}")))
     }
 
     /// Clears `chunks` of a writable volume: the top layer's rows in the range go, and hole rows
@@ -477,8 +497,8 @@ impl Leases {
         };
         self.view
             .change(|c| c.put_volume(name, head.clone(), etag, None, len));
-        self.log.note(Event::HeadChanged { name: name.into() });
-        Ok(())
+        self.tell(Event::HeadChanged { name: name.into() })
+            .map_err(|e| Error::Unavailable(format!("volume {name} was created: {e}")))
     }
 
     /// A snapshot of `source` (held here, or taken for the moment), or with `writable` a clone
@@ -595,8 +615,8 @@ impl Leases {
         lock(&self.held).remove(name);
         self.remote.delete(&volume_key(name))?;
         self.view.change(|c| c.remove_volume(name));
-        self.log.note(Event::HeadChanged { name: name.into() });
-        Ok(())
+        self.tell(Event::HeadChanged { name: name.into() })
+            .map_err(|e| Error::Unavailable(format!("volume {name} was deleted: {e}")))
     }
 }
 

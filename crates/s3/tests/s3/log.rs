@@ -510,3 +510,32 @@ fn a_block_this_server_freed_is_not_brought_back_by_another_servers_record() {
         "B's record brought back a block A freed"
     );
 }
+
+#[test]
+fn volumes_are_learnt_from_the_log_at_open_and_in_the_sweep() {
+    let location = fresh_location();
+    let a = open(&location, following());
+    let c = chunk(50, 4096);
+    a.create_volume(&record("v")).unwrap();
+    a.acquire_volume("v").unwrap();
+    write(&a, "v", &[(1, &c)]).unwrap();
+    a.release_volume("v");
+    a.snapshot_volume("v", "s", false).unwrap();
+
+    let (b, faulty) = watched(&location);
+    b.sweep().unwrap();
+    let listed = faulty.take_listed();
+    assert!(
+        !listed
+            .iter()
+            .any(|p| p.contains("/volumes") || p.contains("/layers")),
+        "an open and a sweep list no volume heads or layers: {listed:?}"
+    );
+    let mut names: Vec<String> = b.volumes().unwrap().into_iter().map(|v| v.name).collect();
+    names.sort();
+    assert_eq!(names, ["s", "v"]);
+    for name in ["v", "s"] {
+        let map: Vec<_> = map_of(&b, name).into_iter().collect();
+        assert_eq!(map, vec![(1, entry(&c))], "{name}");
+    }
+}

@@ -250,4 +250,11 @@ fn deleted_volumes_leave_nothing_once_the_grace_period_passed() {
     let b = open(&location, shared_options(grace));
     assert!(b.volumes().unwrap().is_empty());
     assert_eq!(b.totals().chunks, 0);
+    // The log said the layers went: a server opened later has none left to collect.
+    let report = b.sweep().unwrap();
+    assert_eq!(
+        (report.layers_condemned, report.layers_deleted),
+        (0, 0),
+        "{report:?}"
+    );
 }
