@@ -28,10 +28,10 @@ struct Placement {
     listed: Instant,
 }
 
-/// An event queued: a commit's (waiting under `ticket` for its record), or news.
+/// Events queued together: a commit's (waiting under `ticket` for its record), or news.
 #[derive(Debug)]
 struct Entry {
-    event: Event,
+    events: Vec<Event>,
     ticket: Option<u64>,
 }
 
@@ -94,7 +94,7 @@ impl LogWriter {
     /// next record.
     pub fn note(&self, event: Event) {
         lock(&self.state).queue.push_back(Entry {
-            event,
+            events: vec![event],
             ticket: None,
         });
     }
@@ -104,11 +104,18 @@ impl LogWriter {
     /// event may or may not be in the bucket (a PUT that returned too late, or whose answer
     /// was lost): the caller cancels what it must.
     pub fn commit(&self, event: Event) -> (Origin, Result<()>) {
+        self.commit_all(vec![event])
+    }
+
+    /// [`LogWriter::commit`] for several events that go in one record (at most half of
+    /// [`MAX_EVENTS`]).
+    pub fn commit_all(&self, events: Vec<Event>) -> (Origin, Result<()>) {
+        assert!(events.len() <= MAX_EVENTS / 2, "{} events", events.len());
         let mut state = lock(&self.state);
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.queue.push_back(Entry {
-            event,
+            events,
             ticket: Some(ticket),
         });
         loop {
@@ -161,13 +168,20 @@ impl LogWriter {
                 return Ok(());
             }
             state.writing = true;
-            let n = state.queue.len().min(MAX_EVENTS);
-            let batch: Vec<Entry> = state.queue.drain(..n).collect();
+            let mut batch = Vec::new();
+            let mut n = 0;
+            while let Some(entry) = state.queue.front() {
+                if n + entry.events.len() > MAX_EVENTS {
+                    break;
+                }
+                n += entry.events.len();
+                batch.push(state.queue.pop_front().expect("front"));
+            }
             let seq = state.next_seq;
             state.next_seq += 1;
             (batch, seq)
         };
-        let events: Vec<Event> = batch.iter().map(|e| e.event.clone()).collect();
+        let events: Vec<Event> = batch.iter().flat_map(|e| e.events.clone()).collect();
         let result = self.append(seq, events);
         let mut state = lock(&self.state);
         state.writing = false;

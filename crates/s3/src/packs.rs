@@ -76,23 +76,30 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Uploads a sealed pack and makes its chunks findable; wakes the commits waiting for it.
+    /// Uploads a sealed pack and makes its chunks findable, then writes the record of the
+    /// commits that joined it (`PackSlot::join`); wakes the commits waiting for either.
     fn upload(&self, slot: &PackSlot, (bytes, entries): Sealed) -> Result<()> {
         let size = bytes.len() as u64;
-        let result = self.remote.put(&keys::pack(&slot.name), bytes, false);
-        if result.is_ok() {
-            self.log.note(Event::PackAdded {
-                name: slot.name.clone(),
-                size,
-                entries: entries.clone(),
-            });
-            self.gate.record(|stamp| {
-                self.view
-                    .change(|c| c.add_pack(&slot.name, size, None, entries, Some(stamp)))
-            });
+        if let Err(e) = self.remote.put(&keys::pack(&slot.name), bytes, false) {
+            slot.fail_upload(&e);
+            return Err(e);
         }
-        slot.finish_upload(&result);
-        result
+        self.log.note(Event::PackAdded {
+            name: slot.name.clone(),
+            size,
+            entries: entries.clone(),
+        });
+        self.gate.record(|stamp| {
+            self.view
+                .change(|c| c.add_pack(&slot.name, size, None, entries, Some(stamp)))
+        });
+        let joined = slot.begin_logging();
+        if !joined.is_empty() {
+            // The pack's news rides in the same record, ahead of the blocks.
+            let (origin, written) = self.log.commit_all(joined);
+            slot.finish_logging(origin, &written);
+        }
+        Ok(())
     }
 }
 

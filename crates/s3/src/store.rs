@@ -49,7 +49,7 @@ use crate::housekeeper::{start_housekeeper, Housekeeper};
 use crate::keys;
 use crate::location::S3Location;
 use crate::log_reader::LogReader;
-use crate::log_record::Event;
+use crate::log_record::{Event, Origin};
 use crate::log_writer::LogWriter;
 use crate::meta::{open_identity, Identity};
 use crate::packs::{slots_of, PackWriter};
@@ -60,7 +60,7 @@ use crate::sweep::{SweepReport, Sweeper};
 use crate::sync::lock;
 use crate::view::View;
 use crate::volumes::{record_of, usage_of, Leases};
-use crate::writer::{StagedNote, Writer};
+use crate::writer::{PackSlot, StagedNote, Writer};
 
 /// How a bucket store behaves; the defaults suit several servers on one bucket.
 #[derive(Debug, Clone, Copy)]
@@ -171,6 +171,24 @@ impl Parts {
     /// copied out (with a view of the marks fresh enough for the commit to land within the
     /// grace period).
     fn land(&self, what: &str, refs: &[ChunkId], staged: &[StagedChunk]) -> Result<()> {
+        for slot in self.prepare(what, refs, staged)? {
+            self.packs.ensure_uploaded(&slot)?;
+        }
+        Ok(())
+    }
+
+    /// [`Parts::land`] but for the uploads: checks what a commit names, looks at the marks and
+    /// rescues what only condemned packs hold; returns the packs its staged chunks are in.
+    ///
+    /// The marks may be looked at before the uploads: a commit waits at most for its own
+    /// upload and one other, bounded by the request timeouts, far below the quarter of the
+    /// grace period the argument leaves for it (docs/design.md, "Garbage collection").
+    fn prepare(
+        &self,
+        what: &str,
+        refs: &[ChunkId],
+        staged: &[StagedChunk],
+    ) -> Result<Vec<Arc<PackSlot>>> {
         let mut staged_ids = HashSet::new();
         let mut notes = Vec::with_capacity(staged.len());
         for s in staged {
@@ -189,11 +207,28 @@ impl Parts {
                 "{what} refers to chunk {chunk:?}, which was neither staged nor stored"
             )));
         }
-        for slot in slots_of(notes) {
-            self.packs.ensure_uploaded(&slot)?;
-        }
         self.fresh_marks()?;
-        self.sweeper.rescue_chunks(refs.iter().copied())
+        // The staged chunks are in this commit's own packs, new and not in the bucket yet.
+        self.sweeper
+            .rescue_chunks(refs.iter().filter(|c| !staged_ids.contains(c)).copied())?;
+        Ok(slots_of(notes))
+    }
+
+    /// Writes a block's record: with the record of the pack its chunks are in if it has one
+    /// (joining it while the pack is not in the bucket yet: one record for every commit of
+    /// the pack), else a record of its own once every pack it needs is uploaded. Returns the
+    /// record and how its write ended; an error before any record was attempted.
+    fn log_block(&self, slots: Vec<Arc<PackSlot>>, event: Event) -> Result<(Origin, Result<()>)> {
+        if let [slot] = &slots[..] {
+            if slot.join(event.clone()) {
+                self.packs.ensure_uploaded(slot)?;
+                return slot.wait_logged();
+            }
+        }
+        for slot in &slots {
+            self.packs.ensure_uploaded(slot)?;
+        }
+        Ok(self.log.commit(event))
     }
 
     /// Condemnation marks seen recently enough for a commit relying on them.
@@ -438,16 +473,21 @@ impl BlockStore for S3Store {
             return Err(Error::AlreadyExists(What::Block(id)));
         }
         let refs: Vec<ChunkId> = manifest.chunk_refs().copied().collect();
-        p.land(&format!("block {id}"), &refs, &staged)?;
-        // Once its record is attempted, an imported id stays held whatever happens: the record
-        // may be in the bucket.
-        let imported = lock(&p.reservations).remove(&id);
+        let slots = p.prepare(&format!("block {id}"), &refs, &staged)?;
+        let imported = lock(&p.reservations).contains(&id);
         let manifest = Arc::new(manifest.clone());
-        let (origin, written) = p.log.commit(Event::BlockAdded {
+        let event = Event::BlockAdded {
             id,
             manifest: Arc::clone(&manifest),
             imported,
-        });
+        };
+        let logged = p.log_block(slots, event);
+        // Once its record is attempted, an imported id stays held whatever happens: the record
+        // may be in the bucket.
+        if logged.is_ok() {
+            lock(&p.reservations).remove(&id);
+        }
+        let (origin, written) = logged?;
         if let Err(e) = written {
             // The record may be in the bucket all the same (it returned too late, or its
             // answer was lost): the block is cancelled, so that no server keeps it.

@@ -21,22 +21,38 @@ use std::sync::{Arc, Condvar, Mutex};
 use aetherflow_store::{ChunkInfo, Error, Result};
 use bytes::Bytes;
 
+use crate::log_record::{self, Event, Origin};
 use crate::pack::PackBuilder;
 
 enum SlotState {
     /// Being filled.
     Open(PackBuilder),
     Uploading,
-    Uploaded,
+    /// In the bucket; the record of the commits that joined it is being written.
+    Logging,
+    /// In the bucket, with how the record of the commits that joined it ended (`None`: none
+    /// joined).
+    Uploaded(Option<(Origin, std::result::Result<(), String>)>),
     Failed(String),
 }
 
-/// One pack object, from its first staged chunk to its upload.
+/// A slot's state and the log events of the commits that joined it.
+struct SlotInner {
+    state: SlotState,
+    events: Vec<Event>,
+}
+
+/// One pack object, from its first staged chunk to its upload, and the log record of the
+/// commits that wait for it: whoever uploads the pack writes their record right after, so
+/// that a group of commits costs one pack PUT and one record PUT.
 pub struct PackSlot {
     pub name: String,
-    state: Mutex<SlotState>,
+    inner: Mutex<SlotInner>,
     settled: Condvar,
 }
+
+/// Commits' events one pack's record holds at most: more go in records of their own.
+const MAX_JOINED: usize = log_record::MAX_EVENTS / 2;
 
 impl std::fmt::Debug for PackSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,8 +131,8 @@ impl Writer {
         let slot = Arc::clone(&current);
         let mut notes = Vec::with_capacity(records.len());
         let full = {
-            let mut state = slot.state.lock().expect("slot lock");
-            let SlotState::Open(builder) = &mut *state else {
+            let mut inner = slot.inner.lock().expect("slot lock");
+            let SlotState::Open(builder) = &mut inner.state else {
                 unreachable!("the current slot is always open");
             };
             for (info, payload) in records {
@@ -169,22 +185,91 @@ impl PackSlot {
     fn new(name: String) -> PackSlot {
         PackSlot {
             name,
-            state: Mutex::new(SlotState::Open(PackBuilder::new())),
+            inner: Mutex::new(SlotInner {
+                state: SlotState::Open(PackBuilder::new()),
+                events: Vec::new(),
+            }),
             settled: Condvar::new(),
         }
     }
 
     fn is_open(&self) -> bool {
-        matches!(*self.state.lock().expect("slot lock"), SlotState::Open(_))
+        matches!(
+            self.inner.lock().expect("slot lock").state,
+            SlotState::Open(_)
+        )
     }
 
     fn take_for_upload(&self) -> Option<Sealed> {
-        let mut state = self.state.lock().expect("slot lock");
-        match std::mem::replace(&mut *state, SlotState::Uploading) {
+        let mut inner = self.inner.lock().expect("slot lock");
+        match std::mem::replace(&mut inner.state, SlotState::Uploading) {
             SlotState::Open(builder) => Some(builder.finish()),
             other => {
-                *state = other;
+                inner.state = other;
                 None
+            }
+        }
+    }
+
+    /// Joins a commit's log event to this pack's record, if the pack is not in the bucket
+    /// yet (and its record not full); `false` otherwise, and the commit writes its own.
+    pub fn join(&self, event: Event) -> bool {
+        let mut inner = self.inner.lock().expect("slot lock");
+        let open = matches!(inner.state, SlotState::Open(_) | SlotState::Uploading);
+        if !open || inner.events.len() >= MAX_JOINED {
+            return false;
+        }
+        inner.events.push(event);
+        true
+    }
+
+    /// After a successful upload: the events joined so far, for the uploader to write as
+    /// one record; no more join. Empty if none did (the pack is then settled at once).
+    pub fn begin_logging(&self) -> Vec<Event> {
+        let mut inner = self.inner.lock().expect("slot lock");
+        let events = std::mem::take(&mut inner.events);
+        inner.state = if events.is_empty() {
+            SlotState::Uploaded(None)
+        } else {
+            SlotState::Logging
+        };
+        drop(inner);
+        self.settled.notify_all();
+        events
+    }
+
+    /// Records how the joined commits' record ended, and wakes them.
+    pub fn finish_logging(&self, origin: Origin, result: &Result<()>) {
+        let mut inner = self.inner.lock().expect("slot lock");
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        inner.state = SlotState::Uploaded(Some((origin, outcome)));
+        drop(inner);
+        self.settled.notify_all();
+    }
+
+    /// For a commit that joined: waits for the pack and its record; returns the record and
+    /// how its write ended (an error if the pack itself could not be uploaded).
+    pub fn wait_logged(&self) -> Result<(Origin, Result<()>)> {
+        let mut inner = self.inner.lock().expect("slot lock");
+        loop {
+            match &inner.state {
+                SlotState::Uploaded(Some((origin, outcome))) => {
+                    let outcome = outcome.clone().map_err(Error::Unavailable);
+                    return Ok((origin.clone(), outcome));
+                }
+                SlotState::Uploaded(None) => {
+                    unreachable!("a pack a commit joined is logged before it settles")
+                }
+                SlotState::Failed(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "uploading pack {} failed: {e}",
+                        self.name
+                    )))
+                }
+                SlotState::Open(_) => unreachable!("a slot is sealed before anyone waits for it"),
+                SlotState::Uploading | SlotState::Logging => {
+                    inner = self.settled.wait(inner).expect("slot lock");
+                }
             }
         }
     }
@@ -193,29 +278,29 @@ impl PackSlot {
     /// check the stored bytes against what the committer vouched for. A pack already sealed
     /// keeps the description given when the chunk was staged.
     pub fn restate(&self, entry: usize, info: &ChunkInfo) {
-        if let SlotState::Open(builder) = &mut *self.state.lock().expect("slot lock") {
+        if let SlotState::Open(builder) = &mut self.inner.lock().expect("slot lock").state {
             if builder.entry(entry).1 != *info {
                 builder.restate(entry, info);
             }
         }
     }
 
-    /// Records the end of this pack's upload and wakes the commits waiting for it.
-    pub fn finish_upload(&self, result: &Result<()>) {
-        let mut state = self.state.lock().expect("slot lock");
-        *state = match result {
-            Ok(()) => SlotState::Uploaded,
-            Err(e) => SlotState::Failed(e.to_string()),
-        };
+    /// Records that this pack's upload failed and wakes the commits waiting for it (a
+    /// success is [`PackSlot::begin_logging`]).
+    pub fn fail_upload(&self, e: &Error) {
+        let mut inner = self.inner.lock().expect("slot lock");
+        inner.state = SlotState::Failed(e.to_string());
+        inner.events.clear();
+        drop(inner);
         self.settled.notify_all();
     }
 
     /// Waits until the pack is in the bucket (or its upload failed).
     pub fn wait_uploaded(&self) -> Result<()> {
-        let mut state = self.state.lock().expect("slot lock");
+        let mut inner = self.inner.lock().expect("slot lock");
         loop {
-            match &*state {
-                SlotState::Uploaded => return Ok(()),
+            match &inner.state {
+                SlotState::Uploaded(_) | SlotState::Logging => return Ok(()),
                 SlotState::Failed(e) => {
                     return Err(Error::Unavailable(format!(
                         "uploading pack {} failed: {e}",
@@ -226,7 +311,7 @@ impl PackSlot {
                     unreachable!("a slot is sealed before anyone waits for it")
                 }
                 SlotState::Uploading => {
-                    state = self.settled.wait(state).expect("slot lock");
+                    inner = self.settled.wait(inner).expect("slot lock");
                 }
             }
         }
@@ -256,6 +341,42 @@ mod tests {
         let (mut notes, full) = writer.stage(&[(info, &payload)]);
         assert!(full.is_none());
         notes.remove(0).slot
+    }
+
+    fn event(n: u8) -> Event {
+        Event::HeadChanged {
+            name: format!("v{n}"),
+        }
+    }
+
+    #[test]
+    fn commits_join_a_pack_until_it_is_in_the_bucket_and_learn_its_record() {
+        let writer = Writer::new("w".into(), 1 << 20, 1);
+        let slot = stage(&writer, 1);
+        assert!(slot.join(event(1)), "open");
+        let (_sealed, _turn) = writer.seal_for_commit(&slot).expect("seals");
+        assert!(slot.join(event(2)), "uploading");
+        assert_eq!(slot.begin_logging(), vec![event(1), event(2)]);
+        assert!(
+            !slot.join(event(3)),
+            "in the bucket: its record is being written"
+        );
+        let origin = Origin {
+            writer: "w".into(),
+            seq: 4,
+        };
+        slot.finish_logging(origin.clone(), &Ok(()));
+        let (logged, written) = slot.wait_logged().unwrap();
+        assert_eq!(logged, origin);
+        assert!(written.is_ok());
+        slot.wait_uploaded().unwrap();
+
+        // A pack whose upload fails writes no record: its commits learn that.
+        let failed = stage(&writer, 2);
+        assert!(failed.join(event(4)));
+        let _ = writer.seal(&failed).expect("seals");
+        failed.fail_upload(&Error::Unavailable("down".into()));
+        assert!(failed.wait_logged().is_err());
     }
 
     #[test]

@@ -539,3 +539,50 @@ fn volumes_are_learnt_from_the_log_at_open_and_in_the_sweep() {
         assert_eq!(map, vec![(1, entry(&c))], "{name}");
     }
 }
+
+#[test]
+fn commits_whose_chunks_share_a_pack_share_its_record() {
+    let (store, faulty) = faulty_store(logging());
+    let store = std::sync::Arc::new(store);
+    let (a, b) = (chunk(70, 3000), chunk(71, 3000));
+    let _pin = store.pin();
+    // Both blocks' chunks go into the one open pack; its upload answers slowly.
+    let staged_a = store.stage_chunks(std::slice::from_ref(&a)).unwrap();
+    let staged_b = store.stage_chunks(std::slice::from_ref(&b)).unwrap();
+    faulty.inject("packs/", Fault::SlowPut(Duration::from_millis(700)));
+    let (id_a, id_b) = (BlockId::random(), BlockId::random());
+    let first = {
+        let (store, a) = (store.clone(), a.clone());
+        std::thread::spawn(move || store.commit_block(id_a, &manifest_of(&[&a], 0), staged_a))
+    };
+    std::thread::sleep(Duration::from_millis(200)); // the first commit is uploading the pack
+    store
+        .commit_block(id_b, &manifest_of(&[&b], 0), staged_b)
+        .unwrap();
+    first.join().unwrap().unwrap();
+    faulty.heal();
+
+    let (records, _) = log_of(store.location());
+    let with_blocks: Vec<Vec<BlockId>> = records
+        .iter()
+        .map(|r| {
+            r.events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::BlockAdded { id, .. } => Some(*id),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|ids| !ids.is_empty())
+        .collect();
+    assert_eq!(with_blocks.len(), 1, "one record for both: {with_blocks:?}");
+    assert_eq!(with_blocks[0].len(), 2);
+    assert!(
+        records
+            .iter()
+            .flat_map(|r| &r.events)
+            .any(|e| matches!(e, Event::PackAdded { .. })),
+        "with the pack's news"
+    );
+}
