@@ -12,6 +12,7 @@
 #   bash bench/s3_commits.sh
 #   BYTES=64MiB CLIENTS="1 16" UPLOADS="2" bash bench/s3_commits.sh     # a quick check
 #   BEFORE=target/before/release/aetherflow LIMITS=2 bash bench/s3_commits.sh
+# ROUNDS=N runs every row N times (interleaved) and ends with each row's median.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +24,7 @@ clients=${CLIENTS:-1 4 16}
 uploads=${UPLOADS:-1 2 4}
 limits=${LIMITS:-0 $uploads}
 before=${BEFORE:-}
+rounds=${ROUNDS:-1}
 [[ -z $before || -x $before ]] || { echo "BEFORE=$before is not an executable" >&2; exit 2; }
 cd "$top"
 
@@ -57,12 +59,15 @@ echo "# Group commit on S3 (SeaweedFS $(weed version 2>/dev/null | awk '{ print 
 echo
 echo "| build | clients | --commit-uploads | PUTs per block | allocate p50 ms | allocate p99 ms | MB/s |"
 echo "|---|---:|---|---:|---:|---:|---:|"
-for n in $clients; do
+rows=$work/rows.txt
+: > "$rows"
+for round in $(seq "$rounds"); do
+ for n in $clients; do
   for u in $limits; do
    for build in ${before:+before} this; do
     bin=$this_build
     [[ $build == before ]] && bin=$before
-    label=c$n-u$u-$build
+    label=c$n-u$u-$build-r$round
     serve_start "$work/server-$label.log" --cache-size 50MiB --gc-grace 15m --commit-uploads "$u" \
       --store "s3://$AF_S3_BUCKET/$run/$label?endpoint=$AF_S3_ENDPOINT"
     "$load" blocks --url "$serve_url" --source "$tar_file" --bytes "$bytes" --conns "$n" \
@@ -73,7 +78,30 @@ for n in $clients; do
     [[ $(get "$label.verified") == "$(get "$label.blocks")" ]] ||
       { echo "$label: blocks read back differ" >&2; exit 1; }
     puts=$(awk -v p="$(get "$label.alloc.put")" -v b="$(get "$label.blocks")" 'BEGIN { printf "%.2f", p / b }')
-    echo "| $build | $n | $u | $puts | $(get "$label-alloc.allocate.p50_ms") | $(get "$label-alloc.allocate.p99_ms") | $(get "$label.alloc_mbps") |"
+    row="$puts $(get "$label-alloc.allocate.p50_ms") $(get "$label-alloc.allocate.p99_ms") $(get "$label.alloc_mbps")"
+    echo "$build $n $u $row" >> "$rows"
+    echo "| $build | $n | $u | ${row// / | } |"
    done
   done
+ done
 done
+if (( rounds > 1 )); then
+  echo
+  echo "Medians of $rounds rounds:"
+  echo
+  echo "| build | clients | --commit-uploads | PUTs per block | allocate p50 ms | allocate p99 ms | MB/s |"
+  echo "|---|---:|---|---:|---:|---:|---:|"
+  for n in $clients; do
+    for u in $limits; do
+      for build in ${before:+before} this; do
+        medians=""
+        for col in 4 5 6 7; do
+          m=$(awk -v b="$build" -v n="$n" -v u="$u" -v c="$col" '$1 == b && $2 == n && $3 == u { print $c }' "$rows" |
+            sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+          medians="$medians | $m"
+        done
+        echo "| $build | $n | $u$medians |"
+      done
+    done
+  done
+fi
