@@ -208,10 +208,13 @@ impl LogReader {
     ) -> Result<()> {
         // An acknowledged record's PUT returned within G/2 of a listing that began before
         // marker e+1 was written; with the bucket's whole seconds its date can lie a second
-        // past that marker's plus G/2, never at or past its plus G plus a second.
+        // past that marker's plus G/2, never at or past its plus G plus a second. Without a
+        // grace period there is no such bound (one server alone writes and reads the bucket,
+        // placing records by a listing up to a minute old): no record is late.
         let late_from = self
             .markers
             .get(&(e + 1))
+            .filter(|_| !self.grace.is_zero())
             .map(|m| m + self.grace.as_millis() as i64 + SLACK_MS);
         // A damaged record removed from the bucket (by hand) no longer stops collection.
         self.damaged
@@ -312,7 +315,14 @@ impl LogReader {
             return Ok(());
         }
         match remote.create(&log_record::epoch_marker(current + 1), Bytes::new()) {
-            Ok(_) | Err(Error::AlreadyExists(_)) => Ok(()),
+            Ok(_) => {
+                // Epoch current + 2 cannot begin before this marker existed: this server's
+                // records may go into current + 1 at once (the writer rule's argument holds
+                // with this creation in the place of a listing).
+                self.seen_epoch.fetch_max(current + 1, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(Error::AlreadyExists(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -33,6 +33,9 @@ struct Placement {
 struct Entry {
     events: Vec<Event>,
     ticket: Option<u64>,
+    /// When the listing of condemned marks the commit relied on began (see
+    /// [`LogWriter::commit_all`]).
+    marks_at: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +99,7 @@ impl LogWriter {
         lock(&self.state).queue.push_back(Entry {
             events: vec![event],
             ticket: None,
+            marks_at: None,
         });
     }
 
@@ -104,12 +108,20 @@ impl LogWriter {
     /// event may or may not be in the bucket (a PUT that returned too late, or whose answer
     /// was lost): the caller cancels what it must.
     pub fn commit(&self, event: Event) -> (Origin, Result<()>) {
-        self.commit_all(vec![event])
+        self.commit_all(vec![event], None)
     }
 
     /// [`LogWriter::commit`] for several events that go in one record (at most half of
-    /// [`MAX_EVENTS`]).
-    pub fn commit_all(&self, events: Vec<Event>) -> (Origin, Result<()>) {
+    /// [`MAX_EVENTS`]). `marks_at`: when the listing of condemned marks began that the
+    /// commits relied on (that no chunk they name is only in a condemned pack). The record is
+    /// then placed by a listing of epochs begun at most G/2 after it, or not written at all:
+    /// it returns within G/2 of its placement, so within G of that view of the marks, before
+    /// any mark it did not see is G old (docs/design.md, "Garbage collection").
+    pub fn commit_all(
+        &self,
+        events: Vec<Event>,
+        marks_at: Option<Instant>,
+    ) -> (Origin, Result<()>) {
         assert!(events.len() <= MAX_EVENTS / 2, "{} events", events.len());
         let mut state = lock(&self.state);
         let ticket = state.next_ticket;
@@ -117,6 +129,7 @@ impl LogWriter {
         state.queue.push_back(Entry {
             events,
             ticket: Some(ticket),
+            marks_at,
         });
         loop {
             if let Some((seq, outcome)) = state.outcomes.remove(&ticket) {
@@ -182,7 +195,15 @@ impl LogWriter {
             (batch, seq)
         };
         let events: Vec<Event> = batch.iter().flat_map(|e| e.events.clone()).collect();
-        let result = self.append(seq, events);
+        let marks_at = batch.iter().filter_map(|e| e.marks_at).min();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.append(seq, events, marks_at)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::Unavailable(
+                "writing a log record failed on a bug (logged above)".into(),
+            ))
+        });
         let mut state = lock(&self.state);
         state.writing = false;
         let mut news = Vec::new();
@@ -206,9 +227,19 @@ impl LogWriter {
         result
     }
 
-    /// Writes record `seq` of `events` into the current epoch.
-    fn append(&self, seq: u64, events: Vec<Event>) -> Result<()> {
+    /// Writes record `seq` of `events` into the current epoch (see [`LogWriter::commit_all`]
+    /// for `marks_at`).
+    fn append(&self, seq: u64, events: Vec<Event>, marks_at: Option<Instant>) -> Result<()> {
         let placement = self.placement()?;
+        if let (Some(seen), Some(within)) = (marks_at, self.return_within) {
+            let age = placement.listed.saturating_duration_since(seen);
+            if age > within {
+                return Err(Error::Unavailable(format!(
+                    "the view of condemned packs these commits relied on was {age:?} old when \
+                     their record was placed (more than {within:?}): not written"
+                )));
+            }
+        }
         let record = LogRecord {
             writer: self.writer.to_string(),
             seq,

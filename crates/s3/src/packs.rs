@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use aetherflow_store::epoch::EpochGate;
-use aetherflow_store::{ChunkInfo, Result};
+use aetherflow_store::{ChunkInfo, Error, Result};
 use bytes::Bytes;
 
 use crate::keys;
@@ -78,7 +78,22 @@ impl PackWriter {
 
     /// Uploads a sealed pack and makes its chunks findable, then writes the record of the
     /// commits that joined it (`PackSlot::join`); wakes the commits waiting for either.
-    fn upload(&self, slot: &PackSlot, (bytes, entries): Sealed) -> Result<()> {
+    fn upload(&self, slot: &PackSlot, sealed: Sealed) -> Result<()> {
+        // A bug must not leave the commits that wait for this pack waiting for ever.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.upload_now(slot, sealed)
+        }))
+        .unwrap_or_else(|_| {
+            let e = Error::Unavailable(format!(
+                "uploading pack {} failed on a bug (logged above)",
+                slot.name
+            ));
+            slot.fail_upload(&e);
+            Err(e)
+        })
+    }
+
+    fn upload_now(&self, slot: &PackSlot, (bytes, entries): Sealed) -> Result<()> {
         let size = bytes.len() as u64;
         if let Err(e) = self.remote.put(&keys::pack(&slot.name), bytes, false) {
             slot.fail_upload(&e);
@@ -93,10 +108,10 @@ impl PackWriter {
             self.view
                 .change(|c| c.add_pack(&slot.name, size, None, entries, Some(stamp)))
         });
-        let joined = slot.begin_logging();
+        let (joined, marks_at) = slot.begin_logging();
         if !joined.is_empty() {
             // The pack's news rides in the same record, ahead of the blocks.
-            let (origin, written) = self.log.commit_all(joined);
+            let (origin, written) = self.log.commit_all(joined, marks_at);
             slot.finish_logging(origin, &written);
         }
         Ok(())

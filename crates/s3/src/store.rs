@@ -171,24 +171,21 @@ impl Parts {
     /// copied out (with a view of the marks fresh enough for the commit to land within the
     /// grace period).
     fn land(&self, what: &str, refs: &[ChunkId], staged: &[StagedChunk]) -> Result<()> {
-        for slot in self.prepare(what, refs, staged)? {
-            self.packs.ensure_uploaded(&slot)?;
+        let (slots, staged_ids) = self.check_refs(what, refs, staged)?;
+        for slot in &slots {
+            self.packs.ensure_uploaded(slot)?;
         }
-        Ok(())
+        self.secure(refs, &staged_ids).map(|_| ())
     }
 
-    /// [`Parts::land`] but for the uploads: checks what a commit names, looks at the marks and
-    /// rescues what only condemned packs hold; returns the packs its staged chunks are in.
-    ///
-    /// The marks may be looked at before the uploads: a commit waits at most for its own
-    /// upload and one other, bounded by the request timeouts, far below the quarter of the
-    /// grace period the argument leaves for it (docs/design.md, "Garbage collection").
-    fn prepare(
+    /// Checks that every chunk a commit names is staged for it or held; returns the packs its
+    /// staged chunks are in, and their ids.
+    fn check_refs(
         &self,
         what: &str,
         refs: &[ChunkId],
         staged: &[StagedChunk],
-    ) -> Result<Vec<Arc<PackSlot>>> {
+    ) -> Result<(Vec<Arc<PackSlot>>, HashSet<ChunkId>)> {
         let mut staged_ids = HashSet::new();
         let mut notes = Vec::with_capacity(staged.len());
         for s in staged {
@@ -207,20 +204,44 @@ impl Parts {
                 "{what} refers to chunk {chunk:?}, which was neither staged nor stored"
             )));
         }
+        Ok((slots_of(notes), staged_ids))
+    }
+
+    /// Looks at the condemned marks (fresh within G/4) and copies out every chunk a commit
+    /// names, not staged for it, that only condemned packs hold; returns when the listing of
+    /// marks relied on began (`None` without a grace period), for the writer rule of its
+    /// record (`LogWriter::commit_all`).
+    fn secure(
+        &self,
+        refs: &[ChunkId],
+        staged_ids: &HashSet<ChunkId>,
+    ) -> Result<Option<std::time::Instant>> {
         self.fresh_marks()?;
-        // The staged chunks are in this commit's own packs, new and not in the bucket yet.
+        let marks_at = if self.options.grace.is_zero() {
+            None
+        } else {
+            self.view.marks_listed_at()
+        };
+        // The staged chunks are in this commit's own packs, new and not condemned.
         self.sweeper
             .rescue_chunks(refs.iter().filter(|c| !staged_ids.contains(c)).copied())?;
-        Ok(slots_of(notes))
+        Ok(marks_at)
     }
 
     /// Writes a block's record: with the record of the pack its chunks are in if it has one
     /// (joining it while the pack is not in the bucket yet: one record for every commit of
     /// the pack), else a record of its own once every pack it needs is uploaded. Returns the
-    /// record and how its write ended; an error before any record was attempted.
-    fn log_block(&self, slots: Vec<Arc<PackSlot>>, event: Event) -> Result<(Origin, Result<()>)> {
+    /// record and how its write ended; an error before any record was attempted. The marks
+    /// were looked at before the wait for the uploads (`marks_at`): the record is written
+    /// only if its placement is close enough to them (`LogWriter::commit_all`).
+    fn log_block(
+        &self,
+        slots: Vec<Arc<PackSlot>>,
+        event: Event,
+        marks_at: Option<std::time::Instant>,
+    ) -> Result<(Origin, Result<()>)> {
         if let [slot] = &slots[..] {
-            if slot.join(event.clone()) {
+            if slot.join(event.clone(), marks_at) {
                 self.packs.ensure_uploaded(slot)?;
                 return slot.wait_logged();
             }
@@ -228,7 +249,7 @@ impl Parts {
         for slot in &slots {
             self.packs.ensure_uploaded(slot)?;
         }
-        Ok(self.log.commit(event))
+        Ok(self.log.commit_all(vec![event], marks_at))
     }
 
     /// Condemnation marks seen recently enough for a commit relying on them.
@@ -473,7 +494,8 @@ impl BlockStore for S3Store {
             return Err(Error::AlreadyExists(What::Block(id)));
         }
         let refs: Vec<ChunkId> = manifest.chunk_refs().copied().collect();
-        let slots = p.prepare(&format!("block {id}"), &refs, &staged)?;
+        let (slots, staged_ids) = p.check_refs(&format!("block {id}"), &refs, &staged)?;
+        let marks_at = p.secure(&refs, &staged_ids)?;
         let imported = lock(&p.reservations).contains(&id);
         let manifest = Arc::new(manifest.clone());
         let event = Event::BlockAdded {
@@ -481,7 +503,7 @@ impl BlockStore for S3Store {
             manifest: Arc::clone(&manifest),
             imported,
         };
-        let logged = p.log_block(slots, event);
+        let logged = p.log_block(slots, event, marks_at);
         // Once its record is attempted, an imported id stays held whatever happens: the record
         // may be in the bucket.
         if logged.is_ok() {

@@ -63,6 +63,11 @@ impl SingleFlight {
         self.fly(work)
     }
 
+    /// When the last successful run began.
+    pub fn fresh_since(&self) -> Option<Instant> {
+        lock(&self.state).fresh_since
+    }
+
     /// Like [`SingleFlight::run_if_stale`], but returns at once if another run is under way.
     pub fn run_in_passing(
         &self,

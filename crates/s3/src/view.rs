@@ -221,6 +221,11 @@ impl View {
         })
     }
 
+    /// When the listing of condemnation marks the catalog reflects began.
+    pub fn marks_listed_at(&self) -> Option<std::time::Instant> {
+        self.marks.fresh_since()
+    }
+
     /// Refreshes the condemnation marks if their view is older than `max_age`. A commit never
     /// waits for a full refresh, only for one listing of marks.
     pub fn refresh_marks_if_stale(&self, max_age: Duration) -> Result<()> {

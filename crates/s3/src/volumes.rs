@@ -176,12 +176,21 @@ impl Leases {
 
     /// The sequence numbers the bucket holds of a layer, listed now.
     fn listed_seqs(&self, layer: LayerId) -> Result<Vec<u64>> {
+        Ok(self
+            .listed_deltas(layer)?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect())
+    }
+
+    /// The deltas (sequence number, size) the bucket holds of a layer, listed now, in order.
+    fn listed_deltas(&self, layer: LayerId) -> Result<Vec<(u64, u64)>> {
         let listed = self.remote.list(&crate::volume_objects::layer_dir(layer))?;
-        let mut seqs: Vec<u64> = listed
+        let mut seqs: Vec<(u64, u64)> = listed
             .iter()
-            .filter_map(|l| crate::volume_objects::parse_delta_key(&l.key))
-            .filter(|(l, _)| *l == layer)
-            .map(|(_, s)| s)
+            .filter_map(|l| Some((crate::volume_objects::parse_delta_key(&l.key)?, l.size)))
+            .filter(|((l, _), _)| *l == layer)
+            .map(|((_, s), size)| (s, size))
             .collect();
         seqs.sort_unstable();
         for l in &listed {
@@ -225,7 +234,18 @@ impl Leases {
                     // Taken over from a server whose lease ran out: its layer ends with what
                     // the bucket holds of it now.
                     let top = chain[0].layer;
-                    let count = self.listed_seqs(top)?.last().map_or(0, |s| s + 1);
+                    let deltas = self.listed_deltas(top)?;
+                    let count = deltas.last().map_or(0, |(s, _)| s + 1);
+                    // The sealed layer holds what the bucket holds, which the log may not
+                    // say yet (a writer that stopped between a delta and its record): it goes
+                    // with the record of the new head, so every server builds the same layer.
+                    for (seq, size) in deltas {
+                        self.log.note(Event::DeltaAdded {
+                            layer: top,
+                            seq,
+                            size,
+                        });
+                    }
                     tracing::warn!(
                         "volume {name}: taking over from writer {} (its hold ran out); its \
                          layer is sealed after {count} commits",
@@ -431,7 +451,19 @@ impl Leases {
         }
         if Instant::now() >= h.deadline {
             // Written, but after this server's hold may have passed to another: the client is
-            // told it failed (it did not, or another server fenced it off).
+            // told it failed (it did not, or another server fenced it off). The log says it
+            // all the same: a server that took over seals the layer after it if it came
+            // first, and every server must then build the layer alike (this one too).
+            let written = self.bucket_now().ok();
+            self.view.change(|c| {
+                c.note_delta(layer, seq, len, written);
+                c.apply_delta(&delta);
+            });
+            self.log.note(Event::DeltaAdded {
+                layer,
+                seq,
+                size: len,
+            });
             return Err(Error::Unavailable(format!(
                 "volume {name}: the commit took longer than this server's hold on the volume"
             )));

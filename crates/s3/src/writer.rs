@@ -17,6 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use aetherflow_store::{ChunkInfo, Error, Result};
 use bytes::Bytes;
@@ -40,6 +41,8 @@ enum SlotState {
 struct SlotInner {
     state: SlotState,
     events: Vec<Event>,
+    /// The oldest view of the condemned marks those commits relied on.
+    marks_at: Option<Instant>,
 }
 
 /// One pack object, from its first staged chunk to its upload, and the log record of the
@@ -188,6 +191,7 @@ impl PackSlot {
             inner: Mutex::new(SlotInner {
                 state: SlotState::Open(PackBuilder::new()),
                 events: Vec::new(),
+                marks_at: None,
             }),
             settled: Condvar::new(),
         }
@@ -213,20 +217,24 @@ impl PackSlot {
 
     /// Joins a commit's log event to this pack's record, if the pack is not in the bucket
     /// yet (and its record not full); `false` otherwise, and the commit writes its own.
-    pub fn join(&self, event: Event) -> bool {
+    /// `marks_at`: as for `LogWriter::commit_all`.
+    pub fn join(&self, event: Event, marks_at: Option<Instant>) -> bool {
         let mut inner = self.inner.lock().expect("slot lock");
         let open = matches!(inner.state, SlotState::Open(_) | SlotState::Uploading);
         if !open || inner.events.len() >= MAX_JOINED {
             return false;
         }
         inner.events.push(event);
+        inner.marks_at = inner.marks_at.into_iter().chain(marks_at).min();
         true
     }
 
     /// After a successful upload: the events joined so far, for the uploader to write as
-    /// one record; no more join. Empty if none did (the pack is then settled at once).
-    pub fn begin_logging(&self) -> Vec<Event> {
+    /// one record, with the oldest view of the marks they relied on; no more join. Empty if
+    /// none did (the pack is then settled at once).
+    pub fn begin_logging(&self) -> (Vec<Event>, Option<Instant>) {
         let mut inner = self.inner.lock().expect("slot lock");
+        let marks_at = inner.marks_at.take();
         let events = std::mem::take(&mut inner.events);
         inner.state = if events.is_empty() {
             SlotState::Uploaded(None)
@@ -235,7 +243,7 @@ impl PackSlot {
         };
         drop(inner);
         self.settled.notify_all();
-        events
+        (events, marks_at)
     }
 
     /// Records how the joined commits' record ended, and wakes them.
@@ -353,12 +361,16 @@ mod tests {
     fn commits_join_a_pack_until_it_is_in_the_bucket_and_learn_its_record() {
         let writer = Writer::new("w".into(), 1 << 20, 1);
         let slot = stage(&writer, 1);
-        assert!(slot.join(event(1)), "open");
+        let (older, newer) = (Instant::now(), Instant::now());
+        assert!(slot.join(event(1), Some(newer)), "open");
         let (_sealed, _turn) = writer.seal_for_commit(&slot).expect("seals");
-        assert!(slot.join(event(2)), "uploading");
-        assert_eq!(slot.begin_logging(), vec![event(1), event(2)]);
+        assert!(slot.join(event(2), Some(older)), "uploading");
+        assert_eq!(
+            slot.begin_logging(),
+            (vec![event(1), event(2)], Some(older))
+        );
         assert!(
-            !slot.join(event(3)),
+            !slot.join(event(3), None),
             "in the bucket: its record is being written"
         );
         let origin = Origin {
@@ -373,7 +385,7 @@ mod tests {
 
         // A pack whose upload fails writes no record: its commits learn that.
         let failed = stage(&writer, 2);
-        assert!(failed.join(event(4)));
+        assert!(failed.join(event(4), None));
         let _ = writer.seal(&failed).expect("seals");
         failed.fail_upload(&Error::Unavailable("down".into()));
         assert!(failed.wait_logged().is_err());

@@ -586,3 +586,67 @@ fn commits_whose_chunks_share_a_pack_share_its_record() {
         "with the pack's news"
     );
 }
+
+#[test]
+fn alone_on_a_bucket_no_acknowledged_record_is_ever_taken_for_late() {
+    // No grace period: records are placed by a listing up to a minute old, so one may land in
+    // an epoch whose successor began seconds before; every one of them counts.
+    let options = S3Options {
+        epoch_records: 1,
+        ..logging()
+    };
+    let location = fresh_location();
+    let store = open(&location, options);
+    let first = put(&store, &[&chunk(80, 1000)]);
+    store.refresh_from_log().unwrap(); // epoch 0 is full: epoch 1 begins
+    std::thread::sleep(Duration::from_millis(2100));
+    let stale = BlockId::random();
+    let (key, body) = foreign_record(0, 1, stale);
+    Remote::connect(&location, quick_timeouts())
+        .unwrap()
+        .put(&key, body, true)
+        .unwrap();
+    let second = put(&store, &[&chunk(81, 1000)]);
+    drop(store);
+    let reopened = open(&location, options);
+    let mut known = block_ids(&reopened);
+    known.sort();
+    let mut expected = vec![first, second, stale];
+    expected.sort();
+    assert_eq!(known, expected);
+}
+
+#[test]
+fn a_commit_whose_view_of_the_marks_grew_old_waiting_for_its_pack_is_not_logged() {
+    // The marks are looked at before a commit waits for its pack; a record placed more than
+    // G/2 after that view could land after a mark it did not see is G old.
+    let grace = Duration::from_secs(2);
+    let options = S3Options {
+        grace,
+        ..following()
+    };
+    let location = fresh_location();
+    let faulty = Faulty::new(s3_bucket(&location, quick_timeouts()).unwrap());
+    let store = S3Store::open_on(faulty.clone(), &location, options).unwrap();
+    let on_time = put(&store, &[&chunk(90, 2000)]);
+    faulty.inject(
+        "packs/",
+        Fault::SlowPut(grace / 2 + Duration::from_millis(500)),
+    );
+    let _pin = store.pin();
+    let c = chunk(91, 2000);
+    let staged = store.stage_chunks(std::slice::from_ref(&c)).unwrap();
+    let slow = BlockId::random();
+    let err = store
+        .commit_block(slow, &manifest_of(&[&c], 0), staged)
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("condemned"), "{err}");
+    faulty.heal();
+    let (records, _) = log_of(&location);
+    assert!(!records
+        .iter()
+        .flat_map(|r| &r.events)
+        .any(|e| matches!(e, Event::BlockAdded { id, .. } if *id == slow)));
+    assert_eq!(block_ids(&open(&location, options)), vec![on_time]);
+}
