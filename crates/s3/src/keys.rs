@@ -4,7 +4,8 @@
 //! aetherflow.store              identity: format version and the dedup-domain salt
 //! packs/WRITER-SEQ              chunk records and their index (see `pack`)
 //! log/epochs/E, log/E/W-SEQ     the log: blocks exist in its records (see `log_record`)
-//! blocks/UUID                   empty; holds an id an import chose, until that block is freed
+//! blocks/UUID                   holds an id an import chose, until that block is freed (its body:
+//!                               a random token of the reservation)
 //! reads/UUID/WRITER.COUNT       read count of a block as counted by one server (empty object)
 //! gc/condemned/PACK             mark: PACK may be deleted once the grace period has passed
 //! gc/clock/WRITER               written to learn the bucket's clock

@@ -247,7 +247,12 @@ impl LogWriter {
             events,
         };
         let key = record.key();
-        self.remote.put(&key, Bytes::from(record.encode()), true)?;
+        match self.remote.put(&key, Bytes::from(record.encode()), true) {
+            // No other writer uses this key: a PUT retried after its answer was lost finds
+            // its own record.
+            Ok(()) | Err(Error::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
         if let Some(within) = self.return_within {
             let took = placement.listed.elapsed();
             if took > within {

@@ -463,9 +463,19 @@ impl BlockStore for S3Store {
         if p.view.read(|c| c.has_block(id)) {
             return Err(Error::AlreadyExists(What::Block(id)));
         }
-        match p.remote.create(&keys::reservation(id), Bytes::new()) {
+        // A token of this reservation's own: a create retried after its answer was lost
+        // finds the object there, and knows it for its own.
+        let token = Bytes::copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let key = keys::reservation(id);
+        match p.remote.create(&key, token.clone()) {
             Ok(_) => {}
-            Err(Error::AlreadyExists(_)) => return Err(Error::AlreadyExists(What::Block(id))),
+            Err(Error::AlreadyExists(_)) => match p.remote.get(&key) {
+                Ok(body) if body == token => {}
+                Ok(_) | Err(Error::NotFound(_)) => {
+                    return Err(Error::AlreadyExists(What::Block(id)))
+                }
+                Err(e) => return Err(e),
+            },
             Err(e) => return Err(e),
         }
         lock(&p.reservations).insert(id);

@@ -27,6 +27,9 @@ pub enum Fault {
     SlowListing(Duration),
     /// PUTs land, then their answer comes this much later (a slow network on the way back).
     SlowPut(Duration),
+    /// PUTs are sent twice, as by a client that lost the first answer and retried; the caller
+    /// sees the second answer (for a create-if-absent: "already exists").
+    Replayed,
 }
 
 /// See the module documentation.
@@ -96,7 +99,7 @@ impl Faulty {
                     })
                 }
                 Fault::Cut(n) => cut = Some(n),
-                Fault::SlowListing(_) | Fault::SlowPut(_) => {}
+                Fault::SlowListing(_) | Fault::SlowPut(_) | Fault::Replayed => {}
             }
         }
         Ok(cut)
@@ -112,10 +115,21 @@ impl ObjectStore for Faulty {
         opts: PutOptions,
     ) -> Result<PutResult> {
         self.before(location.as_ref()).await?;
-        let put = self.inner.put_opts(location, payload, opts).await;
-        for fault in self.faults_for(location.as_ref()) {
-            if let Fault::SlowPut(delay) = fault {
-                tokio::time::sleep(delay).await;
+        let faults = self.faults_for(location.as_ref());
+        let mut put = self
+            .inner
+            .put_opts(location, payload.clone(), opts.clone())
+            .await;
+        for fault in faults {
+            match fault {
+                Fault::SlowPut(delay) => tokio::time::sleep(delay).await,
+                Fault::Replayed => {
+                    put = self
+                        .inner
+                        .put_opts(location, payload.clone(), opts.clone())
+                        .await
+                }
+                _ => {}
             }
         }
         put
@@ -185,7 +199,7 @@ impl ObjectStore for Faulty {
                         .boxed()
                     }
                     Fault::SlowListing(d) => tokio::time::sleep(d).await,
-                    Fault::Cut(_) | Fault::SlowPut(_) => {}
+                    Fault::Cut(_) | Fault::SlowPut(_) | Fault::Replayed => {}
                 }
             }
             inner

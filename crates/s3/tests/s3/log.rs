@@ -650,3 +650,15 @@ fn a_commit_whose_view_of_the_marks_grew_old_waiting_for_its_pack_is_not_logged(
         .any(|e| matches!(e, Event::BlockAdded { id, .. } if *id == slow)));
     assert_eq!(block_ids(&open(&location, options)), vec![on_time]);
 }
+
+#[test]
+fn a_create_retried_after_its_answer_was_lost_knows_its_own_object() {
+    let (store, faulty) = faulty_store(logging());
+    faulty.inject("log/", Fault::Replayed);
+    faulty.inject("blocks/", Fault::Replayed);
+    let block = put(&store, &[&chunk(95, 2000)]);
+    let imported = BlockId::random();
+    store.reserve_block(imported).unwrap();
+    faulty.heal();
+    assert!(block_ids(&open(store.location(), logging())).contains(&block));
+}
