@@ -133,11 +133,18 @@ impl LogReader {
         Ok(local_ms() + skew)
     }
 
-    /// Whether epoch `e` is settled: marker e+1 is G old by the bucket's clock.
+    /// Whether epoch `e` is settled: no record can land in it any more that a reader would
+    /// not ignore (see `late_from` in `read_epoch`), with a second more for this server's
+    /// reading of the bucket's clock.
     fn settled(&self, e: u64, now_ms: i64) -> bool {
         self.markers
             .get(&(e + 1))
-            .is_some_and(|m| now_ms >= m + self.grace.as_millis() as i64 + SLACK_MS)
+            .is_some_and(|m| now_ms >= m + self.half_grace_ms() + 2 * SLACK_MS)
+    }
+
+    /// G/2 in ms: an acknowledged record returned that soon after the listing that placed it.
+    fn half_grace_ms(&self) -> i64 {
+        (self.grace / 2).as_millis() as i64
     }
 
     /// Reads what is new in the log: the events of other servers' records not read yet (at the
@@ -207,15 +214,15 @@ impl LogReader {
         events: &mut Read,
     ) -> Result<()> {
         // An acknowledged record's PUT returned within G/2 of a listing that began before
-        // marker e+1 was written; with the bucket's whole seconds its date can lie a second
-        // past that marker's plus G/2, never at or past its plus G plus a second. Without a
-        // grace period there is no such bound (one server alone writes and reads the bucket,
-        // placing records by a listing up to a minute old): no record is late.
+        // marker e+1 was written; with the bucket's whole seconds its date lies before that
+        // marker's plus G/2 plus a second. Without a grace period there is no such bound (one
+        // server alone writes and reads the bucket, placing records by a listing up to a
+        // minute old): no record is late.
         let late_from = self
             .markers
             .get(&(e + 1))
             .filter(|_| !self.grace.is_zero())
-            .map(|m| m + self.grace.as_millis() as i64 + SLACK_MS);
+            .map(|m| m + self.half_grace_ms() + SLACK_MS);
         // A damaged record removed from the bucket (by hand) no longer stops collection.
         self.damaged
             .retain(|key, (epoch, _)| *epoch != e || records.iter().any(|l| &l.key == key));

@@ -423,7 +423,7 @@ fn foreign_record(epoch: u64, seq: u64, id: BlockId) -> (String, Bytes) {
 
 #[test]
 fn a_record_that_lands_after_its_epoch_settled_is_ignored_and_epochs_advance() {
-    let grace = Duration::from_secs(2);
+    let grace = Duration::from_secs(4);
     let options = S3Options {
         grace,
         epoch_records: 2,
@@ -452,9 +452,10 @@ fn a_record_that_lands_after_its_epoch_settled_is_ignored_and_epochs_advance() {
         .collect();
     assert_eq!(markers, vec![0, 1], "a full epoch is followed by the next");
 
-    // Epoch 0 settles once marker 1 is G old; a record landing in it after that was never
-    // acknowledged, and no reader applies it. One in epoch 1 is applied.
-    std::thread::sleep(grace + Duration::from_secs(3));
+    // No acknowledged record lands in epoch 0 once marker 1 is G/2 (and the bucket's second)
+    // old: one landing after that was never acknowledged, and no reader applies it. One in
+    // epoch 1 is applied.
+    std::thread::sleep(grace / 2 + Duration::from_secs(2));
     let (late, in_time) = (BlockId::random(), BlockId::random());
     let (key, body) = foreign_record(0, 2, late);
     remote.put(&key, body, true).unwrap();
