@@ -36,6 +36,8 @@ struct Entry {
     /// When the listing of condemned marks the commit relied on began (see
     /// [`LogWriter::commit_all`]).
     marks_at: Option<Instant>,
+    /// An object to delete once the events are in the log (see [`LogWriter::note_then_delete`]).
+    then_delete: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -96,10 +98,21 @@ impl LogWriter {
     /// Queues news for other servers (not a commit: nothing waits for it); written with the
     /// next record.
     pub fn note(&self, event: Event) {
+        self.queue_news(event, None);
+    }
+
+    /// [`LogWriter::note`], and once the record holding `event` is written, deletes object
+    /// `key` (best effort): what only that event makes safe to delete.
+    pub fn note_then_delete(&self, event: Event, key: String) {
+        self.queue_news(event, Some(key));
+    }
+
+    fn queue_news(&self, event: Event, then_delete: Option<String>) {
         lock(&self.state).queue.push_back(Entry {
             events: vec![event],
             ticket: None,
             marks_at: None,
+            then_delete,
         });
     }
 
@@ -130,6 +143,7 @@ impl LogWriter {
             events,
             ticket: Some(ticket),
             marks_at,
+            then_delete: None,
         });
         loop {
             if let Some((seq, outcome)) = state.outcomes.remove(&ticket) {
@@ -207,7 +221,11 @@ impl LogWriter {
         let mut state = lock(&self.state);
         state.writing = false;
         let mut news = Vec::new();
+        let mut deletes = Vec::new();
         for entry in batch {
+            if result.is_ok() {
+                deletes.extend(entry.then_delete.clone());
+            }
             match (entry.ticket, &result) {
                 (Some(t), Ok(())) => {
                     state.outcomes.insert(t, (seq, Ok(())));
@@ -224,6 +242,11 @@ impl LogWriter {
         }
         drop(state);
         self.written.notify_all();
+        for key in deletes {
+            if let Err(e) = self.remote.delete(&key) {
+                tracing::warn!("{key} stays behind: {e}");
+            }
+        }
         result
     }
 

@@ -514,8 +514,8 @@ impl BlockStore for S3Store {
             imported,
         };
         let logged = p.log_block(slots, event, marks_at);
-        // Once its record is attempted, an imported id stays held whatever happens: the record
-        // may be in the bucket.
+        // Once its record is attempted, an imported id stays held until the record that
+        // cancels the block is in the log: the record may be in the bucket.
         if logged.is_ok() {
             lock(&p.reservations).remove(&id);
         }
@@ -524,10 +524,15 @@ impl BlockStore for S3Store {
             // The record may be in the bucket all the same (it returned too late, or its
             // answer was lost): the block is cancelled, so that no server keeps it.
             p.view.note_block_freed(id, origin.clone());
-            p.log.note(Event::BlockFreed {
+            let cancel = Event::BlockFreed {
                 id,
                 added_in: origin,
-            });
+            };
+            if imported {
+                p.log.note_then_delete(cancel, keys::reservation(id));
+            } else {
+                p.log.note(cancel);
+            }
             return Err(e);
         }
         let block = KnownBlock {
@@ -591,7 +596,11 @@ impl BlockStore for S3Store {
             added_in: origin,
         };
         if let (_, Err(e)) = p.log.commit(freed.clone()) {
-            p.log.note(freed);
+            if imported {
+                p.log.note_then_delete(freed, keys::reservation(id));
+            } else {
+                p.log.note(freed);
+            }
             return Err(Error::Unavailable(format!(
                 "freeing block {id}: {e}; the free is written again with the next record"
             )));

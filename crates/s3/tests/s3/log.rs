@@ -663,3 +663,32 @@ fn a_create_retried_after_its_answer_was_lost_knows_its_own_object() {
     faulty.heal();
     assert!(block_ids(&open(store.location(), logging())).contains(&block));
 }
+
+#[test]
+fn an_import_whose_record_failed_gives_its_id_back_once_cancelled() {
+    let (store, faulty) = faulty_store(logging());
+    let id = BlockId::random();
+    let c = chunk(97, 2000);
+    store.reserve_block(id).unwrap();
+    faulty.inject("log/", Fault::Fail);
+    let _pin = store.pin();
+    let staged = store.stage_chunks(std::slice::from_ref(&c)).unwrap();
+    assert!(store
+        .commit_block(id, &manifest_of(&[&c], 0), staged)
+        .is_err());
+    faulty.heal();
+    // Held while the block's record may be in the bucket without its cancellation...
+    assert!(matches!(
+        store.reserve_block(id),
+        Err(Error::AlreadyExists(_))
+    ));
+    // ...and free once the cancellation is in the log: the import can be done again.
+    store.flush_log().unwrap();
+    store.reserve_block(id).unwrap();
+    let staged = store.stage_chunks(std::slice::from_ref(&c)).unwrap();
+    store
+        .commit_block(id, &manifest_of(&[&c], 0), staged)
+        .unwrap();
+    let reopened = open(store.location(), logging());
+    assert_eq!(reopened.manifest(id).unwrap(), manifest_of(&[&c], 0));
+}
