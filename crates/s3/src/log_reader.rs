@@ -59,31 +59,39 @@ pub(crate) struct LogReader {
 /// they were seen in, so that an addition read after its removal (another writer's record
 /// listed later) stays removed; forgotten once that epoch is settled and read. Its own lock,
 /// a leaf taken briefly: a commit that frees notes it here without waiting for a refresh.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Removals {
     /// Blocks freed, by id and the record that added them.
     freed: HashMap<(BlockId, Origin), u64>,
     deleted: HashMap<String, u64>,
     /// Layers of volume maps deleted.
     layers: HashMap<LayerId, u64>,
-    /// The newest epoch seen: what this server's own removals are filed under.
-    epoch: u64,
+    /// The newest epoch seen (the reader's `seen_epoch`): what this server's own removals are
+    /// filed under.
+    seen_epoch: Arc<AtomicU64>,
 }
 
 impl Removals {
+    fn epoch(&self) -> u64 {
+        self.seen_epoch.load(Ordering::Acquire)
+    }
+
     /// This server freed `id`, added by record `added_in`.
     pub fn block_freed(&mut self, id: BlockId, added_in: Origin) {
-        self.freed.insert((id, added_in), self.epoch);
+        let epoch = self.epoch();
+        self.freed.insert((id, added_in), epoch);
     }
 
     /// This server deleted pack `name`.
     pub fn pack_deleted(&mut self, name: &str) {
-        self.deleted.insert(name.to_string(), self.epoch);
+        let epoch = self.epoch();
+        self.deleted.insert(name.to_string(), epoch);
     }
 
     /// This server deleted the deltas of `layer`.
     pub fn layer_deleted(&mut self, layer: LayerId) {
-        self.layers.insert(layer, self.epoch);
+        let epoch = self.epoch();
+        self.layers.insert(layer, epoch);
     }
 }
 
@@ -103,7 +111,12 @@ impl LogReader {
             from: 0,
             applied: BTreeMap::new(),
             damaged: BTreeMap::new(),
-            removals: Arc::default(),
+            removals: Arc::new(Mutex::new(Removals {
+                freed: HashMap::new(),
+                deleted: HashMap::new(),
+                layers: HashMap::new(),
+                seen_epoch: Arc::clone(&seen_epoch),
+            })),
             seen_epoch,
         }
     }
@@ -172,7 +185,6 @@ impl LogReader {
         let Some(&current) = self.markers.keys().next_back() else {
             return Ok(()); // no log yet
         };
-        lock(&self.removals).epoch = current;
         self.seen_epoch.fetch_max(current, Ordering::AcqRel);
         let mut current_records = 0;
         for e in self.from..=current {

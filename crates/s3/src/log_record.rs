@@ -172,10 +172,8 @@ impl LogRecord {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        assert!(valid_writer(&self.writer), "writer id {:?}", self.writer);
         let mut out = MAGIC.to_vec();
-        out.push(self.writer.len() as u8);
-        out.extend_from_slice(self.writer.as_bytes());
+        put_writer(&mut out, &self.writer);
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.extend_from_slice(&(self.events.len() as u32).to_le_bytes());
@@ -197,11 +195,9 @@ impl LogRecord {
                     out.extend_from_slice(&m);
                 }
                 Event::BlockFreed { id, added_in } => {
-                    assert!(valid_writer(&added_in.writer), "writer id {added_in:?}");
                     out.push(BLOCK_FREED);
                     out.extend_from_slice(id.0.as_bytes());
-                    out.push(added_in.writer.len() as u8);
-                    out.extend_from_slice(added_in.writer.as_bytes());
+                    put_writer(&mut out, &added_in.writer);
                     out.extend_from_slice(&added_in.seq.to_le_bytes());
                 }
                 Event::PackAdded {
@@ -277,6 +273,12 @@ impl LogRecord {
             events,
         })
     }
+}
+
+fn put_writer(out: &mut Vec<u8>, writer: &str) {
+    assert!(valid_writer(writer), "writer id {writer:?}");
+    out.push(writer.len() as u8);
+    out.extend_from_slice(writer.as_bytes());
 }
 
 fn take_writer<'a>(c: &mut Cursor<'a>) -> Result<&'a str> {

@@ -154,10 +154,7 @@ impl LogWriter {
                 return (origin, outcome.map_err(Error::Unavailable));
             }
             if state.writing {
-                state = self
-                    .written
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state = self.wait_written(state);
                 continue;
             }
             drop(state);
@@ -173,10 +170,7 @@ impl LogWriter {
         loop {
             let mut state = lock(&self.state);
             while state.writing {
-                state = self
-                    .written
-                    .wait(state)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state = self.wait_written(state);
             }
             if state.queue.is_empty() {
                 return Ok(());
@@ -184,6 +178,16 @@ impl LogWriter {
             drop(state);
             self.write_one()?;
         }
+    }
+
+    /// Waits until the record being written ends.
+    fn wait_written<'a>(
+        &self,
+        state: std::sync::MutexGuard<'a, State>,
+    ) -> std::sync::MutexGuard<'a, State> {
+        self.written
+            .wait(state)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Takes the queue's head (at most [`MAX_EVENTS`] events) and writes it as one record;

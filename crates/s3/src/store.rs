@@ -252,6 +252,16 @@ impl Parts {
         Ok(self.log.commit_all(vec![event], marks_at))
     }
 
+    /// Queues `freed` (block `id`'s free) for the next record, and an imported block's
+    /// reservation for deletion once that record is written.
+    fn free_later(&self, freed: Event, id: BlockId, imported: bool) {
+        if imported {
+            self.log.note_then_delete(freed, keys::reservation(id));
+        } else {
+            self.log.note(freed);
+        }
+    }
+
     /// Condemnation marks seen recently enough for a commit relying on them.
     fn fresh_marks(&self) -> Result<()> {
         if !self.options.grace.is_zero() {
@@ -528,11 +538,7 @@ impl BlockStore for S3Store {
                 id,
                 added_in: origin,
             };
-            if imported {
-                p.log.note_then_delete(cancel, keys::reservation(id));
-            } else {
-                p.log.note(cancel);
-            }
+            p.free_later(cancel, id, imported);
             return Err(e);
         }
         let block = KnownBlock {
@@ -546,14 +552,16 @@ impl BlockStore for S3Store {
 
     fn manifest(&self, id: BlockId) -> Result<Manifest> {
         let p = &self.parts;
-        // The log read a moment ago answers: another server may have freed the block since
-        // (one read asks for its manifest several times within that moment).
-        p.view.follow_log_within(MANIFEST_TRUST)?;
-        if let Some(m) = p.view.read(|c| c.block(id)) {
-            return Ok((*m).clone());
-        }
-        // Unknown: another server may have committed it a moment ago.
-        p.view.follow_log_within(Duration::ZERO)?;
+        // A block known here is taken from a read of the log a moment old: another server may
+        // have freed it since (one read asks for its manifest several times within that
+        // moment). One unknown is looked for in a read begun now: another server may have
+        // committed it a moment ago.
+        let max_age = if p.view.read(|c| c.has_block(id)) {
+            MANIFEST_TRUST
+        } else {
+            Duration::ZERO
+        };
+        p.view.follow_log_within(max_age)?;
         p.view
             .read(|c| c.block(id))
             .map(|m| (*m).clone())
@@ -596,11 +604,7 @@ impl BlockStore for S3Store {
             added_in: origin,
         };
         if let (_, Err(e)) = p.log.commit(freed.clone()) {
-            if imported {
-                p.log.note_then_delete(freed, keys::reservation(id));
-            } else {
-                p.log.note(freed);
-            }
+            p.free_later(freed, id, imported);
             return Err(Error::Unavailable(format!(
                 "freeing block {id}: {e}; the free is written again with the next record"
             )));

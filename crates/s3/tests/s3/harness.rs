@@ -79,6 +79,18 @@ pub fn put(store: &dyn BlockStore, chunks: &[&NewChunk]) -> BlockId {
     id
 }
 
+/// Commits a block of `c` under `id`, its chunk staged for it (as an import does after
+/// reserving the id, or a test that needs the commit's error).
+pub fn commit_as(
+    store: &dyn BlockStore,
+    id: BlockId,
+    c: &NewChunk,
+) -> aetherflow_store::Result<()> {
+    let _pin = store.pin();
+    let staged = store.stage_chunks(std::slice::from_ref(c))?;
+    store.commit_block(id, &manifest_of(&[c], 0), staged)
+}
+
 pub fn clean(store: &dyn BlockStore) {
     let mut damage = Vec::new();
     store.verify(true, &mut |d| damage.push(d)).unwrap();

@@ -4,16 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aetherflow_s3::{s3_bucket, S3Options, S3Store};
+use aetherflow_s3::{s3_bucket, S3Location, S3Options, S3Store};
 use aetherflow_store::{BlockStore, Error, What};
 
 use crate::faulty::{Fault, Faulty};
 use crate::harness::{chunk, fresh_location, put, quick_timeouts, single_writer};
 
 pub fn faulty_store(options: S3Options) -> (S3Store, Arc<Faulty>) {
-    let location = fresh_location();
-    let faulty = Faulty::new(s3_bucket(&location, quick_timeouts()).unwrap());
-    let store = S3Store::open_on(faulty.clone(), &location, options).unwrap();
+    faulty_store_at(&fresh_location(), options)
+}
+
+/// A server on `location` whose requests go through a [`Faulty`] wrapper.
+pub fn faulty_store_at(location: &S3Location, options: S3Options) -> (S3Store, Arc<Faulty>) {
+    let faulty = Faulty::new(s3_bucket(location, quick_timeouts()).unwrap());
+    let store = S3Store::open_on(faulty.clone(), location, options).unwrap();
     (store, faulty)
 }
 

@@ -7,15 +7,16 @@ use std::time::Duration;
 use aetherflow_s3::log_record::{self, Event, LogRecord};
 use aetherflow_s3::remote::Remote;
 use aetherflow_s3::volume_objects;
-use aetherflow_s3::{s3_bucket, S3Location, S3Options, S3Store};
+use aetherflow_s3::{S3Location, S3Options, S3Store};
 use aetherflow_store::{BlockId, BlockStore, Error, RequestCounts};
 use bytes::Bytes;
 
 use crate::faulty::{Fault, Faulty};
 use crate::harness::{
-    chunk, fresh_location, manifest_of, open, put, quick_timeouts, shared_options, single_writer,
+    chunk, commit_as, fresh_location, manifest_of, open, put, quick_timeouts, shared_options,
+    single_writer,
 };
-use crate::injected::faulty_store;
+use crate::injected::{faulty_store, faulty_store_at};
 use crate::volumes::{entry, map_of, record, write};
 
 /// Writes a log, never on its own (the test flushes it).
@@ -24,6 +25,18 @@ fn logging() -> S3Options {
         log_every: Duration::from_secs(3600),
         ..single_writer()
     }
+}
+
+/// The blocks `records` add, in order.
+fn added<'a>(records: impl IntoIterator<Item = &'a LogRecord>) -> Vec<BlockId> {
+    records
+        .into_iter()
+        .flat_map(|r| &r.events)
+        .filter_map(|e| match e {
+            Event::BlockAdded { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every record in the log, decoded, and the epoch markers.
@@ -138,13 +151,8 @@ fn a_commit_whose_record_cannot_be_written_fails_and_its_news_goes_with_the_next
     let (store, faulty) = faulty_store(logging());
     let first = put(&store, &[&chunk(10, 3000)]);
     faulty.inject("log/", Fault::Fail);
-    let _pin = store.pin();
-    let c = chunk(12, 3000);
-    let staged = store.stage_chunks(std::slice::from_ref(&c)).unwrap();
     let failed = BlockId::random();
-    let err = store
-        .commit_block(failed, &manifest_of(&[&c], 0), staged)
-        .unwrap_err();
+    let err = commit_as(&store, failed, &chunk(12, 3000)).unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     faulty.heal();
     assert!(store
@@ -156,15 +164,8 @@ fn a_commit_whose_record_cannot_be_written_fails_and_its_news_goes_with_the_next
 
     let (records, _) = log_of(store.location());
     let events: Vec<&Event> = records.iter().flat_map(|r| &r.events).collect();
-    let added: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::BlockAdded { id, .. } => Some(*id),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        added,
+        added(&records),
         vec![first, second],
         "the failed commit is in no record"
     );
@@ -189,8 +190,7 @@ fn a_record_that_returns_too_late_is_neither_acknowledged_nor_applied() {
         ..following()
     };
     let location = fresh_location();
-    let faulty = Faulty::new(s3_bucket(&location, quick_timeouts()).unwrap());
-    let a = S3Store::open_on(faulty.clone(), &location, options).unwrap();
+    let (a, faulty) = faulty_store_at(&location, options);
     let b = open(&location, options);
     let on_time = put(&a, &[&chunk(40, 2000)]);
 
@@ -199,21 +199,13 @@ fn a_record_that_returns_too_late_is_neither_acknowledged_nor_applied() {
         "log/",
         Fault::SlowPut(grace / 2 + Duration::from_millis(500)),
     );
-    let _pin = a.pin();
-    let c = chunk(41, 2000);
-    let staged = a.stage_chunks(std::slice::from_ref(&c)).unwrap();
     let late = BlockId::random();
-    let err = a
-        .commit_block(late, &manifest_of(&[&c], 0), staged)
-        .unwrap_err();
+    let err = commit_as(&a, late, &chunk(41, 2000)).unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     faulty.heal();
     let (records, _) = log_of(&location);
     assert!(
-        records
-            .iter()
-            .flat_map(|r| &r.events)
-            .any(|e| matches!(e, Event::BlockAdded { id, .. } if *id == late)),
+        added(&records).contains(&late),
         "the late record is in the bucket"
     );
     a.flush_log().unwrap();
@@ -246,9 +238,7 @@ fn following() -> S3Options {
 
 /// A second server on `location`, whose listings are recorded.
 fn watched(location: &S3Location) -> (S3Store, std::sync::Arc<Faulty>) {
-    let faulty = Faulty::new(s3_bucket(location, quick_timeouts()).unwrap());
-    let store = S3Store::open_on(faulty.clone(), location, following()).unwrap();
-    (store, faulty)
+    faulty_store_at(location, following())
 }
 
 fn block_ids(store: &dyn BlockStore) -> Vec<BlockId> {
@@ -566,15 +556,7 @@ fn commits_whose_chunks_share_a_pack_share_its_record() {
     let (records, _) = log_of(store.location());
     let with_blocks: Vec<Vec<BlockId>> = records
         .iter()
-        .map(|r| {
-            r.events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::BlockAdded { id, .. } => Some(*id),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-        })
+        .map(|r| added([r]))
         .filter(|ids| !ids.is_empty())
         .collect();
     assert_eq!(with_blocks.len(), 1, "one record for both: {with_blocks:?}");
@@ -627,28 +609,19 @@ fn a_commit_whose_view_of_the_marks_grew_old_waiting_for_its_pack_is_not_logged(
         ..following()
     };
     let location = fresh_location();
-    let faulty = Faulty::new(s3_bucket(&location, quick_timeouts()).unwrap());
-    let store = S3Store::open_on(faulty.clone(), &location, options).unwrap();
+    let (store, faulty) = faulty_store_at(&location, options);
     let on_time = put(&store, &[&chunk(90, 2000)]);
     faulty.inject(
         "packs/",
         Fault::SlowPut(grace / 2 + Duration::from_millis(500)),
     );
-    let _pin = store.pin();
-    let c = chunk(91, 2000);
-    let staged = store.stage_chunks(std::slice::from_ref(&c)).unwrap();
     let slow = BlockId::random();
-    let err = store
-        .commit_block(slow, &manifest_of(&[&c], 0), staged)
-        .unwrap_err();
+    let err = commit_as(&store, slow, &chunk(91, 2000)).unwrap_err();
     assert!(matches!(err, Error::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("condemned"), "{err}");
     faulty.heal();
     let (records, _) = log_of(&location);
-    assert!(!records
-        .iter()
-        .flat_map(|r| &r.events)
-        .any(|e| matches!(e, Event::BlockAdded { id, .. } if *id == slow)));
+    assert!(!added(&records).contains(&slow));
     assert_eq!(block_ids(&open(&location, options)), vec![on_time]);
 }
 
@@ -671,11 +644,7 @@ fn an_import_whose_record_failed_gives_its_id_back_once_cancelled() {
     let c = chunk(97, 2000);
     store.reserve_block(id).unwrap();
     faulty.inject("log/", Fault::Fail);
-    let _pin = store.pin();
-    let staged = store.stage_chunks(std::slice::from_ref(&c)).unwrap();
-    assert!(store
-        .commit_block(id, &manifest_of(&[&c], 0), staged)
-        .is_err());
+    assert!(commit_as(&store, id, &c).is_err());
     faulty.heal();
     // Held while the block's record may be in the bucket without its cancellation...
     assert!(matches!(
@@ -685,10 +654,7 @@ fn an_import_whose_record_failed_gives_its_id_back_once_cancelled() {
     // ...and free once the cancellation is in the log: the import can be done again.
     store.flush_log().unwrap();
     store.reserve_block(id).unwrap();
-    let staged = store.stage_chunks(std::slice::from_ref(&c)).unwrap();
-    store
-        .commit_block(id, &manifest_of(&[&c], 0), staged)
-        .unwrap();
+    commit_as(&store, id, &c).unwrap();
     let reopened = open(store.location(), logging());
     assert_eq!(reopened.manifest(id).unwrap(), manifest_of(&[&c], 0));
 }

@@ -7,7 +7,7 @@ use aetherflow_s3::S3Store;
 use aetherflow_store::{BlockId, BlockStore, Error, NewChunk, Pin};
 
 use crate::harness::{
-    chunk, clean, fresh_location, manifest_of, open, put, shared_options, single_writer,
+    chunk, clean, commit_as, fresh_location, manifest_of, open, put, shared_options, single_writer,
 };
 
 const GRACE: Duration = Duration::from_secs(2);
@@ -258,13 +258,6 @@ fn concurrent_allocations_frees_and_sweeps_on_two_servers_lose_nothing() {
         assert_eq!(server.totals().blocks, kept.len() as u64);
         clean(server);
     }
-}
-
-/// Commits a block of `c` under `id` on `store`, as an import does after reserving the id.
-fn commit_as(store: &dyn BlockStore, id: BlockId, c: &NewChunk) -> aetherflow_store::Result<()> {
-    let _pin = store.pin();
-    let staged = store.stage_chunks(std::slice::from_ref(c))?;
-    store.commit_block(id, &manifest_of(&[c], 0), staged)
 }
 
 #[test]
