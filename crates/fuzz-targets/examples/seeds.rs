@@ -181,6 +181,30 @@ fn main() {
             ],
         };
         put("s3_log_record", "every-event", &record.encode());
+
+        // The same events as a snapshot of the log: a segment and its DONE.
+        use aetherflow_s3::log_snapshot::{segments, Done, Entry};
+        let entries: Vec<Entry> = record
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, event)| Entry {
+                epoch: 2,
+                origin: Origin {
+                    writer: "c0e250c59f2549ff".into(),
+                    seq: i as u64,
+                },
+                written_ms: 1_800_000_000_000,
+                event: event.clone(),
+            })
+            .collect();
+        let segs = segments(2, entries);
+        put("s3_log_snapshot", "segment", &segs[0]);
+        put(
+            "s3_log_snapshot",
+            "done",
+            &Done::of(2, "c0e250c59f2549ff", &segs).encode(),
+        );
     }
     put(
         "s3_identity",

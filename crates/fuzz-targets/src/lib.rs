@@ -18,6 +18,7 @@
 //! | [`s3_identity`] | an S3 store's identity object |
 //! | [`s3_volume_head`], [`s3_volume_delta`] | a volume's head object and a layer's delta on S3 |
 //! | [`s3_log_record`] | a record of the bucket's log |
+//! | [`s3_log_snapshot`] | a segment of a snapshot of the log, or its `DONE` |
 //! | [`import`] | an export document fed to import |
 //! | [`nbd::nbd_request`], [`nbd::nbd_options`], [`nbd::nbd_session`] | NBD request headers and their checks, option payloads, a whole connection of client bytes |
 
@@ -319,6 +320,30 @@ pub fn s3_log_record(data: &[u8]) {
     }
 }
 
+/// A segment of a snapshot of the log, or a snapshot's DONE, read under the key its own
+/// fields name: what decodes encodes back to the same bytes.
+pub fn s3_log_snapshot(data: &[u8]) {
+    use aetherflow_s3::log_snapshot::{done_key, segment_key, Done, Segment};
+    let Some(bytes) = input(data, |b| repair::s3_log_snapshot(b)) else {
+        return;
+    };
+    let epoch = bytes
+        .get(8..16)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    if bytes.starts_with(b"AFS3SNP1") {
+        if let Ok(done) = Done::decode(&done_key(epoch), &bytes) {
+            assert_eq!(done.encode(), bytes);
+        }
+        return;
+    }
+    let number = bytes
+        .get(16..20)
+        .map_or(0, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    if let Ok(segment) = Segment::decode(&segment_key(epoch, "w", number), &bytes) {
+        assert_eq!(segment.encode(), bytes);
+    }
+}
+
 /// An export document imported into an empty in-memory manager. One manager per thread serves
 /// every input (opening one costs far more than most imports), emptied after each.
 pub fn import(data: &[u8]) {
@@ -368,6 +393,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("s3_volume_head", s3_volume_head),
     ("s3_volume_delta", s3_volume_delta),
     ("s3_log_record", s3_log_record),
+    ("s3_log_snapshot", s3_log_snapshot),
     ("import", import),
     ("nbd_request", nbd::nbd_request),
     ("nbd_options", nbd::nbd_options),

@@ -242,6 +242,15 @@ pub fn volume_delta(bytes: &mut [u8]) {
     volume_object(bytes, b"AFVOLDL1");
 }
 
+/// A segment of a snapshot of the log, or its DONE (by the magic it starts with): its check.
+pub fn s3_log_snapshot(bytes: &mut [u8]) {
+    if bytes.starts_with(b"AFS3SNP1") {
+        volume_object(bytes, b"AFS3SNP1");
+    } else {
+        volume_object(bytes, b"AFS3SEG1");
+    }
+}
+
 /// A record of the bucket's log: its magic and its check.
 pub fn s3_log_record(bytes: &mut [u8]) {
     volume_object(bytes, b"AFS3LOG1");

@@ -47,8 +47,12 @@ pub(crate) fn start_housekeeper(parts: Weak<Parts>) -> Housekeeper {
     let handle = std::thread::Builder::new()
         .name("aetherflow-s3-housekeeper".into())
         .spawn(move || {
-            let (mut flushed, mut swept, mut logged) =
-                (Instant::now(), Instant::now(), Instant::now());
+            let (mut flushed, mut swept, mut logged, mut snapshot) = (
+                Instant::now(),
+                Instant::now(),
+                Instant::now(),
+                Instant::now(),
+            );
             loop {
                 let stopped = lock(&theirs.0);
                 let (stopped, _) = theirs
@@ -82,6 +86,18 @@ pub(crate) fn start_housekeeper(parts: Weak<Parts>) -> Housekeeper {
                     duty("writing read counts (kept for the next try)", || {
                         parts.reads.flush()
                     });
+                }
+                if parts
+                    .options
+                    .snapshot_every
+                    .is_some_and(|every| snapshot.elapsed() >= every)
+                {
+                    duty("writing a snapshot of the log", || {
+                        parts
+                            .write_snapshot()
+                            .map(|r| tracing::debug!(?r, "snapshot of the log"))
+                    });
+                    snapshot = Instant::now();
                 }
                 if parts
                     .options

@@ -13,6 +13,7 @@
 //! | `reads` | read counts in the bucket |
 //! | [`sweep`] | garbage collection that is safe against other servers' commits |
 //! | [`log_record`], `log_writer`, `log_reader` | the bucket's log: records of what each server committed, their keys, writing and reading them |
+//! | [`log_snapshot`], [`snapshots`] | snapshots of the log's settled epochs: their layout; writing and finding them |
 //! | [`volume_objects`], `volumes` | volumes: heads, layer deltas, leases that fence writers |
 //! | [`store`] | [`S3Store`]: the `BlockStore` contract, its parts and their lock order |
 //! | [`meta`], `housekeeper` | the store's identity object; its background thread |
@@ -29,6 +30,7 @@ pub mod keys;
 pub mod location;
 mod log_reader;
 pub mod log_record;
+pub mod log_snapshot;
 mod log_writer;
 pub mod meta;
 pub mod pack;
@@ -36,6 +38,7 @@ mod packs;
 mod prefetch;
 mod reads;
 pub mod remote;
+pub mod snapshots;
 pub mod store;
 pub mod sweep;
 mod sync;
@@ -48,4 +51,5 @@ pub mod writer;
 
 pub use location::S3Location;
 pub use remote::{s3_bucket, Timeouts};
+pub use snapshots::SnapshotOutcome;
 pub use store::{S3Options, S3Store};

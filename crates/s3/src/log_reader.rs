@@ -12,6 +12,7 @@ use aetherflow_store::{BlockId, Error, Result};
 use bytes::Bytes;
 
 use crate::log_record::{self, Event, LogRecord, Origin};
+use crate::log_snapshot::Entry;
 use crate::remote::{Listed, Remote};
 use crate::store::S3Options;
 use crate::sync::lock;
@@ -160,6 +161,54 @@ impl LogReader {
         (self.grace / 2).as_millis() as i64
     }
 
+    /// When records of epoch `e` count as late (see `read_epoch`): none while marker e+1 is
+    /// unknown, or without a grace period.
+    pub fn late_from(&self, e: u64) -> Option<i64> {
+        // An acknowledged record's PUT returned within G/2 of a listing that began before
+        // marker e+1 was written; with the bucket's whole seconds its date lies before that
+        // marker's plus G/2 plus a second. Without a grace period there is no such bound (one
+        // server alone writes and reads the bucket, placing records by a listing up to a
+        // minute old): no record is late.
+        self.markers
+            .get(&(e + 1))
+            .filter(|_| !self.grace.is_zero())
+            .map(|m| m + self.half_grace_ms() + SLACK_MS)
+    }
+
+    /// Every epoch below the first number is settled and was read after it settled; the
+    /// second gives, for each of those whose successor's marker this reader knows, when its
+    /// records count as late (see [`LogReader::late_from`]).
+    pub fn settled_epochs(&self) -> (u64, BTreeMap<u64, Option<i64>>) {
+        let late = self
+            .markers
+            .range(1..self.from.max(1) + 1)
+            .map(|(&next, _)| (next - 1, self.late_from(next - 1)))
+            .collect();
+        (self.from, late)
+    }
+
+    /// Starts from a snapshot of epochs `0..=epoch` instead of the log's beginning: returns
+    /// its entries as events read (in the order given), and reads the log from epoch
+    /// `epoch + 1` on. What the snapshot removed stays removed from the records read next
+    /// (as if read in epoch `epoch`).
+    pub fn start_after(&mut self, epoch: u64, entries: Vec<Entry>) -> Read {
+        self.from = epoch + 1;
+        self.applied.clear();
+        self.damaged.clear();
+        self.seen_epoch.fetch_max(epoch, Ordering::AcqRel);
+        let mut events = Vec::with_capacity(entries.len());
+        for entry in entries {
+            for event in self.filter(epoch, &entry.origin, vec![entry.event]) {
+                events.push(ReadEvent {
+                    origin: entry.origin.clone(),
+                    written_ms: entry.written_ms,
+                    event,
+                });
+            }
+        }
+        events
+    }
+
     /// Reads what is new in the log: the events of other servers' records not read yet (at the
     /// first read, of every epoch).
     ///
@@ -225,16 +274,7 @@ impl LogReader {
         records: &[Listed],
         events: &mut Read,
     ) -> Result<()> {
-        // An acknowledged record's PUT returned within G/2 of a listing that began before
-        // marker e+1 was written; with the bucket's whole seconds its date lies before that
-        // marker's plus G/2 plus a second. Without a grace period there is no such bound (one
-        // server alone writes and reads the bucket, placing records by a listing up to a
-        // minute old): no record is late.
-        let late_from = self
-            .markers
-            .get(&(e + 1))
-            .filter(|_| !self.grace.is_zero())
-            .map(|m| m + self.half_grace_ms() + SLACK_MS);
+        let late_from = self.late_from(e);
         // A damaged record removed from the bucket (by hand) no longer stops collection.
         self.damaged
             .retain(|key, (epoch, _)| *epoch != e || records.iter().any(|l| &l.key == key));
@@ -245,14 +285,9 @@ impl LogReader {
                 continue;
             }
             let skip = match log_record::parse_record_key(&l.key) {
-                None => Some("not a log record's key"),
                 // This server's own: applied when it committed.
                 Some((_, writer, _)) if writer == self.writer => Some(""),
-                _ if late_from.is_some_and(|late| l.modified_ms >= late) => {
-                    Some("written after its epoch was settled (never acknowledged)")
-                }
-                _ if l.size > MAX_RECORD_BYTES => Some("larger than any record a server writes"),
-                _ => None,
+                _ => ignored(l, late_from),
             };
             match skip {
                 Some(why) => {
@@ -344,6 +379,20 @@ impl LogReader {
             Err(Error::AlreadyExists(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Why a listed record of an epoch whose records are late from `late_from` is not read (by
+/// anyone), if it is not.
+pub(crate) fn ignored(l: &Listed, late_from: Option<i64>) -> Option<&'static str> {
+    if log_record::parse_record_key(&l.key).is_none() {
+        Some("not a log record's key")
+    } else if late_from.is_some_and(|late| l.modified_ms >= late) {
+        Some("written after its epoch was settled (never acknowledged)")
+    } else if l.size > MAX_RECORD_BYTES {
+        Some("larger than any record a server writes")
+    } else {
+        None
     }
 }
 

@@ -178,61 +178,7 @@ impl LogRecord {
         out.extend_from_slice(&self.epoch.to_le_bytes());
         out.extend_from_slice(&(self.events.len() as u32).to_le_bytes());
         for event in &self.events {
-            match event {
-                Event::BlockAdded {
-                    id,
-                    manifest,
-                    imported,
-                } => {
-                    out.push(if *imported {
-                        BLOCK_IMPORTED
-                    } else {
-                        BLOCK_ADDED
-                    });
-                    out.extend_from_slice(id.0.as_bytes());
-                    let m = manifest.encode();
-                    out.extend_from_slice(&(m.len() as u32).to_le_bytes());
-                    out.extend_from_slice(&m);
-                }
-                Event::BlockFreed { id, added_in } => {
-                    out.push(BLOCK_FREED);
-                    out.extend_from_slice(id.0.as_bytes());
-                    put_writer(&mut out, &added_in.writer);
-                    out.extend_from_slice(&added_in.seq.to_le_bytes());
-                }
-                Event::PackAdded {
-                    name,
-                    size,
-                    entries,
-                } => {
-                    out.push(PACK_ADDED);
-                    put_name(&mut out, name);
-                    out.extend_from_slice(&size.to_le_bytes());
-                    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-                    for (offset, info) in entries {
-                        out.extend_from_slice(&offset.to_le_bytes());
-                        out.extend_from_slice(&record_header(info));
-                    }
-                }
-                Event::PackDeleted { name } => {
-                    out.push(PACK_DELETED);
-                    put_name(&mut out, name);
-                }
-                Event::DeltaAdded { layer, seq, size } => {
-                    out.push(DELTA_ADDED);
-                    out.extend_from_slice(&layer.to_le_bytes());
-                    out.extend_from_slice(&seq.to_le_bytes());
-                    out.extend_from_slice(&size.to_le_bytes());
-                }
-                Event::HeadChanged { name } => {
-                    out.push(HEAD_CHANGED);
-                    put_name(&mut out, name);
-                }
-                Event::LayerDeleted { layer } => {
-                    out.push(LAYER_DELETED);
-                    out.extend_from_slice(&layer.to_le_bytes());
-                }
-            }
+            put_event(&mut out, event);
         }
         let sum = check(&out);
         out.extend_from_slice(&sum);
@@ -275,13 +221,73 @@ impl LogRecord {
     }
 }
 
-fn put_writer(out: &mut Vec<u8>, writer: &str) {
+/// Appends `event` in its encoding (the table in the module documentation); snapshots of the
+/// log hold events in the same encoding.
+pub(crate) fn put_event(out: &mut Vec<u8>, event: &Event) {
+    match event {
+        Event::BlockAdded {
+            id,
+            manifest,
+            imported,
+        } => {
+            out.push(if *imported {
+                BLOCK_IMPORTED
+            } else {
+                BLOCK_ADDED
+            });
+            out.extend_from_slice(id.0.as_bytes());
+            let m = manifest.encode();
+            out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            out.extend_from_slice(&m);
+        }
+        Event::BlockFreed { id, added_in } => {
+            out.push(BLOCK_FREED);
+            out.extend_from_slice(id.0.as_bytes());
+            put_writer(out, &added_in.writer);
+            out.extend_from_slice(&added_in.seq.to_le_bytes());
+        }
+        Event::PackAdded {
+            name,
+            size,
+            entries,
+        } => {
+            out.push(PACK_ADDED);
+            put_name(out, name);
+            out.extend_from_slice(&size.to_le_bytes());
+            out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for (offset, info) in entries {
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&record_header(info));
+            }
+        }
+        Event::PackDeleted { name } => {
+            out.push(PACK_DELETED);
+            put_name(out, name);
+        }
+        Event::DeltaAdded { layer, seq, size } => {
+            out.push(DELTA_ADDED);
+            out.extend_from_slice(&layer.to_le_bytes());
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&size.to_le_bytes());
+        }
+        Event::HeadChanged { name } => {
+            out.push(HEAD_CHANGED);
+            put_name(out, name);
+        }
+        Event::LayerDeleted { layer } => {
+            out.push(LAYER_DELETED);
+            out.extend_from_slice(&layer.to_le_bytes());
+        }
+    }
+}
+
+pub(crate) fn put_writer(out: &mut Vec<u8>, writer: &str) {
     assert!(valid_writer(writer), "writer id {writer:?}");
     out.push(writer.len() as u8);
     out.extend_from_slice(writer.as_bytes());
 }
 
-fn take_writer<'a>(c: &mut Cursor<'a>) -> Result<&'a str> {
+pub(crate) fn take_writer<'a>(c: &mut Cursor<'a>) -> Result<&'a str> {
     let len = usize::from(c.u8()?);
     let bytes = c.take(len)?;
     std::str::from_utf8(bytes)
@@ -295,7 +301,8 @@ fn block_id(c: &mut Cursor<'_>) -> Result<BlockId> {
     Ok(BlockId(uuid::Uuid::from_bytes(bytes)))
 }
 
-fn decode_event(c: &mut Cursor<'_>, what: &str) -> Result<Event> {
+/// Takes one event off the front of `c` (`what`: the object it is in, for errors).
+pub(crate) fn decode_event(c: &mut Cursor<'_>, what: &str) -> Result<Event> {
     Ok(match c.u8()? {
         tag @ (BLOCK_ADDED | BLOCK_IMPORTED) => {
             let id = block_id(c)?;

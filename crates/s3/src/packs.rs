@@ -106,7 +106,7 @@ impl PackWriter {
         });
         self.gate.record(|stamp| {
             self.view
-                .change(|c| c.add_pack(&slot.name, size, None, entries, Some(stamp)))
+                .change(|c| c.add_pack(&slot.name, size, None, entries, Some(stamp), true))
         });
         let (joined, marks_at) = slot.begin_logging();
         if !joined.is_empty() {

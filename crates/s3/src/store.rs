@@ -56,6 +56,7 @@ use crate::packs::{slots_of, PackWriter};
 use crate::prefetch::Prefetcher;
 use crate::reads::ReadCounts;
 use crate::remote::{s3_bucket, Remote, Timeouts};
+use crate::snapshots::{self, SnapshotOutcome};
 use crate::sweep::{SweepReport, Sweeper};
 use crate::sync::lock;
 use crate::view::View;
@@ -100,6 +101,14 @@ pub struct S3Options {
     pub epoch_every: Duration,
     /// ...or how many records it holds (one listing page by default).
     pub epoch_records: usize,
+    /// How often a server looks whether a snapshot of the log is due (`None`: only when
+    /// asked, [`S3Store::write_snapshot`]).
+    pub snapshot_every: Option<Duration>,
+    /// A snapshot is due once the records since the newest one hold this fraction of its
+    /// bytes...
+    pub snapshot_after: f64,
+    /// ...and at least this many bytes.
+    pub snapshot_min_bytes: u64,
 }
 
 impl Default for S3Options {
@@ -117,6 +126,9 @@ impl Default for S3Options {
             log_every: Duration::from_secs(1),
             epoch_every: Duration::from_secs(15 * 60),
             epoch_records: 1000,
+            snapshot_every: Some(Duration::from_secs(60)),
+            snapshot_after: 0.5,
+            snapshot_min_bytes: 1 << 20,
         }
     }
 }
@@ -153,6 +165,8 @@ pub(crate) struct Parts {
     pub remote: Arc<Remote>,
     pub options: S3Options,
     pub identity: Identity,
+    /// This process's random id: the name of its log records, packs and snapshot segments.
+    pub writer_id: String,
     pub gate: Arc<EpochGate>,
     pub view: Arc<View>,
     pub packs: Arc<PackWriter>,
@@ -285,6 +299,11 @@ impl Parts {
         self.view.load_layers(&layers)
     }
 
+    /// See [`S3Store::write_snapshot`].
+    pub fn write_snapshot(&self) -> Result<SnapshotOutcome> {
+        snapshots::write_if_due(&self.remote, &self.view, &self.writer_id, &self.options)
+    }
+
     fn damage_of(&self, name: &str) -> Result<()> {
         match self.view.read(|c| c.volume_damage(name)) {
             Some(why) => Err(Error::Corrupt(why)),
@@ -347,7 +366,7 @@ impl S3Store {
                 writer_id.clone(),
                 options.volume_lease,
             ),
-            reads: ReadCounts::new(Arc::clone(&remote), writer_id, options.read_only),
+            reads: ReadCounts::new(Arc::clone(&remote), writer_id.clone(), options.read_only),
             prefetch: Prefetcher::new(Arc::clone(&remote), Arc::clone(&view)),
             sweeper: Sweeper::new(
                 Arc::clone(&remote),
@@ -359,6 +378,7 @@ impl S3Store {
             ),
             log,
             reservations: std::sync::Mutex::default(),
+            writer_id,
             remote,
             options,
             identity,
@@ -366,7 +386,10 @@ impl S3Store {
             view,
             packs,
         });
-        parts.view.refresh_if_stale(Duration::ZERO)?;
+        if let Some((done, entries)) = snapshots::newest(&parts.remote)? {
+            parts.view.start_from_snapshot(done.epoch, entries);
+        }
+        parts.view.refresh_at_open()?;
         let housekeeper = Some(start_housekeeper(Arc::downgrade(&parts)));
         Ok(S3Store { parts, housekeeper })
     }
@@ -377,6 +400,13 @@ impl S3Store {
     pub fn sweep(&self) -> Result<SweepReport> {
         self.writable("collecting garbage")?;
         self.parts.sweeper.sweep()
+    }
+
+    /// Writes a snapshot of the log's settled epochs now if one is due (the housekeeper looks
+    /// every [`S3Options::snapshot_every`]).
+    pub fn write_snapshot(&self) -> Result<SnapshotOutcome> {
+        self.writable("writing a snapshot of the log")?;
+        self.parts.write_snapshot()
     }
 
     /// Writes the news for other servers that no commit has carried to the bucket's log yet

@@ -15,8 +15,9 @@ use bytes::Bytes;
 
 use crate::catalog::{Catalog, KnownBlock};
 use crate::keys;
-use crate::log_reader::{LogReader, ReadEvent, Removals};
+use crate::log_reader::{LogReader, Read, ReadEvent, Removals};
 use crate::log_record::{Event, Origin};
+use crate::log_snapshot::Entry;
 use crate::pack;
 use crate::remote::{Listed, Remote};
 use crate::sync::{lock, SingleFlight};
@@ -128,12 +129,9 @@ impl View {
             .collect()
     }
 
-    /// Applies what other servers appended to the log since the last refresh: blocks, frees,
-    /// packs with their entries, pack deletions, volume deltas (fetched) and heads (read
-    /// again). No listing of `blocks/`, `packs/`, `volumes/` or `layers/`.
-    fn refresh_from_log(&self) -> Result<()> {
-        let (events, read) = lock(&self.log).read(&self.remote);
-        let (mut heads, mut layers) = std::mem::take(&mut *lock(&self.pending));
+    /// Applies events read (from the log or a snapshot) to the catalog; adds the heads to
+    /// read again and the layers whose deltas to fetch to `heads` and `layers`.
+    fn apply(&self, events: Read, heads: &mut Vec<String>, layers: &mut Vec<LayerId>) {
         self.change(|c| {
             for ReadEvent {
                 origin,
@@ -163,7 +161,7 @@ impl View {
                         name,
                         size,
                         entries,
-                    } => c.add_pack(&name, size, None, entries, None),
+                    } => c.add_pack(&name, size, None, entries, None, true),
                     Event::PackDeleted { name } => c.remove_pack(&name),
                     Event::DeltaAdded { layer, seq, size } => {
                         // The delta was written before its record: as old as that, or older.
@@ -175,6 +173,40 @@ impl View {
                 }
             }
         });
+    }
+
+    /// Starts this (empty) view from a snapshot of the log's epochs `0..=epoch`: its
+    /// entries enter the catalog, and the heads and layers they name are fetched by the next
+    /// refresh from the log, which reads the epochs after it.
+    pub fn start_from_snapshot(&self, epoch: u64, entries: Vec<Entry>) {
+        let events = lock(&self.log).start_after(epoch, entries);
+        let (mut heads, mut layers) = (Vec::new(), Vec::new());
+        self.apply(events, &mut heads, &mut layers);
+        let mut pending = lock(&self.pending);
+        pending.0.extend(heads);
+        pending.1.extend(layers);
+    }
+
+    /// The refresh of an open: the log (blocks, packs, volumes), then the marks; no listing
+    /// of packs, which the log names.
+    pub fn refresh_at_open(&self) -> Result<()> {
+        self.follow_log_within(Duration::ZERO)?;
+        self.marks
+            .run_if_stale(Duration::ZERO, || self.refresh_marks())
+    }
+
+    /// See [`LogReader::settled_epochs`].
+    pub fn settled_log(&self) -> (u64, std::collections::BTreeMap<u64, Option<i64>>) {
+        lock(&self.log).settled_epochs()
+    }
+
+    /// Applies what other servers appended to the log since the last refresh: blocks, frees,
+    /// packs with their entries, pack deletions, volume deltas (fetched) and heads (read
+    /// again). No listing of `blocks/`, `packs/`, `volumes/` or `layers/`.
+    fn refresh_from_log(&self) -> Result<()> {
+        let (events, read) = lock(&self.log).read(&self.remote);
+        let (mut heads, mut layers) = std::mem::take(&mut *lock(&self.pending));
+        self.apply(events, &mut heads, &mut layers);
         heads.sort_unstable();
         heads.dedup();
         let fetched = self.read_heads(&heads, &mut layers).and_then(|()| {
@@ -313,8 +345,9 @@ impl View {
                 let l = new[i];
                 let name = name_of(l);
                 match tail.and_then(|tail| self.read_index(&name, l.size, tail)) {
-                    Ok(entries) => self
-                        .change(|c| c.add_pack(&name, l.size, Some(l.modified_ms), entries, None)),
+                    Ok(entries) => self.change(|c| {
+                        c.add_pack(&name, l.size, Some(l.modified_ms), entries, None, false)
+                    }),
                     Err(Error::Corrupt(why)) => {
                         tracing::error!("pack {name}: {why}");
                         self.change(|c| c.note_bad_pack(&name, why));

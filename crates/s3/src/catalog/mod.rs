@@ -35,6 +35,10 @@ pub struct PackEntry {
     /// For packs this process wrote: the epoch stamp of the upload (see `aetherflow_store::epoch`).
     pub sealed: Option<u64>,
     pub condemned: Option<Condemned>,
+    /// Named by a record of the log (or written by this server, whose record names it before
+    /// any commit that needs it): a server that starts from the log knows it. A pack known
+    /// only from a listing (its record was never written) never keeps a chunk's live copy.
+    pub logged: bool,
     seen: u64,
 }
 
@@ -256,18 +260,21 @@ impl Catalog {
     }
 
     /// The copy that counts as live for compaction: in the first pack (by name) that is not
-    /// condemned. Other copies are dead weight in their packs.
+    /// condemned, among those the log names if any does. Other copies are dead weight in their
+    /// packs. (Were a copy only a listing shows kept, a compaction could drop the copy the log
+    /// names, and a server that starts from the log would find the chunk nowhere.)
     pub fn keeper(&self, id: &ChunkId) -> Option<Arc<str>> {
         self.homes
             .get(id)?
             .iter()
-            .filter(|h| {
-                self.packs
-                    .get(&h.pack)
-                    .is_some_and(|p| p.condemned.is_none())
+            .filter_map(|h| {
+                let p = self.packs.get(&h.pack)?;
+                p.condemned
+                    .is_none()
+                    .then(|| (!p.logged, Arc::clone(&h.pack)))
             })
-            .map(|h| Arc::clone(&h.pack))
             .min()
+            .map(|(_, name)| name)
     }
 
     // ----- packs -----
@@ -294,7 +301,8 @@ impl Catalog {
         self.packs.keys().cloned().collect()
     }
 
-    /// Records a pack and its chunks (or, if known, that it was listed again).
+    /// Records a pack and its chunks (or, if known, that it was listed again); `logged`: see
+    /// [`PackEntry::logged`].
     pub fn add_pack(
         &mut self,
         name: &str,
@@ -302,9 +310,11 @@ impl Catalog {
         modified_ms: Option<i64>,
         chunks: Vec<(u64, ChunkInfo)>,
         sealed: Option<u64>,
+        logged: bool,
     ) {
         if let Some(p) = self.packs.get_mut(name) {
             p.seen = self.generation;
+            p.logged |= logged;
             if modified_ms.is_some() {
                 p.modified_ms = modified_ms;
             }
@@ -328,6 +338,7 @@ impl Catalog {
                 chunks,
                 sealed,
                 condemned: None,
+                logged,
                 seen: self.generation,
             },
         );
@@ -513,9 +524,9 @@ mod tests {
     fn a_listing_older_than_an_entry_does_not_remove_it() {
         let mut c = Catalog::default();
         let generation = c.begin_refresh();
-        c.add_pack("old", 10, Some(1), vec![(8, info(1))], None);
+        c.add_pack("old", 10, Some(1), vec![(8, info(1))], None, true);
         let listing = c.begin_refresh(); // a listing starts, then this server writes a pack
-        c.add_pack("mine", 10, None, vec![(8, info(2))], Some(0));
+        c.add_pack("mine", 10, None, vec![(8, info(2))], Some(0), true);
         c.confirm_packs(&HashSet::new(), listing);
         assert!(c.pack("mine").is_some(), "written after the listing began");
         assert!(
@@ -529,9 +540,15 @@ mod tests {
     fn condemned_copies_are_not_found_and_not_kept() {
         let mut c = Catalog::default();
         c.add_block(BlockId::random(), block(manifest(&[1]), 1));
-        c.add_pack("p1", 10, Some(1), vec![(8, info(1))], None);
-        c.add_pack("p2", 10, Some(1), vec![(8, info(1))], None);
-        assert_eq!(c.keeper(&info(1).id).as_deref(), Some("p1"));
+        c.add_pack("p0", 10, Some(1), vec![(8, info(1))], None, false);
+        c.add_pack("p1", 10, Some(1), vec![(8, info(1))], None, true);
+        c.add_pack("p2", 10, Some(1), vec![(8, info(1))], None, true);
+        assert_eq!(
+            c.keeper(&info(1).id).as_deref(),
+            Some("p1"),
+            "a copy the log names is kept before one only a listing shows"
+        );
+        c.condemn("p0", None, None);
         c.condemn("p1", None, None);
         assert_eq!(c.keeper(&info(1).id).as_deref(), Some("p2"));
         c.condemn("p2", None, None);

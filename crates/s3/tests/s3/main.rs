@@ -7,6 +7,7 @@ mod harness;
 mod injected;
 mod log;
 mod shared;
+mod snapshots;
 mod volumes;
 
 fn with_store(test: &dyn Fn(&dyn aetherflow_store::BlockStore)) {

@@ -1,0 +1,309 @@
+//! Writing and finding snapshots of the log (the layout is `log_snapshot`'s).
+//!
+//! A snapshot of epochs `0..=E` is the previous snapshot with the records of the settled
+//! epochs after it applied: it is built from the bucket alone (never from a server's catalog,
+//! which holds its own changes not logged yet and other servers' unsettled records), so every
+//! server that builds it for the same E builds the same blocks, packs and volumes. It is
+//! written when the log since the last snapshot has grown to a fraction of that snapshot
+//! ([`S3Options::snapshot_after`]), so that writing snapshots costs in proportion to what
+//! changed, and a cold start reads a snapshot and at most that fraction of it in records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use aetherflow_store::{BlockId, Error, Result};
+use bytes::Bytes;
+
+use crate::log_reader::ignored;
+use crate::log_record::{self, Event, LogRecord, Origin};
+use crate::log_snapshot::{self, done_key, parse_done_key, Done, Entry, Segment, INDEX};
+use crate::remote::Remote;
+use crate::store::S3Options;
+use crate::view::View;
+use crate::volume_objects::{self, LayerId};
+
+/// How long a snapshot remembers a pack or a layer deleted, so that news of the pack retried
+/// after its deletion (or a delta of a deleted layer) is not taken for live.
+const TOMBSTONE_KEEP_MS: i64 = 24 * 3600 * 1000;
+
+/// The newest complete snapshot in the bucket that can be read, with its entries; `None` if
+/// there is none. A snapshot that cannot be read is logged and passed over for an older one.
+pub(crate) fn newest(remote: &Remote) -> Result<Option<(Done, Vec<Entry>)>> {
+    for epoch in complete_epochs(remote)?.into_iter().rev() {
+        let loaded = read_done(remote, epoch).and_then(|done| {
+            let entries = read_entries(remote, &done)?;
+            Ok((done, entries))
+        });
+        match loaded {
+            Ok(found) => return Ok(Some(found)),
+            Err(e) if unusable(&e) => {
+                tracing::error!("the snapshot of the log at epoch {epoch} is unusable: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// The `DONE` of the newest complete snapshot whose `DONE` can be read (its segments are not
+/// read).
+fn newest_done(remote: &Remote) -> Result<Option<Done>> {
+    for epoch in complete_epochs(remote)?.into_iter().rev() {
+        match read_done(remote, epoch) {
+            Ok(done) => return Ok(Some(done)),
+            Err(e) if unusable(&e) => {
+                tracing::error!("the snapshot of the log at epoch {epoch} is unusable: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+fn unusable(e: &Error) -> bool {
+    e.is_corrupt() || matches!(e, Error::NotFound(_))
+}
+
+/// The epochs of the snapshots that have a `DONE`, in order.
+fn complete_epochs(remote: &Remote) -> Result<Vec<u64>> {
+    let mut epochs: Vec<u64> = remote
+        .list(INDEX)?
+        .iter()
+        .filter_map(|l| parse_done_key(&l.key))
+        .collect();
+    epochs.sort_unstable();
+    Ok(epochs)
+}
+
+fn read_done(remote: &Remote, epoch: u64) -> Result<Done> {
+    let key = done_key(epoch);
+    Done::decode(&key, &remote.get(&key)?)
+}
+
+/// The entries of the snapshot `done` completes, every segment checked against it.
+fn read_entries(remote: &Remote, done: &Done) -> Result<Vec<Entry>> {
+    let keys = done.segment_keys();
+    let mut entries = Vec::new();
+    remote.for_each_object(&keys, |i, bytes| {
+        let bytes = bytes?;
+        done.verify_segment(i, &keys[i], &bytes)?;
+        entries.extend(Segment::decode(&keys[i], &bytes)?.entries);
+        Ok(())
+    })?;
+    Ok(entries)
+}
+
+/// What the log says once a run of its epochs is applied: the events still in force, each
+/// with the record it came in. Applying the events of one epoch is order-free (additions
+/// first, then what they cancel), as it is for a reader.
+#[derive(Debug, Default)]
+struct Survivors {
+    packs: BTreeMap<String, Entry>,
+    /// By id: the block's additions in force, oldest first (more than one while an imported
+    /// id waits for the free of the block that held it before).
+    blocks: BTreeMap<BlockId, Vec<Entry>>,
+    heads: BTreeMap<String, Entry>,
+    deltas: BTreeMap<(LayerId, u64), Entry>,
+    deleted_packs: BTreeMap<String, Entry>,
+    deleted_layers: BTreeMap<LayerId, Entry>,
+    newest_ms: i64,
+}
+
+fn sort_key(e: &Entry) -> (u64, &str, u64) {
+    (e.epoch, &e.origin.writer, e.origin.seq)
+}
+
+impl Survivors {
+    /// The state a snapshot holds.
+    fn from_snapshot(entries: Vec<Entry>) -> Survivors {
+        let mut s = Survivors::default();
+        s.apply(entries);
+        s
+    }
+
+    /// Applies the events of one epoch (or of a snapshot).
+    fn apply(&mut self, entries: Vec<Entry>) {
+        let mut removals = Vec::new();
+        for entry in entries {
+            self.newest_ms = self.newest_ms.max(entry.written_ms);
+            match &entry.event {
+                Event::BlockAdded { id, .. } => {
+                    let known = self.blocks.entry(*id).or_default();
+                    if !known.iter().any(|k| k.origin == entry.origin) {
+                        known.push(entry);
+                        known.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+                    }
+                }
+                Event::PackAdded { name, .. } => {
+                    if !self.deleted_packs.contains_key(name) {
+                        self.packs.insert(name.clone(), entry);
+                    }
+                }
+                Event::DeltaAdded { layer, seq, .. } => {
+                    if !self.deleted_layers.contains_key(layer) {
+                        self.deltas.insert((*layer, *seq), entry);
+                    }
+                }
+                Event::HeadChanged { name } => {
+                    self.heads.insert(name.clone(), entry);
+                }
+                Event::BlockFreed { .. }
+                | Event::PackDeleted { .. }
+                | Event::LayerDeleted { .. } => removals.push(entry),
+            }
+        }
+        for entry in removals {
+            match &entry.event {
+                Event::BlockFreed { id, added_in } => self.free(*id, added_in),
+                Event::PackDeleted { name } => {
+                    self.packs.remove(name);
+                    self.deleted_packs.insert(name.clone(), entry);
+                }
+                Event::LayerDeleted { layer } => {
+                    let layer = *layer;
+                    self.deltas.retain(|(l, _), _| *l != layer);
+                    self.deleted_layers.insert(layer, entry);
+                }
+                _ => unreachable!("only removals"),
+            }
+        }
+    }
+
+    fn free(&mut self, id: BlockId, added_in: &Origin) {
+        if let Some(known) = self.blocks.get_mut(&id) {
+            known.retain(|k| k.origin != *added_in);
+            if known.is_empty() {
+                self.blocks.remove(&id);
+            }
+        }
+    }
+
+    /// The entries of the snapshot, sorted: packs, blocks, volume heads, deltas, then what
+    /// was deleted lately (older deletions are forgotten).
+    fn into_entries(self) -> Vec<Entry> {
+        let recent = |e: &Entry| e.written_ms >= self.newest_ms - TOMBSTONE_KEEP_MS;
+        let mut out: Vec<Entry> = self.packs.into_values().collect();
+        out.extend(self.blocks.into_values().flatten());
+        out.extend(self.heads.into_values());
+        out.extend(self.deltas.into_values());
+        out.extend(self.deleted_packs.into_values().filter(recent));
+        out.extend(self.deleted_layers.into_values().filter(recent));
+        out
+    }
+}
+
+/// Why no snapshot was written, or which was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    /// Written (or found written by another server) at this epoch.
+    Written(u64),
+    /// No settled epoch after the newest snapshot.
+    UpToDate,
+    /// The records since the newest snapshot are fewer bytes than the threshold.
+    TooLittleChange { log_bytes: u64, threshold: u64 },
+}
+
+/// Writes a snapshot of the settled epochs if the log since the newest snapshot is large
+/// enough (see the module documentation). `writer`: this server's id (its segments' names).
+pub(crate) fn write_if_due(
+    remote: &Remote,
+    view: &View,
+    writer: &str,
+    options: &S3Options,
+) -> Result<SnapshotOutcome> {
+    // Every epoch below `settled_below` is settled, with its markers known to the reader.
+    view.follow_log_within(std::time::Duration::ZERO)?;
+    let (settled_below, lateness) = view.settled_log();
+    let late_from = |e: u64| lateness.get(&e).copied().flatten();
+    let Some(top) = settled_below.checked_sub(1) else {
+        return Ok(SnapshotOutcome::UpToDate);
+    };
+    let previous = newest_done(remote)?;
+    let start = match &previous {
+        Some(done) if done.epoch >= top => return Ok(SnapshotOutcome::UpToDate),
+        Some(done) => done.epoch + 1,
+        None => 0,
+    };
+    let mut epochs = Vec::new();
+    let mut log_bytes = 0;
+    for e in start..=top {
+        let records: Vec<_> = remote
+            .list(&log_record::epoch_dir(e))?
+            .into_iter()
+            .filter(|l| match ignored(l, late_from(e)) {
+                Some(why) => {
+                    tracing::debug!("{}: {why}; not in the snapshot", l.key);
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        log_bytes += records.iter().map(|l| l.size).sum::<u64>();
+        epochs.push((e, records));
+    }
+    let previous_bytes = previous.as_ref().map_or(0, Done::bytes);
+    let threshold = options
+        .snapshot_min_bytes
+        .max((previous_bytes as f64 * options.snapshot_after) as u64);
+    if log_bytes < threshold {
+        return Ok(SnapshotOutcome::TooLittleChange {
+            log_bytes,
+            threshold,
+        });
+    }
+    let previous = match &previous {
+        Some(done) => read_entries(remote, done)?,
+        None => Vec::new(),
+    };
+    let mut survivors = Survivors::from_snapshot(previous);
+    let mut touched_heads = BTreeSet::new();
+    for (e, records) in epochs {
+        let keys: Vec<String> = records.iter().map(|l| l.key.clone()).collect();
+        let mut entries = Vec::new();
+        // A record that cannot be read stops the snapshot: what it says is unknown.
+        remote.for_each_object(&keys, |i, body| {
+            let record = LogRecord::decode(&keys[i], &body?)?;
+            let origin = Origin {
+                writer: Arc::from(record.writer),
+                seq: record.seq,
+            };
+            for event in record.events {
+                if let Event::HeadChanged { name } = &event {
+                    touched_heads.insert(name.clone());
+                }
+                entries.push(Entry {
+                    epoch: e,
+                    origin: origin.clone(),
+                    written_ms: records[i].modified_ms,
+                    event,
+                });
+            }
+            Ok(())
+        })?;
+        survivors.apply(entries);
+    }
+    // A volume whose head is gone (deleted) is dropped; one that cannot be looked up stays.
+    for name in touched_heads {
+        if let Err(Error::NotFound(_)) = remote.head(&volume_objects::volume_key(&name)) {
+            survivors.heads.remove(&name);
+        }
+    }
+    let segments = log_snapshot::segments(top, survivors.into_entries());
+    let done = Done::of(top, writer, &segments);
+    for (key, bytes) in done.segment_keys().into_iter().zip(segments) {
+        remote.put(&key, Bytes::from(bytes), false)?;
+    }
+    match remote.create(&done_key(top), Bytes::from(done.encode())) {
+        Ok(_) => Ok(SnapshotOutcome::Written(top)),
+        Err(Error::AlreadyExists(_)) => {
+            // Another server wrote it first: its segments count, not these.
+            for key in done.segment_keys() {
+                if let Err(e) = remote.delete(&key) {
+                    tracing::warn!("{key} stays behind: {e}");
+                }
+            }
+            Ok(SnapshotOutcome::Written(top))
+        }
+        Err(e) => Err(e),
+    }
+}

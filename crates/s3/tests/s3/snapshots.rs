@@ -1,0 +1,189 @@
+//! Snapshots of the log: a server that starts cold reads the newest snapshot and the records
+//! after it, never a listing of packs, and finds what a server that read the whole log finds.
+
+use std::time::Duration;
+
+use aetherflow_s3::log_record;
+use aetherflow_s3::log_snapshot::{self, parse_snapshot_epoch};
+use aetherflow_s3::remote::Remote;
+use aetherflow_s3::{S3Location, S3Options, S3Store, SnapshotOutcome};
+use aetherflow_store::{BlockId, BlockStore, Totals};
+
+use crate::harness::{chunk, clean, fresh_location, open, put, quick_timeouts, shared_options};
+use crate::injected::faulty_store_at;
+use crate::volumes::{map_of, record, write};
+
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Servers that write a snapshot only when told, of any change, with epochs that advance at
+/// every refresh a second apart.
+fn snapshotting() -> S3Options {
+    S3Options {
+        epoch_every: Duration::from_secs(1),
+        log_every: Duration::from_secs(3600),
+        refresh_every: Duration::from_secs(3600),
+        snapshot_every: None,
+        snapshot_min_bytes: 0,
+        snapshot_after: 0.0,
+        ..shared_options(GRACE)
+    }
+}
+
+/// Writes what `store` has queued for the log, begins a new epoch, and waits until every
+/// epoch before it is settled and read once more.
+fn settle(store: &S3Store) {
+    store.flush_log().unwrap();
+    store.refresh_from_log().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    store.refresh_from_log().unwrap(); // begins the next epoch
+                                       // Settled once marker + G/2 + 2 s have passed by the bucket's clock, which keeps whole
+                                       // seconds (so this server's reading of it may lag by one more).
+    std::thread::sleep(GRACE / 2 + Duration::from_millis(3200));
+    store.refresh_from_log().unwrap();
+}
+
+fn written(outcome: SnapshotOutcome) -> u64 {
+    match outcome {
+        SnapshotOutcome::Written(epoch) => epoch,
+        other => panic!("no snapshot written: {other:?}"),
+    }
+}
+
+fn sorted_ids(store: &dyn BlockStore) -> Vec<BlockId> {
+    let mut ids = Vec::new();
+    store
+        .blocks(&mut |b| {
+            ids.push(b.id);
+            true
+        })
+        .unwrap();
+    ids.sort();
+    ids
+}
+
+/// Deletes every record and marker of the log's epochs `0..=epoch`, as the deletion of raw
+/// epochs behind a snapshot does.
+fn delete_raw_log(location: &S3Location, epoch: u64) -> usize {
+    let remote = Remote::connect(location, quick_timeouts()).unwrap();
+    let mut deleted = 0;
+    for l in remote.list(log_record::LOG).unwrap() {
+        let e = log_record::parse_epoch_marker(&l.key)
+            .or_else(|| log_record::parse_record_key(&l.key).map(|(e, _, _)| e));
+        if e.is_some_and(|e| e <= epoch) {
+            remote.delete(&l.key).unwrap();
+            deleted += 1;
+        }
+    }
+    deleted
+}
+
+fn same_view(a: &S3Store, b: &S3Store) {
+    let (ta, tb): (Totals, Totals) = (a.totals(), b.totals());
+    assert_eq!(ta, tb, "the figures");
+    assert_eq!(sorted_ids(a), sorted_ids(b), "the blocks");
+    let names = |s: &S3Store| {
+        let mut n: Vec<String> = s.volumes().unwrap().into_iter().map(|v| v.name).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(a), names(b), "the volumes");
+    for name in names(a) {
+        assert_eq!(map_of(a, &name), map_of(b, &name), "volume {name}");
+    }
+}
+
+#[test]
+fn a_cold_open_reads_the_newest_snapshot_and_the_log_after_it_not_the_packs() {
+    let location = fresh_location();
+    let a = open(&location, snapshotting());
+    let (c1, c2, c3, c4) = (
+        chunk(1, 5000),
+        chunk(2, 3000),
+        chunk(3, 7000),
+        chunk(4, 4096),
+    );
+    let first = put(&a, &[&c1]);
+    put(&a, &[&c2, &c1]);
+    let freed = put(&a, &[&c3]);
+    a.free_block(freed).unwrap();
+    a.create_volume(&record("v")).unwrap();
+    a.acquire_volume("v").unwrap();
+    write(&a, "v", &[(1, &c4)]).unwrap();
+    a.release_volume("v");
+    a.snapshot_volume("v", "s", false).unwrap();
+    a.create_volume(&record("gone")).unwrap();
+    a.delete_volume("gone").unwrap();
+    settle(&a);
+    let epoch = written(a.write_snapshot().unwrap());
+    assert_eq!(
+        a.write_snapshot().unwrap(),
+        SnapshotOutcome::UpToDate,
+        "nothing settled since"
+    );
+
+    // A cold server: the snapshot, then the epochs after it; no listing of packs, volumes or
+    // layers.
+    let (b, faulty) = faulty_store_at(&location, snapshotting());
+    let listed = faulty.take_listed();
+    assert!(
+        listed.iter().any(|p| p.contains("/index")),
+        "snapshots are looked for: {listed:?}"
+    );
+    assert!(
+        !listed
+            .iter()
+            .any(|p| ["/packs", "/volumes", "/layers", "/blocks"]
+                .iter()
+                .any(|d| p.contains(d))),
+        "a cold open lists no packs, volumes or layers: {listed:?}"
+    );
+    same_view(&a, &b);
+    assert_eq!(b.chunk(&c1.id).unwrap().payload, c1.payload);
+
+    // A change after it: with the next snapshot and no raw log left behind it, a cold open
+    // still finds what A has.
+    a.free_block(first).unwrap();
+    put(&a, &[&chunk(5, 6000)]);
+    settle(&a);
+    let next = written(a.write_snapshot().unwrap());
+    assert!(next > epoch, "{next} after {epoch}");
+    assert!(delete_raw_log(&location, next) > 0);
+    let c = open(&location, snapshotting());
+    same_view(&a, &c);
+    assert!(!sorted_ids(&c).contains(&first));
+    clean(&c);
+    // Both snapshots are in the bucket; the cold open took the newer.
+    let remote = Remote::connect(&location, quick_timeouts()).unwrap();
+    let mut epochs: Vec<u64> = remote
+        .list(log_snapshot::INDEX)
+        .unwrap()
+        .iter()
+        .filter_map(|l| log_snapshot::parse_done_key(&l.key))
+        .collect();
+    epochs.sort();
+    assert_eq!(epochs, vec![epoch, next]);
+    assert!(remote
+        .list(log_snapshot::INDEX)
+        .unwrap()
+        .iter()
+        .all(|l| parse_snapshot_epoch(&l.key).is_some()));
+}
+
+#[test]
+fn a_snapshot_waits_until_the_log_has_grown_to_its_share() {
+    let location = fresh_location();
+    let options = S3Options {
+        snapshot_min_bytes: 1 << 30,
+        ..snapshotting()
+    };
+    let a = open(&location, options);
+    put(&a, &[&chunk(9, 1000)]);
+    settle(&a);
+    match a.write_snapshot().unwrap() {
+        SnapshotOutcome::TooLittleChange {
+            log_bytes,
+            threshold,
+        } => assert!(log_bytes > 0 && threshold == 1 << 30, "{log_bytes}"),
+        other => panic!("{other:?}"),
+    }
+}
