@@ -97,6 +97,9 @@ pub(crate) fn start_housekeeper(parts: Weak<Parts>) -> Housekeeper {
                             .write_snapshot()
                             .map(|r| tracing::debug!(?r, "snapshot of the log"))
                     });
+                    duty("deleting the log behind a snapshot", || {
+                        parts.trim_log().map(|r| tracing::debug!(?r, "log trimmed"))
+                    });
                     snapshot = Instant::now();
                 }
                 if parts

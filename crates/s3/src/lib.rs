@@ -51,5 +51,5 @@ pub mod writer;
 
 pub use location::S3Location;
 pub use remote::{s3_bucket, Timeouts};
-pub use snapshots::SnapshotOutcome;
+pub use snapshots::{LogTrimmed, SnapshotOutcome};
 pub use store::{S3Options, S3Store};

@@ -54,6 +54,13 @@ pub(crate) struct LogReader {
     removals: Arc<Mutex<Removals>>,
     /// The newest epoch listed, shared with this server's log writer.
     seen_epoch: Arc<AtomicU64>,
+    /// Reads this server's own records too: after its catalog was built again from a
+    /// snapshot, until it has caught up with the log.
+    read_own: bool,
+    /// The log's oldest epoch, when it was found above the epoch this reader has to read next
+    /// (the epochs between were compacted into a snapshot and deleted): see the gap rule in
+    /// `docs/design.md`.
+    gap: Option<u64>,
 }
 
 /// Blocks freed and packs deleted, by records read or by this server itself, with the epoch
@@ -119,7 +126,30 @@ impl LogReader {
                 seen_epoch: Arc::clone(&seen_epoch),
             })),
             seen_epoch,
+            read_own: false,
+            gap: None,
         }
+    }
+
+    /// Whether this reader has found the epochs it has to read next deleted (the oldest epoch
+    /// left, if so): nothing it knows may be trusted until it starts again from a snapshot
+    /// ([`LogReader::restart`]).
+    pub fn gap(&self) -> Option<u64> {
+        self.gap
+    }
+
+    /// Starts again from a snapshot of epochs `0..=epoch`, forgetting every record read,
+    /// and reading this server's own records too until [`LogReader::caught_up`].
+    pub fn restart(&mut self, epoch: u64, entries: Vec<Entry>) -> Read {
+        self.markers.clear();
+        self.gap = None;
+        self.read_own = true;
+        self.start_after(epoch, entries)
+    }
+
+    /// The catalog built again has read the whole log after its snapshot.
+    pub fn caught_up(&mut self) {
+        self.read_own = false;
     }
 
     /// The records in the bucket that cannot be read, with why.
@@ -226,11 +256,13 @@ impl LogReader {
             0 => remote.list(log_record::EPOCHS)?,
             from => remote.list_after(log_record::EPOCHS, &log_record::epoch_marker(from - 1))?,
         };
+        self.check_gap(&listed, self.from)?;
         for l in &listed {
             if let Some(e) = log_record::parse_epoch_marker(&l.key) {
                 self.markers.insert(e, l.modified_ms);
             }
         }
+        let from_before = self.from;
         let Some(&current) = self.markers.keys().next_back() else {
             return Ok(()); // no log yet
         };
@@ -257,6 +289,17 @@ impl LogReader {
                 self.from = e + 1;
             }
         }
+        if self.from > from_before {
+            // Epochs read for the last time may have been deleted behind a snapshot while
+            // they were read (a reader two grace periods behind): their marker goes first.
+            let after = match from_before {
+                0 => remote.list(log_record::EPOCHS)?,
+                from => {
+                    remote.list_after(log_record::EPOCHS, &log_record::epoch_marker(from - 1))?
+                }
+            };
+            self.check_gap(&after, from_before)?;
+        }
         if self.read_only {
             return Ok(());
         }
@@ -265,6 +308,25 @@ impl LogReader {
             tracing::warn!("beginning the log's epoch {}: {e}", current + 1);
         }
         Ok(())
+    }
+
+    /// Finds a gap: the markers listed from epoch `next` on begin above it, so the epochs
+    /// between (at least `next`, which this reader has to read) were deleted behind a
+    /// snapshot.
+    fn check_gap(&mut self, listed: &[Listed], next: u64) -> Result<()> {
+        let oldest = listed
+            .iter()
+            .filter_map(|l| log_record::parse_epoch_marker(&l.key))
+            .min();
+        match oldest {
+            Some(oldest) if oldest > next => {
+                self.gap = Some(oldest);
+                Err(Error::Unavailable(format!(
+                    "this server has to read the log from epoch {next} on, but its oldest                      epoch left is {oldest}: the epochs between were deleted behind a snapshot"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn read_epoch(
@@ -286,7 +348,7 @@ impl LogReader {
             }
             let skip = match log_record::parse_record_key(&l.key) {
                 // This server's own: applied when it committed.
-                Some((_, writer, _)) if writer == self.writer => Some(""),
+                Some((_, writer, _)) if writer == self.writer && !self.read_own => Some(""),
                 _ => ignored(l, late_from),
             };
             match skip {

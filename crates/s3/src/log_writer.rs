@@ -48,6 +48,8 @@ struct State {
     placement: Option<Placement>,
     /// A record is being written (by one of the committing threads or the housekeeper).
     writing: bool,
+    /// The news in the record being written.
+    news_in_flight: Vec<Event>,
     /// The record each commit went in and how its write ended, until the commit takes it.
     outcomes: HashMap<u64, (u64, std::result::Result<(), String>)>,
 }
@@ -105,6 +107,25 @@ impl LogWriter {
     /// `key` (best effort): what only that event makes safe to delete.
     pub fn note_then_delete(&self, event: Event, key: String) {
         self.queue_news(event, Some(key));
+    }
+
+    /// This server's id, as its records name it.
+    pub fn writer(&self) -> Arc<str> {
+        Arc::clone(&self.writer)
+    }
+
+    /// The news not known to be in the log yet (queued, or in the record being written):
+    /// what this server changed that its reader, which skips its own records, would not
+    /// bring back to a catalog built again from the bucket.
+    pub fn pending_news(&self) -> Vec<Event> {
+        let state = lock(&self.state);
+        let queued = state.queue.iter().filter(|e| e.ticket.is_none());
+        state
+            .news_in_flight
+            .iter()
+            .cloned()
+            .chain(queued.flat_map(|e| e.events.clone()))
+            .collect()
     }
 
     fn queue_news(&self, event: Event, then_delete: Option<String>) {
@@ -210,6 +231,11 @@ impl LogWriter {
             }
             let seq = state.next_seq;
             state.next_seq += 1;
+            state.news_in_flight = batch
+                .iter()
+                .filter(|e| e.ticket.is_none())
+                .flat_map(|e| e.events.clone())
+                .collect();
             (batch, seq)
         };
         let events: Vec<Event> = batch.iter().flat_map(|e| e.events.clone()).collect();
@@ -224,6 +250,7 @@ impl LogWriter {
         });
         let mut state = lock(&self.state);
         state.writing = false;
+        state.news_in_flight.clear();
         let mut news = Vec::new();
         let mut deletes = Vec::new();
         for entry in batch {

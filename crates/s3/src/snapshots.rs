@@ -16,7 +16,9 @@ use bytes::Bytes;
 
 use crate::log_reader::ignored;
 use crate::log_record::{self, Event, LogRecord, Origin};
-use crate::log_snapshot::{self, done_key, parse_done_key, Done, Entry, Segment, INDEX};
+use crate::log_snapshot::{
+    self, done_key, parse_done_key, parse_snapshot_epoch, Done, Entry, Segment, INDEX,
+};
 use crate::remote::Remote;
 use crate::store::S3Options;
 use crate::view::View;
@@ -306,4 +308,90 @@ pub(crate) fn write_if_due(
         }
         Err(e) => Err(e),
     }
+}
+
+/// What a deletion behind a snapshot removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogTrimmed {
+    /// The snapshot the log was trimmed behind (`None`: no snapshot was old enough).
+    pub behind: Option<u64>,
+    /// Epoch markers and records deleted.
+    pub markers: u64,
+    pub records: u64,
+    /// Objects of older snapshots deleted.
+    pub snapshot_objects: u64,
+}
+
+/// Deletes the raw log behind the newest complete snapshot whose `DONE` is at least two grace
+/// periods old by the bucket's clock, and the snapshots before it: the markers of its epochs
+/// first (a reader still behind them then finds the gap before it lists their records), then
+/// their records; of each older snapshot its `DONE` first, then its segments. A deletion cut
+/// short leaves what it did not reach for the next.
+pub(crate) fn trim_log(
+    remote: &Remote,
+    writer: &str,
+    grace: std::time::Duration,
+) -> Result<LogTrimmed> {
+    let index = remote.list(INDEX)?;
+    let mut trimmed = LogTrimmed::default();
+    if !index.iter().any(|l| parse_done_key(&l.key).is_some()) {
+        return Ok(trimmed);
+    }
+    let now = remote.bucket_now(writer)?;
+    let old_enough = now - 2 * grace.as_millis() as i64;
+    let mut candidates: Vec<u64> = index
+        .iter()
+        .filter(|l| l.modified_ms <= old_enough)
+        .filter_map(|l| parse_done_key(&l.key))
+        .collect();
+    candidates.sort_unstable();
+    // Only a snapshot whose DONE reads, with every segment it names in the listing at the
+    // size it names, counts.
+    let complete = |epoch: u64| -> Result<bool> {
+        let done = match read_done(remote, epoch) {
+            Ok(done) => done,
+            Err(e) if unusable(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(done
+            .segment_keys()
+            .iter()
+            .zip(&done.segments)
+            .all(|(key, (size, _))| index.iter().any(|l| &l.key == key && l.size == *size)))
+    };
+    let mut behind = None;
+    for epoch in candidates.into_iter().rev() {
+        if complete(epoch)? {
+            behind = Some(epoch);
+            break;
+        }
+    }
+    let Some(epoch) = behind else {
+        return Ok(trimmed);
+    };
+    trimmed.behind = Some(epoch);
+    let log = remote.list(log_record::LOG)?;
+    for l in &log {
+        if log_record::parse_epoch_marker(&l.key).is_some_and(|e| e <= epoch) {
+            remote.delete(&l.key)?;
+            trimmed.markers += 1;
+        }
+    }
+    for l in &log {
+        if log_record::parse_record_key(&l.key).is_some_and(|(e, _, _)| e <= epoch) {
+            remote.delete(&l.key)?;
+            trimmed.records += 1;
+        }
+    }
+    let older =
+        |l: &&crate::remote::Listed| parse_snapshot_epoch(&l.key).is_some_and(|e| e < epoch);
+    let (dones, segments): (Vec<_>, Vec<_>) = index
+        .iter()
+        .filter(older)
+        .partition(|l| parse_done_key(&l.key).is_some());
+    for l in dones.into_iter().chain(segments) {
+        remote.delete(&l.key)?;
+        trimmed.snapshot_objects += 1;
+    }
+    Ok(trimmed)
 }

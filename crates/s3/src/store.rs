@@ -56,7 +56,7 @@ use crate::packs::{slots_of, PackWriter};
 use crate::prefetch::Prefetcher;
 use crate::reads::ReadCounts;
 use crate::remote::{s3_bucket, Remote, Timeouts};
-use crate::snapshots::{self, SnapshotOutcome};
+use crate::snapshots::{self, LogTrimmed, SnapshotOutcome};
 use crate::sweep::{SweepReport, Sweeper};
 use crate::sync::lock;
 use crate::view::View;
@@ -304,6 +304,11 @@ impl Parts {
         snapshots::write_if_due(&self.remote, &self.view, &self.writer_id, &self.options)
     }
 
+    /// See [`S3Store::trim_log`].
+    pub fn trim_log(&self) -> Result<LogTrimmed> {
+        snapshots::trim_log(&self.remote, &self.writer_id, self.options.grace)
+    }
+
     fn damage_of(&self, name: &str) -> Result<()> {
         match self.view.read(|c| c.volume_damage(name)) {
             Some(why) => Err(Error::Corrupt(why)),
@@ -344,12 +349,17 @@ impl S3Store {
         let gate = EpochGate::starting_at(0);
         let seen_epoch = Arc::default();
         let reader = LogReader::new(writer_id.clone(), &options, Arc::clone(&seen_epoch));
-        let view = Arc::new(View::new(Arc::clone(&remote), identity.bytes, reader));
         let log = Arc::new(LogWriter::new(
             Arc::clone(&remote),
             writer_id.clone(),
             options.grace,
             seen_epoch,
+        ));
+        let view = Arc::new(View::new(
+            Arc::clone(&remote),
+            identity.bytes,
+            reader,
+            Arc::clone(&log),
         ));
         let packs = Arc::new(PackWriter::new(
             Writer::new(writer_id.clone(), options.pack_size, options.commit_uploads),
@@ -407,6 +417,14 @@ impl S3Store {
     pub fn write_snapshot(&self) -> Result<SnapshotOutcome> {
         self.writable("writing a snapshot of the log")?;
         self.parts.write_snapshot()
+    }
+
+    /// Deletes the log's epochs behind the newest snapshot at least two grace periods old,
+    /// and the snapshots before it (the housekeeper does so after it looks for a snapshot to
+    /// write).
+    pub fn trim_log(&self) -> Result<LogTrimmed> {
+        self.writable("deleting the log behind a snapshot")?;
+        self.parts.trim_log()
     }
 
     /// Writes the news for other servers that no commit has carried to the bucket's log yet

@@ -121,6 +121,12 @@ impl Sweeper {
             Some(self.bucket_now()?)
         };
         self.view.refresh_if_stale(Duration::ZERO)?;
+        if self.view.behind() {
+            return Err(Error::Unavailable(
+                "this server is building its catalog again from a snapshot of the log;                  nothing is collected until it has caught up"
+                    .into(),
+            ));
+        }
         if let Some((key, why)) = self.view.damaged_records().into_iter().next() {
             return Err(Error::Corrupt(format!(
                 "the log record {key} cannot be read ({why}): the blocks it holds are unknown, \

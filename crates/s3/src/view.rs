@@ -7,6 +7,7 @@
 //! who wants it ([`SingleFlight`]).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +19,10 @@ use crate::keys;
 use crate::log_reader::{LogReader, Read, ReadEvent, Removals};
 use crate::log_record::{Event, Origin};
 use crate::log_snapshot::Entry;
+use crate::log_writer::LogWriter;
 use crate::pack;
 use crate::remote::{Listed, Remote};
+use crate::snapshots;
 use crate::sync::{lock, SingleFlight};
 use crate::volume_objects::{self, Delta, Head, LayerId};
 
@@ -44,13 +47,25 @@ pub(crate) struct View {
     /// Heads to read again and layers to load that a refresh from the log learnt of but could
     /// not fetch: the next one does.
     pending: Mutex<(Vec<String>, Vec<LayerId>)>,
+    /// This server's log writer: what it changed that is not in the log yet.
+    own_log: Arc<LogWriter>,
+    /// The catalog missed epochs of the log deleted behind a snapshot and is being built
+    /// again: nothing may be collected by it (see the gap rule in `docs/design.md`).
+    behind: AtomicBool,
 }
 
 impl View {
     /// A view of the bucket behind `remote`, whose blocks `log` reads.
-    pub fn new(remote: Arc<Remote>, other_bytes: u64, log: LogReader) -> View {
+    pub fn new(
+        remote: Arc<Remote>,
+        other_bytes: u64,
+        log: LogReader,
+        own_log: Arc<LogWriter>,
+    ) -> View {
         let removals = log.removals();
         View {
+            own_log,
+            behind: AtomicBool::new(false),
             remote,
             removals,
             catalog: Mutex::default(),
@@ -204,6 +219,73 @@ impl View {
     /// packs with their entries, pack deletions, volume deltas (fetched) and heads (read
     /// again). No listing of `blocks/`, `packs/`, `volumes/` or `layers/`.
     fn refresh_from_log(&self) -> Result<()> {
+        let read = self.read_log();
+        if lock(&self.log).gap().is_none() {
+            return read;
+        }
+        // The gap rule: what this catalog knows may miss blocks added in the epochs deleted,
+        // so it is dropped and built again from the newest snapshot.
+        self.behind.store(true, Ordering::Release);
+        if let Err(e) = read {
+            tracing::warn!("{e}; building the catalog again from the newest snapshot");
+        }
+        self.rebuild()
+    }
+
+    /// Whether the catalog is being built again after a gap (nothing may be collected).
+    pub fn behind(&self) -> bool {
+        self.behind.load(Ordering::Acquire)
+    }
+
+    /// Drops the catalog and builds it again: the newest snapshot, the log after it (this
+    /// server's own records included), this server's news not written yet, and the marks.
+    fn rebuild(&self) -> Result<()> {
+        let Some((done, entries)) = snapshots::newest(&self.remote)? else {
+            return Err(Error::Corrupt(
+                "epochs of the log were deleted, and no snapshot of them can be read".into(),
+            ));
+        };
+        // Taken before the log is read: news written meanwhile is in the records read.
+        let news = self.own_log.pending_news();
+        *lock(&self.catalog) = Catalog::default();
+        *lock(&self.pending) = Default::default();
+        let events = lock(&self.log).restart(done.epoch, entries);
+        let (mut heads, mut layers) = (Vec::new(), Vec::new());
+        self.apply(events, &mut heads, &mut layers);
+        let origin = Origin {
+            writer: self.own_log.writer(),
+            seq: u64::MAX,
+        };
+        let news = news.into_iter().map(|event| ReadEvent {
+            origin: origin.clone(),
+            written_ms: 0,
+            event,
+        });
+        self.apply(news.collect(), &mut heads, &mut layers);
+        {
+            let mut pending = lock(&self.pending);
+            pending.0.extend(heads);
+            pending.1.extend(layers);
+        }
+        self.read_log()?;
+        if let Some(oldest) = lock(&self.log).gap() {
+            return Err(Error::Unavailable(format!(
+                "the log's epochs before {oldest} were deleted while this server read it"
+            )));
+        }
+        self.marks
+            .run_if_stale(Duration::ZERO, || self.refresh_marks())?;
+        lock(&self.log).caught_up();
+        self.behind.store(false, Ordering::Release);
+        tracing::info!(
+            "the catalog was built again from the snapshot of epoch {}",
+            done.epoch
+        );
+        Ok(())
+    }
+
+    /// Reads the log once (see [`View::refresh_from_log`]).
+    fn read_log(&self) -> Result<()> {
         let (events, read) = lock(&self.log).read(&self.remote);
         let (mut heads, mut layers) = std::mem::take(&mut *lock(&self.pending));
         self.apply(events, &mut heads, &mut layers);

@@ -61,20 +61,34 @@ fn sorted_ids(store: &dyn BlockStore) -> Vec<BlockId> {
     ids
 }
 
-/// Deletes every record and marker of the log's epochs `0..=epoch`, as the deletion of raw
-/// epochs behind a snapshot does.
-fn delete_raw_log(location: &S3Location, epoch: u64) -> usize {
+/// The epochs of the log's markers and records left in the bucket.
+fn log_epochs(location: &S3Location) -> Vec<u64> {
     let remote = Remote::connect(location, quick_timeouts()).unwrap();
-    let mut deleted = 0;
-    for l in remote.list(log_record::LOG).unwrap() {
-        let e = log_record::parse_epoch_marker(&l.key)
-            .or_else(|| log_record::parse_record_key(&l.key).map(|(e, _, _)| e));
-        if e.is_some_and(|e| e <= epoch) {
-            remote.delete(&l.key).unwrap();
-            deleted += 1;
-        }
-    }
-    deleted
+    let mut epochs: Vec<u64> = remote
+        .list(log_record::LOG)
+        .unwrap()
+        .iter()
+        .filter_map(|l| {
+            log_record::parse_epoch_marker(&l.key)
+                .or_else(|| log_record::parse_record_key(&l.key).map(|(e, _, _)| e))
+        })
+        .collect();
+    epochs.sort();
+    epochs.dedup();
+    epochs
+}
+
+/// The epochs of the complete snapshots in the bucket.
+fn snapshot_epochs(location: &S3Location) -> Vec<u64> {
+    let remote = Remote::connect(location, quick_timeouts()).unwrap();
+    let mut epochs: Vec<u64> = remote
+        .list(log_snapshot::INDEX)
+        .unwrap()
+        .iter()
+        .filter_map(|l| log_snapshot::parse_done_key(&l.key))
+        .collect();
+    epochs.sort();
+    epochs
 }
 
 fn same_view(a: &S3Store, b: &S3Store) {
@@ -147,26 +161,68 @@ fn a_cold_open_reads_the_newest_snapshot_and_the_log_after_it_not_the_packs() {
     settle(&a);
     let next = written(a.write_snapshot().unwrap());
     assert!(next > epoch, "{next} after {epoch}");
-    assert!(delete_raw_log(&location, next) > 0);
-    let c = open(&location, snapshotting());
-    same_view(&a, &c);
-    assert!(!sorted_ids(&c).contains(&first));
-    clean(&c);
-    // Both snapshots are in the bucket; the cold open took the newer.
+    assert_eq!(snapshot_epochs(&location), vec![epoch, next]);
+    // The raw log behind the newer snapshot goes once its DONE is two grace periods old, and
+    // the older snapshot with it.
+    assert_ne!(a.trim_log().unwrap().behind, Some(next), "too soon");
+    std::thread::sleep(2 * GRACE + Duration::from_millis(1200));
+    let trimmed = a.trim_log().unwrap();
+    assert_eq!(trimmed.behind, Some(next), "{trimmed:?}");
+    assert!(
+        trimmed.markers > 0 && trimmed.records > 0 && trimmed.snapshot_objects > 0,
+        "{trimmed:?}"
+    );
+    assert!(log_epochs(&location).iter().all(|e| *e > next));
+    assert_eq!(snapshot_epochs(&location), vec![next]);
     let remote = Remote::connect(&location, quick_timeouts()).unwrap();
-    let mut epochs: Vec<u64> = remote
-        .list(log_snapshot::INDEX)
-        .unwrap()
-        .iter()
-        .filter_map(|l| log_snapshot::parse_done_key(&l.key))
-        .collect();
-    epochs.sort();
-    assert_eq!(epochs, vec![epoch, next]);
     assert!(remote
         .list(log_snapshot::INDEX)
         .unwrap()
         .iter()
-        .all(|l| parse_snapshot_epoch(&l.key).is_some()));
+        .all(|l| parse_snapshot_epoch(&l.key) == Some(next)));
+
+    let c = open(&location, snapshotting());
+    same_view(&a, &c);
+    assert!(!sorted_ids(&c).contains(&first));
+    clean(&c);
+}
+
+/// The offline server of the gap rule: A knows a block and goes quiet; B reuses its chunk in
+/// a block of its own, a snapshot is written, B frees A's block after it, and the log behind
+/// the snapshot is deleted. A, waking, finds the epochs it had to read gone: it builds its
+/// catalog again from the snapshot, so it sees B's block and collects nothing B needs.
+#[test]
+fn a_server_that_slept_through_a_trim_of_the_log_collects_nothing_live() {
+    let location = fresh_location();
+    let a = open(&location, snapshotting());
+    let b = open(&location, snapshotting());
+    let x = chunk(60, 9000);
+    let old = put(&a, &[&x]);
+    a.flush_log().unwrap();
+    b.refresh_from_log().unwrap();
+    a.refresh_from_log().unwrap();
+
+    let new = put(&b, &[&x]);
+    settle(&b);
+    let epoch = written(b.write_snapshot().unwrap());
+    b.free_block(old).unwrap();
+    b.flush_log().unwrap();
+    std::thread::sleep(2 * GRACE + Duration::from_millis(1200));
+    let trimmed = b.trim_log().unwrap();
+    assert_eq!(trimmed.behind, Some(epoch), "{trimmed:?}");
+
+    // A wakes and collects twice across the grace period.
+    a.sweep().unwrap();
+    std::thread::sleep(GRACE + Duration::from_millis(1200));
+    let report = a.sweep().unwrap();
+    assert_eq!(report.deleted, 0, "{report:?}");
+    for server in [&a, &b] {
+        assert_eq!(server.chunk(&x.id).unwrap().payload, x.payload);
+        assert!(server.manifest(new).is_ok());
+        assert!(server.manifest(old).is_err());
+        clean(server);
+    }
+    assert_eq!(sorted_ids(&a), vec![new]);
 }
 
 #[test]
