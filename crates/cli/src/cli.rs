@@ -51,6 +51,20 @@ pub enum Command {
     /// Manage volumes (thin block devices served over NBD) on a server or in a data directory.
     #[command(after_help = exit::HELP)]
     Volume(VolumeArgs),
+    /// Upgrade a store on object storage written by an older build (format version 2) to this
+    /// build's, once, with every server of the store stopped.
+    #[command(name = "upgrade-store", after_help = exit::HELP)]
+    UpgradeStore(UpgradeStoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeStoreArgs {
+    /// The store: s3://BUCKET/PREFIX?endpoint=http://HOST:PORT.
+    #[arg(value_name = "URL")]
+    pub store: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@
 //! | [`volume_objects`], `volumes` | volumes: heads, layer deltas, leases that fence writers |
 //! | [`store`] | [`S3Store`]: the `BlockStore` contract, its parts and their lock order |
 //! | [`meta`], `housekeeper` | the store's identity object; its background thread |
+//! | [`upgrade`] | a store of version 2 turned into version 3, once |
 //! | `sync` | locks that outlive a panic; work run once for all who want it |
 //! | `wire` | small checked objects read back as untrusted bytes: check, fields, counts |
 //!
@@ -42,6 +43,7 @@ pub mod snapshots;
 pub mod store;
 pub mod sweep;
 mod sync;
+pub mod upgrade;
 mod verify;
 mod view;
 pub mod volume_objects;

@@ -10,7 +10,8 @@ const META_MAGIC: [u8; 8] = *b"AFS3META";
 /// 3: blocks exist in the log (`log/E/WRITER-SEQ` records), no longer as `blocks/ID` objects.
 /// (2: sealed chunks carry their own nonce, seeded manifests a random checksum nonce.) A
 /// store of an older version is refused, by name: its blocks are objects this build does not
-/// read, and builds that know only version 2 refuse a version-3 store the same way.
+/// read until the store is upgraded (`upgrade`), and builds that know only version 2 refuse a
+/// version-3 store the same way.
 pub const META_VERSION: u8 = 3;
 const META_LEN: usize = 8 + 1 + 16 + 4;
 
@@ -80,9 +81,11 @@ pub(crate) fn open_identity(remote: &Remote, create: bool) -> Result<Identity> {
             "{}: this store is of version {version}, and this build reads version \
              {META_VERSION} only{}",
             keys::META,
-            if version < META_VERSION {
-                " (version 3 keeps blocks in the bucket's log; a store of an older version is \
-                 opened by the build that wrote it)"
+            if version == crate::upgrade::FROM_VERSION {
+                " (version 3 keeps blocks in the bucket's log: stop every server of this store \
+                 and run `aetherflow upgrade-store URL` once)"
+            } else if version < META_VERSION {
+                " (a store of that version is opened by the build that wrote it)"
             } else {
                 " (it was written by a newer build)"
             }

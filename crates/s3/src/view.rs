@@ -445,25 +445,14 @@ impl View {
         Ok(())
     }
 
-    /// A pack's entries, from its tail (`TAIL_GUESS` bytes of it, read already).
+    /// A pack's entries, from its tail (see [`read_pack_index`]).
     fn read_index(
         &self,
         name: &str,
         size: u64,
-        (mut tail, size_now): (Bytes, u64),
+        tail: (Bytes, u64),
     ) -> Result<Vec<(u64, ChunkInfo)>> {
-        if size_now != size {
-            return Err(Error::Corrupt(format!(
-                "pack {name} changed size from {size} to {size_now} bytes"
-            )));
-        }
-        let span = pack::index_span(name, size, &tail)?;
-        if span > tail.len() as u64 {
-            tail = self
-                .remote
-                .get_range(&keys::pack(name), size - span..size)?;
-        }
-        pack::parse_index(name, size, &tail)
+        read_pack_index(&self.remote, name, size, tail)
     }
 
     /// Learns which packs are condemned, and since when in the bucket's clock.
@@ -490,4 +479,24 @@ impl View {
         });
         Ok(())
     }
+}
+
+/// A pack's entries, from its tail (`TAIL_GUESS` bytes of it, read already, and the pack's
+/// size when they were read); the rest of its index is fetched if the tail is too short.
+pub(crate) fn read_pack_index(
+    remote: &Remote,
+    name: &str,
+    size: u64,
+    (mut tail, size_now): (Bytes, u64),
+) -> Result<Vec<(u64, ChunkInfo)>> {
+    if size_now != size {
+        return Err(Error::Corrupt(format!(
+            "pack {name} changed size from {size} to {size_now} bytes"
+        )));
+    }
+    let span = pack::index_span(name, size, &tail)?;
+    if span > tail.len() as u64 {
+        tail = remote.get_range(&keys::pack(name), size - span..size)?;
+    }
+    pack::parse_index(name, size, &tail)
 }

@@ -7,6 +7,7 @@ mod decompress;
 mod memory_info;
 mod serve;
 mod stats;
+mod upgrade_store;
 pub mod volume;
 
 use crate::cli::{Cli, Command};
@@ -21,6 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(args) => check::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Volume(args) => volume::run(args),
+        Command::UpgradeStore(args) => upgrade_store::run(args),
     }
 }
 

@@ -103,3 +103,141 @@ fn serve_refuses_wrong_credentials_and_missing_buckets_at_startup() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("allow_http=true"), "{err}");
 }
+
+/// The bytes the fixture's blocks and volumes were written with (by the build of format
+/// version 2: `crates/s3/tests/fixtures/README.md`).
+fn fixture_text() -> Vec<u8> {
+    let mut text: Vec<u8> = (0..1400)
+        .flat_map(|i| {
+            format!("line {i:06} of the fixture written by store version 2\n").into_bytes()
+        })
+        .collect();
+    text.truncate(65536);
+    text
+}
+
+fn uploaded_fixture() -> (String, S3Location, Remote) {
+    let url = format!(
+        "s3://{}/cli-v2-{}?endpoint={}",
+        bucket(),
+        uuid::Uuid::new_v4().simple(),
+        endpoint()
+    );
+    let location: S3Location = url.parse().unwrap();
+    let remote = Remote::connect(&location, Default::default()).unwrap();
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../s3/tests/fixtures/bucket-v2");
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let key = path
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                let body = bytes::Bytes::from(std::fs::read(&path).unwrap());
+                remote.put(&key, body, false).unwrap();
+            }
+        }
+    }
+    (url, location, remote)
+}
+
+fn volume_bytes(vm: &VirtualMemory, name: &str, len: usize) -> Vec<u8> {
+    let volume = vm.open_volume(name).unwrap();
+    let mut out = Vec::with_capacity(len);
+    for span in volume.read_at(0, len).unwrap() {
+        match span {
+            aetherflow_vm::Span::Data(b) => out.extend_from_slice(&b),
+            aetherflow_vm::Span::Zeros(n) => out.resize(out.len() + n as usize, 0),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_store_of_version_2_is_upgraded_once_and_keeps_every_block_and_volume() {
+    let (url, location, remote) = uploaded_fixture();
+    let ids: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../s3/tests/fixtures/bucket-v2.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let id = |name: &str| -> aetherflow_vm::BlockId {
+        ids[name]["blockId"].as_str().unwrap().parse().unwrap()
+    };
+
+    // This build refuses it, and says what to run.
+    let out = af(&["check", "--store", &url]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("upgrade-store"), "{}", stderr(&out));
+
+    let out = af(&["upgrade-store", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("Blocks:         4"), "{text}");
+    assert!(text.contains("Volumes:        2"), "{text}");
+    let out = af(&[
+        "check",
+        "--store",
+        &url,
+        "--read-data",
+        "--seed",
+        "fixture-seed",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(report.contains("Content verified: 4 blocks"), "{report}");
+
+    let vm = VirtualMemory::open(VmConfig::new(Backend::S3(
+        location.clone(),
+        S3Options::single_writer(),
+    )))
+    .unwrap();
+    let text = fixture_text();
+    let mut other = text[..32768].to_vec();
+    other.extend((0..32768u32).map(|i| ((i * 7) % 251) as u8));
+    let seed = aetherflow_vm::Seed::new("fixture-seed").unwrap();
+    assert_eq!(vm.read(id("text"), None).unwrap(), text);
+    assert_eq!(vm.read(id("shares-half"), None).unwrap(), other);
+    assert_eq!(vm.read(id("zeros"), None).unwrap(), vec![0u8; 32768]);
+    assert_eq!(vm.read(id("seeded"), Some(&seed)).unwrap(), text);
+    assert!(
+        vm.read(id("seeded"), None).is_err(),
+        "a seeded block needs its seed"
+    );
+
+    let mut disk = vec![0u8; 1 << 20];
+    disk[65536..196608].fill(0x5a);
+    let snap = disk.clone();
+    disk[65536..69632].fill(0x33);
+    assert!(volume_bytes(&vm, "disk", 1 << 20) == disk, "volume disk");
+    assert!(
+        volume_bytes(&vm, "disk-snap", 1 << 20) == snap,
+        "volume disk-snap"
+    );
+
+    // The store goes on as version 3: a new block, and the free of an upgraded one, whose old
+    // object goes with it.
+    let new = vm.allocate(b"written after the upgrade", None).unwrap();
+    assert_eq!(
+        vm.read(new, None).unwrap(),
+        &b"written after the upgrade"[..]
+    );
+    vm.free(id("zeros")).unwrap();
+    assert!(remote.get(&format!("blocks/{}", id("zeros"))).is_err());
+    drop(vm);
+    let out = af(&["upgrade-store", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("nothing to do"));
+}

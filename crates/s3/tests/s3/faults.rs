@@ -213,7 +213,11 @@ fn a_chunk_two_readers_want_at_once_or_soon_after_is_fetched_once() {
 
 #[test]
 fn a_store_of_another_version_is_refused_by_name() {
-    for (version, says) in [(2, "the build that wrote it"), (4, "newer build")] {
+    for (version, says) in [
+        (1, "the build that wrote it"),
+        (2, "aetherflow upgrade-store"),
+        (4, "newer build"),
+    ] {
         let location = fresh_location();
         let remote = Remote::connect(&location, quick_timeouts()).unwrap();
         remote
