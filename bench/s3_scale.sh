@@ -13,6 +13,7 @@
 #
 #   bash bench/s3_scale.sh
 #   SIZES=10000 IDLE=10 LOAD_SECS=5 bash bench/s3_scale.sh      # a quick check
+#   SIZES="10000 100000 1000000" bash bench/s3_scale.sh          # 10^6: a fill of about 15 min
 #   FRESH=1 bash bench/s3_scale.sh                              # refill every size first
 #   BIN=path/to/aetherflow bash bench/s3_scale.sh               # another build (before/after)
 set -euo pipefail
@@ -61,14 +62,26 @@ rows=()
 for n in $sizes; do
   # Filled by a build of the store's version 3 (crates/s3/src/meta.rs): a bucket of another
   # version is refused, and is filled again.
+  # The fill writes its records under a grace of GRACE_SECS (kept in the marker: a snapshot
+  # must be written under the grace its records were), then a snapshot of the log, as a
+  # server's housekeeper would once the log has grown; a bucket filled before snapshots
+  # existed gets its snapshot here.
   marker=$work/filled-v3-$n
   if [[ -n ${FRESH:-} || ! -s $marker ]]; then
     prefix=scale-$n-$(date -u +%Y%m%dT%H%M%S)
     echo "filling $prefix with $n blocks of 4 KiB" >&2
-    PREFIX=$prefix BLOCKS=$n THREADS=16 "$fill" >&2
-    echo "$prefix" > "$marker"
+    PREFIX=$prefix BLOCKS=$n THREADS=16 GRACE_SECS=${GRACE_SECS:-30} SNAPSHOT=1 "$fill" >&2
+    printf '%s\n%s\n' "$prefix" "${GRACE_SECS:-30}" > "$marker"
+    touch "$work/snapshot-v3-$n"
   fi
-  prefix=$(cat "$marker")
+  prefix=$(sed -n 1p "$marker")
+  fill_grace=$(sed -n 2p "$marker")
+  if [[ ! -e $work/snapshot-v3-$n ]]; then
+    echo "writing a snapshot of the log of $prefix" >&2
+    # (Filled in an earlier run: its epochs have long settled.)
+    PREFIX=$prefix BLOCKS=0 GRACE_SECS=${fill_grace:-900} SETTLE_SECS=0 SNAPSHOT=1 "$fill" >&2
+    touch "$work/snapshot-v3-$n"
+  fi
   store="s3://$AF_S3_BUCKET/$prefix?endpoint=$AF_S3_ENDPOINT"
 
   started=$(date +%s.%N)
