@@ -326,15 +326,21 @@ pub struct LogTrimmed {
 /// periods old by the bucket's clock, and the snapshots before it: the markers of its epochs
 /// first (a reader still behind them then finds the gap before it lists their records), then
 /// their records; of each older snapshot its `DONE` first, then its segments. A deletion cut
-/// short leaves what it did not reach for the next.
+/// short leaves what it did not reach for the next. `done_behind`: the snapshot this server
+/// trimmed the log behind already (nothing is done again for it).
 pub(crate) fn trim_log(
     remote: &Remote,
     writer: &str,
     grace: std::time::Duration,
+    done_behind: Option<u64>,
 ) -> Result<LogTrimmed> {
     let index = remote.list(INDEX)?;
     let mut trimmed = LogTrimmed::default();
-    if !index.iter().any(|l| parse_done_key(&l.key).is_some()) {
+    let newer = |e: u64| done_behind.is_none_or(|done| e > done);
+    if !index
+        .iter()
+        .any(|l| parse_done_key(&l.key).is_some_and(newer))
+    {
         return Ok(trimmed);
     }
     let now = remote.bucket_now(writer)?;
@@ -361,6 +367,9 @@ pub(crate) fn trim_log(
     };
     let mut behind = None;
     for epoch in candidates.into_iter().rev() {
+        if done_behind.is_some_and(|done| epoch <= done) {
+            return Ok(trimmed);
+        }
         if complete(epoch)? {
             behind = Some(epoch);
             break;
@@ -394,4 +403,127 @@ pub(crate) fn trim_log(
         trimmed.snapshot_objects += 1;
     }
     Ok(trimmed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aetherflow_store::{Checksum, Manifest};
+
+    fn entry(epoch: u64, writer: &str, seq: u64, event: Event) -> Entry {
+        Entry {
+            epoch,
+            origin: Origin {
+                writer: Arc::from(writer),
+                seq,
+            },
+            written_ms: 1_000 * epoch as i64,
+            event,
+        }
+    }
+
+    fn added(id: BlockId) -> Event {
+        Event::BlockAdded {
+            id,
+            manifest: Arc::new(Manifest {
+                size: 0,
+                created: 0,
+                checksum: Checksum::Plain([0; 32]),
+                seed: None,
+                extents: vec![],
+            }),
+            imported: true,
+        }
+    }
+
+    fn freed(id: BlockId, writer: &str, seq: u64) -> Event {
+        Event::BlockFreed {
+            id,
+            added_in: Origin {
+                writer: Arc::from(writer),
+                seq,
+            },
+        }
+    }
+
+    fn pack(name: &str) -> Event {
+        Event::PackAdded {
+            name: name.into(),
+            size: 100,
+            entries: vec![],
+        }
+    }
+
+    /// The blocks (with the record that added each) and the packs a snapshot keeps.
+    fn kept(entries: &[Entry]) -> (Vec<(BlockId, u64)>, Vec<String>) {
+        let mut blocks = Vec::new();
+        let mut packs = Vec::new();
+        for e in entries {
+            match &e.event {
+                Event::BlockAdded { id, .. } => blocks.push((*id, e.origin.seq)),
+                Event::PackAdded { name, .. } => packs.push(name.clone()),
+                _ => {}
+            }
+        }
+        (blocks, packs)
+    }
+
+    #[test]
+    fn one_epoch_gives_the_same_snapshot_in_any_order() {
+        let (a, b) = (BlockId::random(), BlockId::random());
+        let epoch = vec![
+            entry(1, "w", 1, added(a)),
+            entry(1, "v", 1, freed(a, "w", 1)),
+            entry(1, "w", 2, added(b)),
+            // An import reusing a's id after its free, in the same epoch.
+            entry(1, "v", 2, added(a)),
+            entry(1, "v", 3, Event::PackDeleted { name: "p1".into() }),
+            entry(1, "w", 3, pack("p1")),
+            entry(1, "w", 4, pack("p2")),
+        ];
+        let mut forward = Survivors::default();
+        forward.apply(epoch.clone());
+        let mut backward = Survivors::default();
+        backward.apply(epoch.into_iter().rev().collect());
+        let (f, b_) = (forward.into_entries(), backward.into_entries());
+        assert_eq!(f, b_);
+        let (mut blocks, packs) = kept(&f);
+        blocks.sort();
+        let mut want = vec![(a, 2), (b, 2)];
+        want.sort();
+        assert_eq!(blocks, want, "a's first block is freed, its import kept");
+        assert_eq!(packs, vec!["p2".to_string()]);
+    }
+
+    #[test]
+    fn a_deleted_pack_named_again_later_stays_deleted_until_its_tombstone_expires() {
+        let mut s = Survivors::default();
+        s.apply(vec![
+            entry(1, "w", 1, pack("p")),
+            entry(1, "w", 2, Event::PackDeleted { name: "p".into() }),
+        ]);
+        // News of the pack retried after its deletion, a few epochs on.
+        s.apply(vec![entry(3, "x", 1, pack("p"))]);
+        let kept_now = s.into_entries();
+        assert_eq!(kept(&kept_now).1, Vec::<String>::new());
+        // The snapshot keeps the tombstone, so the next one built on it still knows.
+        let mut next = Survivors::from_snapshot(kept_now);
+        next.apply(vec![entry(4, "x", 2, pack("p"))]);
+        assert_eq!(kept(&next.into_entries()).1, Vec::<String>::new());
+        // A day later the tombstone is forgotten.
+        let mut s = Survivors::default();
+        s.apply(vec![entry(
+            1,
+            "w",
+            2,
+            Event::PackDeleted { name: "p".into() },
+        )]);
+        let mut late = entry(2, "x", 1, pack("q"));
+        late.written_ms += TOMBSTONE_KEEP_MS + 5_000;
+        s.apply(vec![late]);
+        assert!(!s
+            .into_entries()
+            .iter()
+            .any(|e| matches!(&e.event, Event::PackDeleted { .. })));
+    }
 }

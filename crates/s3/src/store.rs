@@ -167,6 +167,8 @@ pub(crate) struct Parts {
     pub identity: Identity,
     /// This process's random id: the name of its log records, packs and snapshot segments.
     pub writer_id: String,
+    /// The snapshot this process last trimmed the log behind (the next trim skips it).
+    pub trimmed_behind: std::sync::Mutex<Option<u64>>,
     pub gate: Arc<EpochGate>,
     pub view: Arc<View>,
     pub packs: Arc<PackWriter>,
@@ -306,7 +308,17 @@ impl Parts {
 
     /// See [`S3Store::trim_log`].
     pub fn trim_log(&self) -> Result<LogTrimmed> {
-        snapshots::trim_log(&self.remote, &self.writer_id, self.options.grace)
+        let mut trimmed_behind = lock(&self.trimmed_behind);
+        let trimmed = snapshots::trim_log(
+            &self.remote,
+            &self.writer_id,
+            self.options.grace,
+            *trimmed_behind,
+        )?;
+        if trimmed.behind.is_some() {
+            *trimmed_behind = trimmed.behind;
+        }
+        Ok(trimmed)
     }
 
     fn damage_of(&self, name: &str) -> Result<()> {
@@ -389,6 +401,7 @@ impl S3Store {
             log,
             reservations: std::sync::Mutex::default(),
             writer_id,
+            trimmed_behind: std::sync::Mutex::default(),
             remote,
             options,
             identity,

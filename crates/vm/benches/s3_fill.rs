@@ -44,8 +44,8 @@ fn main() {
         snapshot_min_bytes: 0,
         ..S3Options::default()
     };
-    let vm = VirtualMemory::open(VmConfig::new(Backend::S3(location.clone(), options)))
-        .expect("open");
+    let vm =
+        VirtualMemory::open(VmConfig::new(Backend::S3(location.clone(), options))).expect("open");
     let next = AtomicU64::new(first);
     let started = Instant::now();
     std::thread::scope(|s| {
