@@ -1,7 +1,7 @@
 //! Snapshots of the log: a server that starts cold reads the newest snapshot and the records
 //! after it, never a listing of packs, and finds what a server that read the whole log finds.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aetherflow_s3::log_record;
 use aetherflow_s3::log_snapshot::{self, parse_snapshot_epoch};
@@ -29,24 +29,36 @@ fn snapshotting() -> S3Options {
     }
 }
 
-/// Writes what `store` has queued for the log, begins a new epoch, and waits until every
-/// epoch before it is settled and read once more.
-fn settle(store: &S3Store) {
+/// Writes what `store` has queued for the log, then waits until the epochs of every record in
+/// the log have settled and writes a snapshot of them: returns its epoch. (Epochs settle G/2
+/// and two seconds after the next one begins, by the bucket's clock in whole seconds; another
+/// server's refresh may begin one meanwhile, so the wait is for the records, not a fixed time.)
+fn snapshot_all(store: &S3Store, location: &S3Location) -> u64 {
     store.flush_log().unwrap();
-    store.refresh_from_log().unwrap();
-    std::thread::sleep(Duration::from_millis(1100));
-    store.refresh_from_log().unwrap(); // begins the next epoch
-                                       // Settled once marker + G/2 + 2 s have passed by the bucket's clock, which keeps whole
-                                       // seconds (so this server's reading of it may lag by one more).
-    std::thread::sleep(GRACE / 2 + Duration::from_millis(3200));
-    store.refresh_from_log().unwrap();
+    let last = newest_record_epoch(location);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        store.refresh_from_log().unwrap();
+        match store.write_snapshot().unwrap() {
+            SnapshotOutcome::Written(epoch) if epoch >= last => return epoch,
+            SnapshotOutcome::TooLittleChange { .. } => panic!("these servers snapshot any change"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "epoch {last} never settled");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
-fn written(outcome: SnapshotOutcome) -> u64 {
-    match outcome {
-        SnapshotOutcome::Written(epoch) => epoch,
-        other => panic!("no snapshot written: {other:?}"),
-    }
+/// The newest epoch that holds a record.
+fn newest_record_epoch(location: &S3Location) -> u64 {
+    let remote = Remote::connect(location, quick_timeouts()).unwrap();
+    remote
+        .list(log_record::LOG)
+        .unwrap()
+        .iter()
+        .filter_map(|l| log_record::parse_record_key(&l.key).map(|(e, _, _)| e))
+        .max()
+        .expect("a record")
 }
 
 fn sorted_ids(store: &dyn BlockStore) -> Vec<BlockId> {
@@ -127,13 +139,7 @@ fn a_cold_open_reads_the_newest_snapshot_and_the_log_after_it_not_the_packs() {
     a.snapshot_volume("v", "s", false).unwrap();
     a.create_volume(&record("gone")).unwrap();
     a.delete_volume("gone").unwrap();
-    settle(&a);
-    let epoch = written(a.write_snapshot().unwrap());
-    assert_eq!(
-        a.write_snapshot().unwrap(),
-        SnapshotOutcome::UpToDate,
-        "nothing settled since"
-    );
+    let epoch = snapshot_all(&a, &location);
 
     // A cold server: the snapshot, then the epochs after it; no listing of packs, volumes or
     // layers.
@@ -158,10 +164,13 @@ fn a_cold_open_reads_the_newest_snapshot_and_the_log_after_it_not_the_packs() {
     // still finds what A has.
     a.free_block(first).unwrap();
     put(&a, &[&chunk(5, 6000)]);
-    settle(&a);
-    let next = written(a.write_snapshot().unwrap());
+    let next = snapshot_all(&a, &location);
     assert!(next > epoch, "{next} after {epoch}");
-    assert_eq!(snapshot_epochs(&location), vec![epoch, next]);
+    let snapshots = snapshot_epochs(&location);
+    assert_eq!(
+        (snapshots.first(), snapshots.last()),
+        (Some(&epoch), Some(&next))
+    );
     // The raw log behind the newer snapshot goes once its DONE is two grace periods old, and
     // the older snapshot with it.
     assert_ne!(a.trim_log().unwrap().behind, Some(next), "too soon");
@@ -203,8 +212,7 @@ fn a_server_that_slept_through_a_trim_of_the_log_collects_nothing_live() {
     a.refresh_from_log().unwrap();
 
     let new = put(&b, &[&x]);
-    settle(&b);
-    let epoch = written(b.write_snapshot().unwrap());
+    let epoch = snapshot_all(&b, &location);
     b.free_block(old).unwrap();
     b.flush_log().unwrap();
     std::thread::sleep(2 * GRACE + Duration::from_millis(1200));
@@ -234,12 +242,22 @@ fn a_snapshot_waits_until_the_log_has_grown_to_its_share() {
     };
     let a = open(&location, options);
     put(&a, &[&chunk(9, 1000)]);
-    settle(&a);
-    match a.write_snapshot().unwrap() {
-        SnapshotOutcome::TooLittleChange {
-            log_bytes,
-            threshold,
-        } => assert!(log_bytes > 0 && threshold == 1 << 30, "{log_bytes}"),
-        other => panic!("{other:?}"),
+    a.flush_log().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        a.refresh_from_log().unwrap();
+        match a.write_snapshot().unwrap() {
+            SnapshotOutcome::TooLittleChange {
+                log_bytes,
+                threshold,
+            } => {
+                assert!(log_bytes > 0 && threshold == 1 << 30, "{log_bytes}");
+                return;
+            }
+            SnapshotOutcome::UpToDate => {} // nothing settled yet
+            other => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "no epoch settled");
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
