@@ -242,6 +242,8 @@ pub struct StatsArgs {
 #[derive(Debug, Args)]
 pub struct MemoryInfoArgs {
     /// A store's data directory: show its live usage (the store must not be open elsewhere).
+    /// With neither this nor --server: ./aetherflow-data if it is there, else the server on
+    /// http://127.0.0.1:5000 if one answers.
     #[arg(long, value_name = "DIR", conflicts_with = "server")]
     pub data_dir: Option<PathBuf>,
     /// A running server (http://HOST:PORT): show its live usage.

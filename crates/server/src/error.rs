@@ -127,6 +127,7 @@ impl ApiError {
                 ApiError::new(S::UNAUTHORIZED, "WRONG_SEED", e.to_string())
             }
             VmError::VolumeRefused(why) => ApiError::bad_request("VOLUME_REFUSED", why),
+            VmError::NotASnapshot(_) => ApiError::new(S::CONFLICT, "NOT_A_SNAPSHOT", e.to_string()),
             VmError::VolumeCorrupt { volume, what } => {
                 tracing::error!("volume {volume}: stored data is corrupt: {what}");
                 ApiError::new(

@@ -7,8 +7,8 @@ use aetherflow_vm::VirtualMemory;
 
 use crate::metrics::Metrics;
 
-/// Server settings that are not the memory manager's.
-#[derive(Debug, Clone)]
+/// Server settings that are not the memory manager's. Its `Debug` never shows the token.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Bearer token every route but `/healthz` requires; `None` leaves the API open (loopback).
     pub token: Option<String>,
@@ -20,6 +20,18 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("token", &self.token.as_ref().map(|_| "(hidden)"))
+            .field("max_body", &self.max_body)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -90,5 +102,22 @@ impl AppState {
         tokio::task::spawn_blocking(move || work(&vm))
             .await
             .expect("blocking task panicked")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let config = ServerConfig {
+            token: Some("s3cr3t-token-value".into()),
+            ..ServerConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t-token-value"), "{shown}");
+        assert!(shown.contains("token: Some(\"(hidden)\")"), "{shown}");
+        assert!(format!("{:?}", ServerConfig::default()).contains("token: None"));
     }
 }

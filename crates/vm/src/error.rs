@@ -85,10 +85,15 @@ pub enum Error {
     #[error("volume {0} is in use: disconnect its clients first")]
     VolumeInUse(String),
 
-    /// The request conflicts with what the volume is (writing a snapshot, cloning a volume
-    /// that is not a snapshot, a malformed name, a size out of range).
+    /// The request conflicts with what the volume is (writing a snapshot, a malformed name, a
+    /// size out of range).
     #[error("{0}")]
     VolumeRefused(String),
+
+    /// A clone was asked of a volume that is not a snapshot: the volume's state, not the
+    /// request, is what conflicts.
+    #[error("volume {0} is not a snapshot: snapshot it first, then clone the snapshot")]
+    NotASnapshot(String),
 
     /// Another server writes this volume (a store several servers share): close it there, or
     /// serve its snapshots.

@@ -163,6 +163,7 @@ impl VirtualMemory {
         // Every id, checksum and data field is checked, even of a block that will be skipped:
         // a document with a malformed one is not an export document.
         let id = crate::parse_block_id(&block.id)?;
+        let seeded = block.seeded();
         if let Some(checksum) = &block.checksum {
             if checksum.len() != 64 || !checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(Error::InvalidArgument(format!(
@@ -179,7 +180,7 @@ impl VirtualMemory {
         let bytes = STANDARD.decode(data.as_bytes()).map_err(|e| {
             Error::InvalidArgument(format!("block {id}: data is not valid base64: {e}"))
         })?;
-        if block.seeded && seed.is_none() {
+        if seeded && seed.is_none() {
             summary.skipped.push((
                 block.id,
                 "seeded block: a seed is required to import it".into(),
@@ -194,7 +195,7 @@ impl VirtualMemory {
                 )));
             }
         }
-        let block_seed = if block.seeded { seed } else { None };
+        let block_seed = if seeded { seed } else { None };
         match self.allocate_as(id, &bytes[..], Some(bytes.len() as u64), block_seed) {
             Ok(()) => {
                 summary.imported += 1;
@@ -218,10 +219,17 @@ struct ImportBlock {
     id: String,
     #[serde(default)]
     data: Option<String>,
+    /// `null` and absent both mean false (the documented schema allows null).
     #[serde(default)]
-    seeded: bool,
+    seeded: Option<bool>,
     #[serde(default)]
     checksum: Option<String>,
+}
+
+impl ImportBlock {
+    fn seeded(&self) -> bool {
+        self.seeded == Some(true)
+    }
 }
 
 /// The top-level object: only `blocks` matters, and it is consumed element by element.

@@ -19,10 +19,13 @@ const DEFAULT_CACHE: u64 = 50 << 20;
 pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
     let chunking = ChunkParams::DEFAULT;
     let machine_memory = machine_memory_bytes();
-    let live = match (&args.data_dir, &args.server) {
-        (Some(dir), _) => Some(live_figures(dir)?),
-        (None, Some(url)) => Some(server_figures(url, args.token.as_deref())?),
-        (None, None) => None,
+    let (live, source) = match (&args.data_dir, &args.server) {
+        (Some(dir), _) => (Some(live_figures(dir)?), Source::Dir(dir.clone())),
+        (None, Some(url)) => (
+            Some(server_figures(url, args.token.as_deref())?),
+            Source::Server(url.clone()),
+        ),
+        (None, None) => default_store(args.token.as_deref())?,
     };
     let mut out = io::stdout().lock();
     if args.json {
@@ -30,8 +33,8 @@ pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
             "virtualCapacity": DEFAULT_CAPACITY,
             "physicalUsed": live.as_ref().map(|s| s.bytes.physical),
             "store": live.as_ref().map(|s| serde_json::json!({
-                "dataDir": args.data_dir.as_ref().map(|d| d.display().to_string()),
-                "server": args.server,
+                "dataDir": source.dir(),
+                "server": source.server(),
                 "backend": s.backend, "blocks": s.total_blocks, "bytes": s.bytes, "ratios": s.ratios,
             })),
             "cacheLimit": DEFAULT_CACHE,
@@ -58,18 +61,17 @@ pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
                     s.total_blocks,
                     s.compression_ratio
                 ),
-                None => "no store named (nothing measured)".to_string(),
+                None => format!(
+                    "no store found (no {DEFAULT_DATA_DIR} here, no server at {DEFAULT_SERVER})"
+                ),
             },
         ),
         (
             "Store",
-            match (&live, &args.data_dir) {
-                (Some(s), _) => format!(
+            match &live {
+                Some(s) => format!(
                     "{} ({}{}), dedup {:.2}x, compression {:.2}x, zeros {}",
-                    args.data_dir.as_ref().map_or_else(
-                        || args.server.clone().unwrap_or_default(),
-                        |d| d.display().to_string()
-                    ),
+                    source.name(),
                     s.backend,
                     if s.durable { "" } else { ", not durable" },
                     s.ratios.dedup,
@@ -141,6 +143,62 @@ pub fn run(args: MemoryInfoArgs) -> anyhow::Result<u8> {
     }
     writeln!(out, "╚{}╝", "═".repeat(width + 2))?;
     Ok(SUCCESS)
+}
+
+/// Where the figures shown came from.
+enum Source {
+    Dir(std::path::PathBuf),
+    Server(String),
+    None,
+}
+
+impl Source {
+    fn dir(&self) -> Option<String> {
+        match self {
+            Source::Dir(d) => Some(d.display().to_string()),
+            _ => None,
+        }
+    }
+
+    fn server(&self) -> Option<&str> {
+        match self {
+            Source::Server(url) => Some(url),
+            _ => None,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.dir()
+            .or_else(|| self.server().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// What `serve` uses when given no flags.
+const DEFAULT_DATA_DIR: &str = "aetherflow-data";
+const DEFAULT_SERVER: &str = "http://127.0.0.1:5000";
+
+/// The store a user means when naming none: the default data directory if there is one here,
+/// else (or if a running server holds it) the server on the default port; nothing measured if
+/// neither is there.
+fn default_store(token: Option<&str>) -> anyhow::Result<(Option<ServerStats>, Source)> {
+    let dir = std::path::Path::new(DEFAULT_DATA_DIR);
+    let from_dir = dir.join("index.redb").exists().then(|| live_figures(dir));
+    match from_dir {
+        Some(Ok(stats)) => return Ok((Some(stats), Source::Dir(dir.to_path_buf()))),
+        // Held by a running server, most likely the one on the default port.
+        Some(Err(e)) => {
+            return match server_figures(DEFAULT_SERVER, token) {
+                Ok(stats) => Ok((Some(stats), Source::Server(DEFAULT_SERVER.into()))),
+                Err(_) => Err(e),
+            }
+        }
+        None => {}
+    }
+    Ok(match server_figures(DEFAULT_SERVER, token) {
+        Ok(stats) => (Some(stats), Source::Server(DEFAULT_SERVER.into())),
+        Err(_) => (None, Source::None),
+    })
 }
 
 /// Opens a data directory just long enough to read its figures.

@@ -48,6 +48,45 @@ fn memory_info_shows_a_stores_live_figures() {
     assert!(physical > 150_000 && physical < 160_000, "{physical}");
 }
 
+/// `memory-info` run in `cwd` with no flags.
+fn memory_info_in(cwd: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aetherflow"))
+        .arg("memory-info")
+        .current_dir(cwd)
+        .env_remove("AF_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn memory_info_without_flags_finds_the_default_store() {
+    // The data directory `serve` uses by default, where it is run.
+    let here = tempfile::tempdir().unwrap();
+    populate(&here.path().join("aetherflow-data"));
+    let text = memory_info_in(here.path());
+    assert!(
+        text.contains("in 4 blocks") && text.contains("aetherflow-data (local"),
+        "{text}"
+    );
+    // Nowhere: it says where it looked (or, if a server answers on the default port, shows
+    // that one).
+    let empty = tempfile::tempdir().unwrap();
+    let text = memory_info_in(empty.path());
+    let server_there = std::net::TcpStream::connect("127.0.0.1:5000").is_ok();
+    if server_there {
+        assert!(text.contains("http://127.0.0.1:5000"), "{text}");
+    } else {
+        assert!(
+            text.contains(
+                "no store found (no aetherflow-data here, no server at http://127.0.0.1:5000)"
+            ),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn check_is_clean_then_names_exactly_the_damaged_block() {
     let dir = tempfile::tempdir().unwrap();

@@ -274,10 +274,10 @@ pub async fn snapshot(
     params(("name" = String, Path, description = "The snapshot to clone")),
     request_body = NewNameRequest,
     responses((status = 200, description = "The clone", body = VolumeResponse),
-        (status = 400, description = "Bad JSON or name, or not a snapshot", body = ErrorBody),
+        (status = 400, description = "Bad JSON or name", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
         (status = 404, description = "No such snapshot", body = ErrorBody),
-        (status = 409, description = "The new name is taken", body = ErrorBody),
+        (status = 409, description = "The new name is taken, or the volume is not a snapshot", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 503, description = "The store cannot be reached or written", body = ErrorBody)))]
 pub async fn clone(

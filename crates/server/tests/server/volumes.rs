@@ -144,10 +144,15 @@ fn volumes_are_created_listed_snapshotted_cloned_and_deleted_over_rest() {
     assert_eq!(status, 200, "{snap}");
     assert_eq!(snap["volume"]["readOnly"], true);
     assert_eq!(snap["volume"]["origin"], "disk-1");
+    // Cloning a volume that is not a snapshot conflicts with its state: 409, not 400.
     let (status, answer) = post(&server, "/api/volumes/disk-1/clone", json!({"name": "c"}));
     assert_eq!(
         (status, answer["code"].as_str()),
-        (400, Some("VOLUME_REFUSED")),
+        (409, Some("NOT_A_SNAPSHOT")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("not a snapshot"),
         "{answer}"
     );
     let (status, clone) = post(

@@ -389,6 +389,14 @@ impl VirtualMemory {
     /// A writable volume made from a snapshot, sharing all its chunks until it diverges.
     pub fn clone_volume(&self, snapshot: &str, clone: &str) -> Result<VolumeInfo> {
         validate_name(clone).map_err(Error::VolumeRefused)?;
+        let source = self
+            .store
+            .volume(snapshot)
+            .map_err(|e| Error::from_volume_store(snapshot, e))?;
+        // A volume is a snapshot for life (or never), so this answer cannot go stale.
+        if !source.read_only {
+            return Err(Error::NotASnapshot(snapshot.to_string()));
+        }
         self.store
             .snapshot_volume(snapshot, clone, true)
             .map_err(|e| Error::from_volume_store(snapshot, e))?;

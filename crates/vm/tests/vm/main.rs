@@ -419,6 +419,18 @@ fn an_export_restores_every_block_on_another_manager() {
         vec![(s.to_string(), "no data in the document".to_string())]
     );
 
+    // `"seeded": null` is not seeded, as absent.
+    let id = aetherflow_vm::BlockId::random();
+    let null_doc = serde_json::json!({"blocks": [{
+        "id": id.to_string(), "data": "aGVsbG8=", "seeded": null,
+    }]});
+    let fourth = VirtualMemory::open(config(Backend::Memory)).unwrap();
+    let done = fourth
+        .import(null_doc.to_string().as_bytes(), None)
+        .unwrap();
+    assert_eq!(done.imported, 1, "{:?}", done.skipped);
+    assert_eq!(fourth.read(id, None).unwrap(), &b"hello"[..]);
+
     // Damaged documents are refused with a reason.
     let mut bad = Vec::new();
     from.export(&mut bad, true, None).unwrap();
