@@ -792,11 +792,7 @@ impl BlockStore for S3Store {
         self.writable("writing a volume")?;
         let p = &self.parts;
         p.load_volume(name)?;
-        if self.volume(name)?.read_only {
-            return Err(Error::Refused(format!(
-                "volume {name} is a snapshot: it cannot be written"
-            )));
-        }
+        self.volume(name)?.check_writable()?;
         let refs: Vec<ChunkId> = changes.iter().filter_map(|(_, e)| e.chunk()).collect();
         p.land(&format!("volume {name}"), &refs, &staged)?;
         p.leases.commit(name, Vec::new(), changes.to_vec())
@@ -806,11 +802,7 @@ impl BlockStore for S3Store {
         self.writable("writing a volume")?;
         let p = &self.parts;
         p.load_volume(name)?;
-        if self.volume(name)?.read_only {
-            return Err(Error::Refused(format!(
-                "volume {name} is a snapshot: it cannot be written"
-            )));
-        }
+        self.volume(name)?.check_writable()?;
         p.leases.clear(name, chunks)
     }
 

@@ -380,7 +380,7 @@ impl Leases {
             None => {
                 self.acquire(name)?;
                 lock(&self.held).get(name).cloned().ok_or_else(|| {
-                    Error::Refused(format!("volume {name} is a snapshot: it cannot be written"))
+                    Error::Refused(aetherflow_store::volume::snapshot_refusal(name))
                 })?
             }
         };

@@ -117,11 +117,16 @@ pub fn validate_name(name: &str) -> std::result::Result<(), String> {
     }
 }
 
-const FLAG_READ_ONLY: u8 = 1;
-const FLAG_SEEDED: u8 = 2;
-const RECORD_VERSION: u8 = 1;
+/// How a volume is cut into chunks: the one place their count and lengths are worked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes the volume holds.
+    pub size: u64,
+    /// Bytes of each chunk (the last one may be shorter).
+    pub chunk_size: u32,
+}
 
-impl VolumeRecord {
+impl Geometry {
     /// Chunks the volume is cut into.
     pub fn chunks(&self) -> u64 {
         self.size.div_ceil(u64::from(self.chunk_size))
@@ -131,6 +136,44 @@ impl VolumeRecord {
     pub fn chunk_len(&self, index: u64) -> u32 {
         let start = index * u64::from(self.chunk_size);
         (self.size - start).min(u64::from(self.chunk_size)) as u32
+    }
+}
+
+/// Why a write to the snapshot `name` is refused: snapshots are frozen. (Every backend and the
+/// manager refuse with these words.)
+pub fn snapshot_refusal(name: &str) -> String {
+    format!("volume {name} is a snapshot: it cannot be written")
+}
+
+const FLAG_READ_ONLY: u8 = 1;
+const FLAG_SEEDED: u8 = 2;
+const RECORD_VERSION: u8 = 1;
+
+impl VolumeRecord {
+    /// How the volume is cut into chunks.
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            size: self.size,
+            chunk_size: self.chunk_size,
+        }
+    }
+
+    /// Chunks the volume is cut into.
+    pub fn chunks(&self) -> u64 {
+        self.geometry().chunks()
+    }
+
+    /// Bytes of chunk `index` (the last one may be shorter).
+    pub fn chunk_len(&self, index: u64) -> u32 {
+        self.geometry().chunk_len(index)
+    }
+
+    /// Refuses a write if the volume is a snapshot.
+    pub fn check_writable(&self) -> crate::Result<()> {
+        if self.read_only {
+            return Err(crate::Error::Refused(snapshot_refusal(&self.name)));
+        }
+        Ok(())
     }
 
     /// The encoding (without the name, which is the key), with an 8-byte check.

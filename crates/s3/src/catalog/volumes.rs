@@ -47,8 +47,11 @@ pub struct LayerState {
 
 impl LayerState {
     fn chunk_len(&self, index: u64) -> u32 {
-        let cs = u64::from(self.chunk_size);
-        (self.size - index * cs).min(cs) as u32
+        aetherflow_store::volume::Geometry {
+            size: self.size,
+            chunk_size: self.chunk_size,
+        }
+        .chunk_len(index)
     }
 
     /// Sequence numbers in the bucket not applied yet, in order.
@@ -502,8 +505,7 @@ impl Catalog {
             return Some(f);
         }
         let record = &v.head.record;
-        let cs = u64::from(record.chunk_size);
-        let len = |i: u64| (record.size - i * cs).min(cs);
+        let len = |i: u64| u64::from(record.chunk_len(i));
         let (mut written, mut zeroed) = (0, 0);
         self.volume_map(name, 0..u64::MAX, &mut |i, e| {
             match e {

@@ -300,11 +300,7 @@ impl LocalStore {
                 let mut meta = txn.open_table(META)?;
                 let mut c = read_counters(&meta)?;
                 let (top, mut record) = read_volume(&volumes, name)?;
-                if record.read_only {
-                    return Err(Error::Refused(format!(
-                        "volume {name} is a snapshot: it cannot be written"
-                    )));
-                }
+                record.check_writable()?;
                 let layers = chain(&layers_t, top)?;
                 let mut locations = txn.open_table(super::index::LOCATIONS)?;
                 let mut packs = txn.open_table(super::index::PACKS)?;
@@ -392,11 +388,7 @@ impl LocalStore {
                 let mut meta = txn.open_table(META)?;
                 let mut c = read_counters(&meta)?;
                 let (top, mut record) = read_volume(&volumes, name)?;
-                if record.read_only {
-                    return Err(Error::Refused(format!(
-                        "volume {name} is a snapshot: it cannot be written"
-                    )));
-                }
+                record.check_writable()?;
                 let range = range.start.min(record.chunks())..range.end.min(record.chunks());
                 let layers = chain(&layers_t, top)?;
                 // What the range reads as now leaves the figures.

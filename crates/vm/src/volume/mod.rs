@@ -170,8 +170,11 @@ impl Volume {
     }
 
     fn chunk_len(&self, index: u64) -> usize {
-        let start = index * u64::from(self.chunk_size);
-        (self.size - start).min(u64::from(self.chunk_size)) as usize
+        aetherflow_store::volume::Geometry {
+            size: self.size,
+            chunk_size: self.chunk_size,
+        }
+        .chunk_len(index) as usize
     }
 
     /// The chunks of the group of chunk `index`: from its first to past its last.
@@ -213,10 +216,9 @@ impl Volume {
 
     fn check(&self, offset: u64, len: u64, writing: bool) -> Result<()> {
         if writing && self.read_only {
-            return Err(Error::VolumeRefused(format!(
-                "volume {} is a snapshot: it cannot be written",
-                self.name
-            )));
+            return Err(Error::VolumeRefused(
+                aetherflow_store::volume::snapshot_refusal(&self.name),
+            ));
         }
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
             return Err(Error::InvalidArgument(format!(
