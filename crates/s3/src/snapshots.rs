@@ -47,12 +47,27 @@ pub(crate) fn newest(remote: &Remote) -> Result<Option<(Done, Vec<Entry>)>> {
     Ok(None)
 }
 
-/// The `DONE` of the newest complete snapshot whose `DONE` can be read (its segments are not
-/// read).
+/// The `DONE` of the newest complete snapshot whose `DONE` can be read and whose segments are
+/// all listed at the sizes it names (they are not read).
 fn newest_done(remote: &Remote) -> Result<Option<Done>> {
-    for epoch in complete_epochs(remote)?.into_iter().rev() {
+    let index = remote.list(INDEX)?;
+    let listed = |done: &Done| {
+        done.segment_keys()
+            .iter()
+            .zip(&done.segments)
+            .all(|(key, (size, _))| index.iter().any(|l| &l.key == key && l.size == *size))
+    };
+    let mut epochs: Vec<u64> = index
+        .iter()
+        .filter_map(|l| parse_done_key(&l.key))
+        .collect();
+    epochs.sort_unstable();
+    for epoch in epochs.into_iter().rev() {
         match read_done(remote, epoch) {
-            Ok(done) => return Ok(Some(done)),
+            Ok(done) if listed(&done) => return Ok(Some(done)),
+            Ok(_) => tracing::error!(
+                "the snapshot of the log at epoch {epoch} lacks segments its DONE names"
+            ),
             Err(e) if unusable(&e) => {
                 tracing::error!("the snapshot of the log at epoch {epoch} is unusable: {e}");
             }
@@ -253,6 +268,7 @@ pub(crate) fn write_if_due(
             threshold,
         });
     }
+    let previous_epoch = previous.as_ref().map(|d| d.epoch);
     let previous = match &previous {
         Some(done) => read_entries(remote, done)?,
         None => Vec::new(),
@@ -290,6 +306,15 @@ pub(crate) fn write_if_due(
             survivors.heads.remove(&name);
         }
     }
+    // A server that stalled here while others wrote a newer snapshot and trimmed the log
+    // behind it may have missed records: only a snapshot built on the newest one is written.
+    let newest_now = newest_done(remote)?.map(|d| d.epoch);
+    if newest_now != previous_epoch {
+        return Err(Error::Unavailable(format!(
+            "a snapshot of the log at epoch {newest_now:?} was written while this one was built \
+             on {previous_epoch:?}: not written"
+        )));
+    }
     let segments = log_snapshot::segments(top, survivors.into_entries());
     let done = Done::of(top, writer, &segments);
     for (key, bytes) in done.segment_keys().into_iter().zip(segments) {
@@ -298,7 +323,12 @@ pub(crate) fn write_if_due(
     match remote.create(&done_key(top), Bytes::from(done.encode())) {
         Ok(_) => Ok(SnapshotOutcome::Written(top)),
         Err(Error::AlreadyExists(_)) => {
-            // Another server wrote it first: its segments count, not these.
+            // Another server wrote it first, and its segments count, not these; or this
+            // server's own create was retried after its answer was lost.
+            let theirs = read_done(remote, top)?;
+            if theirs.writer == writer {
+                return Ok(SnapshotOutcome::Written(top));
+            }
             for key in done.segment_keys() {
                 if let Err(e) = remote.delete(&key) {
                     tracing::warn!("{key} stays behind: {e}");

@@ -232,6 +232,15 @@ impl Parts {
         refs: &[ChunkId],
         staged_ids: &HashSet<ChunkId>,
     ) -> Result<Option<std::time::Instant>> {
+        if self.view.behind() && refs.iter().any(|c| !staged_ids.contains(c)) {
+            // Its view of the marks may predate the catalog being built again: a commit that
+            // relies on chunks stored before waits until it is complete.
+            return Err(Error::Unavailable(
+                "this server is building its catalog again from a snapshot of the log; retry \
+                 in a moment"
+                    .into(),
+            ));
+        }
         self.fresh_marks()?;
         let marks_at = if self.options.grace.is_zero() {
             None
@@ -509,6 +518,10 @@ impl BlockStore for S3Store {
         let p = &self.parts;
         // Dedup is best effort: an allocation never waits for another thread's refresh.
         p.view.refresh_in_passing(p.options.refresh_every)?;
+        if p.view.behind() {
+            // The catalog is being built again: what it says of chunks and marks is partial.
+            return Ok(vec![None; ids.len()]);
+        }
         Ok(p.view.read(|c| ids.iter().map(|id| c.find(id)).collect()))
     }
 

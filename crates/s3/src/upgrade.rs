@@ -168,10 +168,21 @@ pub fn upgrade(
 
     // The snapshot, at the old log's last epoch; then the old log goes, and the next epoch
     // begins. (Nothing here is read by a version-2 build: an upgrade cut short is run again.)
+    // The newest epoch the old log reached, or an upgrade cut short wrote a snapshot at: a
+    // run again must not write below either (readers start after the newest snapshot).
     let old_log = remote.list(log_record::LOG)?;
     let epoch = old_log
         .iter()
-        .filter_map(|l| log_record::parse_epoch_marker(&l.key))
+        .filter_map(|l| {
+            log_record::parse_epoch_marker(&l.key)
+                .or_else(|| log_record::parse_record_key(&l.key).map(|(e, _, _)| e))
+        })
+        .chain(
+            remote
+                .list(log_snapshot::INDEX)?
+                .iter()
+                .filter_map(|l| log_snapshot::parse_snapshot_epoch(&l.key)),
+        )
         .max()
         .unwrap_or(0);
     report.snapshot_epoch = epoch;

@@ -220,7 +220,8 @@ impl View {
     /// again). No listing of `blocks/`, `packs/`, `volumes/` or `layers/`.
     fn refresh_from_log(&self) -> Result<()> {
         let read = self.read_log();
-        if lock(&self.log).gap().is_none() {
+        // A rebuild that failed part way is done again whole.
+        if lock(&self.log).gap().is_none() && !self.behind() {
             return read;
         }
         // The gap rule: what this catalog knows may miss blocks added in the epochs deleted,
@@ -245,10 +246,11 @@ impl View {
                 "epochs of the log were deleted, and no snapshot of them can be read".into(),
             ));
         };
-        // Taken before the log is read: news written meanwhile is in the records read.
-        let news = self.own_log.pending_news();
         *lock(&self.catalog) = Catalog::default();
         *lock(&self.pending) = Default::default();
+        // Taken after the reset (news noted before it is queued still) and before the log is
+        // read (news written meanwhile is in the records read).
+        let news = self.own_log.pending_news();
         let events = lock(&self.log).restart(done.epoch, entries);
         let (mut heads, mut layers) = (Vec::new(), Vec::new());
         self.apply(events, &mut heads, &mut layers);
@@ -256,9 +258,13 @@ impl View {
             writer: self.own_log.writer(),
             seq: u64::MAX,
         };
+        // Not written yet: as new as now.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let news = news.into_iter().map(|event| ReadEvent {
             origin: origin.clone(),
-            written_ms: 0,
+            written_ms: now_ms,
             event,
         });
         self.apply(news.collect(), &mut heads, &mut layers);

@@ -261,3 +261,26 @@ fn a_snapshot_waits_until_the_log_has_grown_to_its_share() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// A `DONE` whose create is sent twice (its first answer lost) is this server's own: its
+/// segments stay, and the snapshot opens.
+#[test]
+fn a_snapshot_whose_done_was_created_twice_keeps_its_segments() {
+    let location = fresh_location();
+    let (a, faulty) = faulty_store_at(&location, snapshotting());
+    let block = put(&a, &[&chunk(70, 3000)]);
+    faulty.inject("/DONE", crate::faulty::Fault::Replayed);
+    let epoch = snapshot_all(&a, &location);
+    faulty.heal();
+    let remote = Remote::connect(&location, quick_timeouts()).unwrap();
+    let segments: Vec<String> = remote
+        .list(&log_snapshot::snapshot_dir(epoch))
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .filter(|k| !k.ends_with("/DONE"))
+        .collect();
+    assert!(!segments.is_empty(), "its segments were deleted");
+    let b = open(&location, snapshotting());
+    assert_eq!(sorted_ids(&b), vec![block]);
+}
