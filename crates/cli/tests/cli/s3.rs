@@ -241,3 +241,43 @@ fn a_store_of_version_2_is_upgraded_once_and_keeps_every_block_and_volume() {
         .unwrap()
         .contains("nothing to do"));
 }
+
+/// An upgrade cut short just before its last step (the version still 2) and run again: the
+/// log it leaves is one that every server reads, whatever epoch the first run reached.
+#[test]
+fn an_upgrade_run_again_after_being_cut_short_leaves_a_log_every_server_reads() {
+    let (url, location, remote) = uploaded_fixture();
+    // The old log had reached epoch 3.
+    remote
+        .put("log/epochs/0000000000000003", bytes::Bytes::new(), false)
+        .unwrap();
+    let out = af(&["upgrade-store", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Cut short before its last two steps: the version is 2 again, the epoch it began gone.
+    let (_, salt) =
+        aetherflow_s3::meta::decode_identity(&remote.get("aetherflow.store").unwrap()).unwrap();
+    remote
+        .put(
+            "aetherflow.store",
+            aetherflow_s3::meta::encode_identity(2, &salt),
+            false,
+        )
+        .unwrap();
+    remote.delete("log/epochs/0000000000000004").unwrap();
+    let out = af(&["upgrade-store", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // What one server commits, another opened after it reads from the log.
+    let open = || {
+        VirtualMemory::open(VmConfig::new(Backend::S3(
+            location.clone(),
+            S3Options::single_writer(),
+        )))
+        .unwrap()
+    };
+    let a = open();
+    let id = a.allocate(b"after the second run", None).unwrap();
+    drop(a);
+    let b = open();
+    assert_eq!(b.read(id, None).unwrap(), &b"after the second run"[..]);
+}
