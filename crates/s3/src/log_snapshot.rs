@@ -113,18 +113,26 @@ fn take_entry(c: &mut Cursor<'_>, what: &str) -> Result<Entry> {
 /// The bytes of an entry with the smallest event (a tag and a name of one byte).
 const MIN_ENTRY: usize = 8 + 2 + 8 + 8 + 3;
 
+/// A segment's bytes: its header, the encoded `entries` (`count` of them) and its check.
+fn seal_segment(epoch: u64, number: u32, count: usize, entries: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SEGMENT_MAGIC.len() + 16 + entries.len() + CHECK_LEN);
+    out.extend_from_slice(&SEGMENT_MAGIC);
+    out.extend_from_slice(&epoch.to_le_bytes());
+    out.extend_from_slice(&number.to_le_bytes());
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    out.extend_from_slice(entries);
+    let sum = check(&out);
+    out.extend_from_slice(&sum);
+    out
+}
+
 impl Segment {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = SEGMENT_MAGIC.to_vec();
-        out.extend_from_slice(&self.epoch.to_le_bytes());
-        out.extend_from_slice(&self.number.to_le_bytes());
-        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        let mut entries = Vec::new();
         for entry in &self.entries {
-            put_entry(&mut out, entry);
+            put_entry(&mut entries, entry);
         }
-        let sum = check(&out);
-        out.extend_from_slice(&sum);
-        out
+        seal_segment(self.epoch, self.number, self.entries.len(), &entries)
     }
 
     /// Decodes the segment stored under `key`, which must be the segment of the epoch and
@@ -161,28 +169,17 @@ impl Segment {
 /// [`SEGMENT_BYTES`]; with their checks, for [`Done`].
 pub fn segments(epoch: u64, entries: Vec<Entry>) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let mut current = Vec::new();
-    let mut bytes = 0;
-    let close = |current: &mut Vec<Entry>, out: &mut Vec<Vec<u8>>| {
-        let segment = Segment {
-            epoch,
-            number: out.len() as u32,
-            entries: std::mem::take(current),
-        };
-        out.push(segment.encode());
-    };
-    for entry in entries {
-        let mut one = Vec::new();
-        put_entry(&mut one, &entry);
-        bytes += one.len();
-        current.push(entry);
-        if bytes >= SEGMENT_BYTES {
-            close(&mut current, &mut out);
-            bytes = 0;
+    let (mut body, mut count) = (Vec::new(), 0);
+    for entry in &entries {
+        put_entry(&mut body, entry);
+        count += 1;
+        if body.len() >= SEGMENT_BYTES {
+            out.push(seal_segment(epoch, out.len() as u32, count, &body));
+            (body, count) = (Vec::new(), 0);
         }
     }
-    if !current.is_empty() || out.is_empty() {
-        close(&mut current, &mut out);
+    if count > 0 || out.is_empty() {
+        out.push(seal_segment(epoch, out.len() as u32, count, &body));
     }
     out
 }

@@ -8,7 +8,7 @@
 //! ([`S3Options::snapshot_after`]), so that writing snapshots costs in proportion to what
 //! changed, and a cold start reads a snapshot and at most that fraction of it in records.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use aetherflow_store::{BlockId, Error, Result};
@@ -51,12 +51,6 @@ pub(crate) fn newest(remote: &Remote) -> Result<Option<(Done, Vec<Entry>)>> {
 /// all listed at the sizes it names (they are not read).
 fn newest_done(remote: &Remote) -> Result<Option<Done>> {
     let index = remote.list(INDEX)?;
-    let listed = |done: &Done| {
-        done.segment_keys()
-            .iter()
-            .zip(&done.segments)
-            .all(|(key, (size, _))| index.iter().any(|l| &l.key == key && l.size == *size))
-    };
     let mut epochs: Vec<u64> = index
         .iter()
         .filter_map(|l| parse_done_key(&l.key))
@@ -64,7 +58,7 @@ fn newest_done(remote: &Remote) -> Result<Option<Done>> {
     epochs.sort_unstable();
     for epoch in epochs.into_iter().rev() {
         match read_done(remote, epoch) {
-            Ok(done) if listed(&done) => return Ok(Some(done)),
+            Ok(done) if segments_listed(&index, &done) => return Ok(Some(done)),
             Ok(_) => tracing::error!(
                 "the snapshot of the log at epoch {epoch} lacks segments its DONE names"
             ),
@@ -75,6 +69,15 @@ fn newest_done(remote: &Remote) -> Result<Option<Done>> {
         }
     }
     Ok(None)
+}
+
+/// Whether every segment `done` names is in the listing `index`, at the size it names.
+fn segments_listed(index: &[crate::remote::Listed], done: &Done) -> bool {
+    let sizes: HashMap<&str, u64> = index.iter().map(|l| (l.key.as_str(), l.size)).collect();
+    done.segment_keys()
+        .iter()
+        .zip(&done.segments)
+        .all(|(key, (size, _))| sizes.get(key.as_str()) == Some(size))
 }
 
 fn unusable(e: &Error) -> bool {
@@ -389,11 +392,7 @@ pub(crate) fn trim_log(
             Err(e) if unusable(&e) => return Ok(false),
             Err(e) => return Err(e),
         };
-        Ok(done
-            .segment_keys()
-            .iter()
-            .zip(&done.segments)
-            .all(|(key, (size, _))| index.iter().any(|l| &l.key == key && l.size == *size)))
+        Ok(segments_listed(&index, &done))
     };
     let mut behind = None;
     for epoch in candidates.into_iter().rev() {

@@ -202,8 +202,8 @@ impl View {
         pending.1.extend(layers);
     }
 
-    /// The refresh of an open: the log (blocks, packs, volumes), then the marks; no listing
-    /// of packs, which the log names.
+    /// The log (blocks, packs, volumes), then the marks: an open's refresh, with no listing
+    /// of packs, which the log names (a complete refresh lists them first).
     pub fn refresh_at_open(&self) -> Result<()> {
         self.follow_log_within(Duration::ZERO)?;
         self.marks
@@ -356,9 +356,7 @@ impl View {
     /// complete, and the log read begun after this call, or the refresh fails.
     fn refresh_all(&self) -> Result<()> {
         self.refresh_packs()?;
-        self.follow_log_within(Duration::ZERO)?;
-        self.marks
-            .run_if_stale(Duration::ZERO, || self.refresh_marks())
+        self.refresh_at_open()
     }
 
     /// Fetches the deltas of `layers` not applied yet (those the catalog knows of) and applies

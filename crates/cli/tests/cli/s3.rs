@@ -20,6 +20,16 @@ fn bucket() -> String {
     std::env::var("AF_S3_BUCKET").unwrap_or_else(|_| "aetherflow-test".into())
 }
 
+/// A store URL under a prefix no other test uses, named after `what`.
+fn fresh_url(what: &str) -> String {
+    format!(
+        "s3://{}/{what}-{}?endpoint={}",
+        bucket(),
+        uuid::Uuid::new_v4().simple(),
+        endpoint()
+    )
+}
+
 fn noise(len: usize, salt: u64) -> Vec<u8> {
     let mut state = 0x9e3779b97f4a7c15u64.wrapping_mul(salt + 1) | 1;
     (0..len)
@@ -34,12 +44,7 @@ fn noise(len: usize, salt: u64) -> Vec<u8> {
 
 #[test]
 fn check_names_the_block_a_damaged_object_hurts() {
-    let url = format!(
-        "s3://{}/cli-{}?endpoint={}",
-        bucket(),
-        uuid::Uuid::new_v4().simple(),
-        endpoint()
-    );
+    let url = fresh_url("cli");
     let location: S3Location = url.parse().unwrap();
     let vm = VirtualMemory::open(VmConfig::new(Backend::S3(
         location.clone(),
@@ -117,12 +122,7 @@ fn fixture_text() -> Vec<u8> {
 }
 
 fn uploaded_fixture() -> (String, S3Location, Remote) {
-    let url = format!(
-        "s3://{}/cli-v2-{}?endpoint={}",
-        bucket(),
-        uuid::Uuid::new_v4().simple(),
-        endpoint()
-    );
+    let url = fresh_url("cli-v2");
     let location: S3Location = url.parse().unwrap();
     let remote = Remote::connect(&location, Default::default()).unwrap();
     let root =

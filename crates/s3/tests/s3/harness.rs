@@ -91,6 +91,19 @@ pub fn commit_as(
     store.commit_block(id, &manifest_of(&[c], 0), staged)
 }
 
+/// The ids of every block `store` knows, in order.
+pub fn block_ids(store: &dyn BlockStore) -> Vec<BlockId> {
+    let mut ids = Vec::new();
+    store
+        .blocks(&mut |b| {
+            ids.push(b.id);
+            true
+        })
+        .unwrap();
+    ids.sort();
+    ids
+}
+
 pub fn clean(store: &dyn BlockStore) {
     let mut damage = Vec::new();
     store.verify(true, &mut |d| damage.push(d)).unwrap();

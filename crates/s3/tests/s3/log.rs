@@ -13,8 +13,8 @@ use bytes::Bytes;
 
 use crate::faulty::{Fault, Faulty};
 use crate::harness::{
-    chunk, commit_as, fresh_location, manifest_of, open, put, quick_timeouts, shared_options,
-    single_writer,
+    block_ids, chunk, commit_as, fresh_location, manifest_of, open, put, quick_timeouts,
+    shared_options, single_writer,
 };
 use crate::injected::{faulty_store, faulty_store_at};
 use crate::volumes::{entry, map_of, record, write};
@@ -239,17 +239,6 @@ fn following() -> S3Options {
 /// A second server on `location`, whose listings are recorded.
 fn watched(location: &S3Location) -> (S3Store, std::sync::Arc<Faulty>) {
     faulty_store_at(location, following())
-}
-
-fn block_ids(store: &dyn BlockStore) -> Vec<BlockId> {
-    let mut ids = Vec::new();
-    store
-        .blocks(&mut |b| {
-            ids.push(b.id);
-            true
-        })
-        .unwrap();
-    ids
 }
 
 /// Whether `listed` holds a listing of blocks, packs, volumes or layers.

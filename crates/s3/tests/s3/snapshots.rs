@@ -7,9 +7,11 @@ use aetherflow_s3::log_record;
 use aetherflow_s3::log_snapshot::{self, parse_snapshot_epoch};
 use aetherflow_s3::remote::Remote;
 use aetherflow_s3::{S3Location, S3Options, S3Store, SnapshotOutcome};
-use aetherflow_store::{BlockId, BlockStore, Totals};
+use aetherflow_store::{BlockStore, Totals};
 
-use crate::harness::{chunk, clean, fresh_location, open, put, quick_timeouts, shared_options};
+use crate::harness::{
+    block_ids, chunk, clean, fresh_location, open, put, quick_timeouts, shared_options,
+};
 use crate::injected::faulty_store_at;
 use crate::volumes::{map_of, record, write};
 
@@ -61,18 +63,6 @@ fn newest_record_epoch(location: &S3Location) -> u64 {
         .expect("a record")
 }
 
-fn sorted_ids(store: &dyn BlockStore) -> Vec<BlockId> {
-    let mut ids = Vec::new();
-    store
-        .blocks(&mut |b| {
-            ids.push(b.id);
-            true
-        })
-        .unwrap();
-    ids.sort();
-    ids
-}
-
 /// The epochs of the log's markers and records left in the bucket.
 fn log_epochs(location: &S3Location) -> Vec<u64> {
     let remote = Remote::connect(location, quick_timeouts()).unwrap();
@@ -106,7 +96,7 @@ fn snapshot_epochs(location: &S3Location) -> Vec<u64> {
 fn same_view(a: &S3Store, b: &S3Store) {
     let (ta, tb): (Totals, Totals) = (a.totals(), b.totals());
     assert_eq!(ta, tb, "the figures");
-    assert_eq!(sorted_ids(a), sorted_ids(b), "the blocks");
+    assert_eq!(block_ids(a), block_ids(b), "the blocks");
     let names = |s: &S3Store| {
         let mut n: Vec<String> = s.volumes().unwrap().into_iter().map(|v| v.name).collect();
         n.sort();
@@ -192,7 +182,7 @@ fn a_cold_open_reads_the_newest_snapshot_and_the_log_after_it_not_the_packs() {
 
     let c = open(&location, snapshotting());
     same_view(&a, &c);
-    assert!(!sorted_ids(&c).contains(&first));
+    assert!(!block_ids(&c).contains(&first));
     clean(&c);
 }
 
@@ -230,7 +220,7 @@ fn a_server_that_slept_through_a_trim_of_the_log_collects_nothing_live() {
         assert!(server.manifest(old).is_err());
         clean(server);
     }
-    assert_eq!(sorted_ids(&a), vec![new]);
+    assert_eq!(block_ids(&a), vec![new]);
 }
 
 #[test]
@@ -282,5 +272,5 @@ fn a_snapshot_whose_done_was_created_twice_keeps_its_segments() {
         .collect();
     assert!(!segments.is_empty(), "its segments were deleted");
     let b = open(&location, snapshotting());
-    assert_eq!(sorted_ids(&b), vec![block]);
+    assert_eq!(block_ids(&b), vec![block]);
 }
